@@ -1,0 +1,247 @@
+//! What every binary shares on the command line: socket flags, logging,
+//! one-line errors with exit code 2, and signal handling
+//!
+//! Logs and status go to stderr only; stdout is reserved for data (`--tee`).
+
+use std::io::IsTerminal as _;
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::addr::Interface;
+use crate::net::SocketOptions;
+
+/// Exit code for bad input: flags, addresses, files, ports in use
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code for a fault after start-up that could not be survived
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Socket and logging flags common to all four binaries
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Interface for multicast joins and sends: name (eth0), index (3) or
+    /// address (192.0.2.7); default: chosen by the routing table
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Option<Interface>,
+
+    /// Multicast TTL / IPv6 hop limit (1 keeps multicast on the local link)
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(0..=255))]
+    pub ttl: u32,
+
+    /// Deliver our own multicast sends to receivers on this host
+    #[arg(long = "loop", value_name = "on|off", default_value = "on",
+          value_parser = parse_on_off)]
+    pub multicast_loop: bool,
+
+    /// Source address for source-specific multicast (SSM) joins; repeatable
+    #[arg(long = "source", value_name = "ADDR")]
+    pub sources: Vec<IpAddr>,
+
+    /// Receive buffer to request per socket (e.g. 8MiB); a warning is
+    /// logged when the kernel grants less [default: 8MiB, silently clamped]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub rcvbuf: Option<usize>,
+
+    /// Send buffer to request per socket (e.g. 4MiB) [default: kernel's]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub sndbuf: Option<usize>,
+
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Less log output (-q warnings only, -qq errors only)
+    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
+}
+
+impl CommonArgs {
+    /// The socket options these flags describe
+    pub fn socket_options(&self) -> SocketOptions {
+        SocketOptions {
+            iface: self.iface.clone().unwrap_or_default(),
+            ttl: self.ttl,
+            multicast_loop: self.multicast_loop,
+            sources: self.sources.clone(),
+            rcvbuf: self.rcvbuf,
+            sndbuf: self.sndbuf,
+        }
+    }
+
+    /// Check the flags that name things on this host (the interface)
+    ///
+    /// # Errors
+    /// An interface that does not exist.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(iface) = &self.iface {
+            iface
+                .index()
+                .map_err(|e| anyhow::anyhow!("--iface {iface}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Install the stderr log subscriber at the level the flags ask for
+    pub fn init_tracing(&self) {
+        let level = match (self.verbose, self.quiet) {
+            (0, 0) => "info",
+            (1, _) => "debug",
+            (v, _) if v >= 2 => "trace",
+            (_, 1) => "warn",
+            _ => "error",
+        };
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false)
+            .try_init();
+    }
+}
+
+/// Parse `on|off|true|false|1|0|yes|no`
+///
+/// # Errors
+/// Anything else, with the accepted words.
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("expected on or off, got '{s}'")),
+    }
+}
+
+/// Parse a byte size: `65536`, `64k`, `8M`, `8MiB`, `1G` (k/M/G are powers of 1024 here)
+///
+/// # Errors
+/// Anything that is not a positive size below 4 GiB.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let bad = || format!("invalid size '{s}' (examples: 65536, 64KiB, 8MiB)");
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: u64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    num.checked_mul(mult)
+        .filter(|n| *n > 0 && *n < (4u64 << 30))
+        .map(|n| n as usize)
+        .ok_or_else(bad)
+}
+
+/// Parse the command line; on a usage error print one line and exit 2
+///
+/// `--help` and `--version` print as usual and exit 0.
+pub fn parse_args<T: clap::Parser>() -> T {
+    match T::try_parse() {
+        Ok(t) => t,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                std::process::exit(0);
+            }
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("{}: error: {first} (try --help)", program_name());
+            std::process::exit(i32::from(EXIT_USAGE));
+        }
+    }
+}
+
+/// Print `err` as one line (its whole context chain) and return exit code 2
+pub fn usage_error(err: &anyhow::Error) -> ExitCode {
+    eprintln!("{}: error: {}", program_name(), one_line(err));
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// Print `err` as one line and return exit code 1
+pub fn runtime_error(err: &anyhow::Error) -> ExitCode {
+    eprintln!("{}: fatal: {}", program_name(), one_line(err));
+    ExitCode::from(EXIT_FAILURE)
+}
+
+fn one_line(err: &anyhow::Error) -> String {
+    format!("{err:#}").replace('\n', " ")
+}
+
+fn program_name() -> String {
+    std::env::args_os()
+        .next()
+        .as_deref()
+        .and_then(|p| {
+            std::path::Path::new(p)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "mproxy".into())
+}
+
+/// Set by SIGINT or SIGTERM: the run loops finish their current datagram,
+/// flush outputs and return
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown(Arc<AtomicBool>);
+
+impl Shutdown {
+    /// A flag that only [`Shutdown::trigger`] sets (for library use and tests)
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A flag set by SIGINT and SIGTERM
+    ///
+    /// # Errors
+    /// If the signal handlers cannot be installed.
+    pub fn install() -> std::io::Result<Self> {
+        let s = Self::new();
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(sig, Arc::clone(&s.0))?;
+        }
+        Ok(s)
+    }
+
+    /// True once shutdown was requested
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Request shutdown
+    pub fn trigger(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_parse_size() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64k"), Ok(65536));
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("5G").is_err());
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn test_on_off() {
+        assert_eq!(parse_on_off("ON"), Ok(true));
+        assert_eq!(parse_on_off("0"), Ok(false));
+        assert!(parse_on_off("maybe").is_err());
+    }
+}

@@ -1,0 +1,30 @@
+//! Shared core of the mproxy toolkit
+//!
+//! mproxy routes byte streams (telemetry lines, files, stdin, TCP feeds)
+//! over UDP unicast and multicast with four small stateless binaries:
+//! `mproxy-client`, `mproxy-proxy`, `mproxy-reverseproxy` and
+//! `mproxy-server`. This crate holds what they share, in layers that only
+//! depend downward:
+//!
+//! | layer | modules | does I/O? |
+//! |---|---|---|
+//! | input syntax | [`addr`], [`rate`], [`cli`] | no (except name/interface lookups on request) |
+//! | stream → datagrams | [`pack`], [`rate::Pacer`] | no: sans-IO, time passed in |
+//! | sockets | [`net`] (socket2 lives only in [`net::socket`]) | yes |
+//! | accounting | [`stats`] | no |
+//!
+//! The binaries are thin: they parse flags into a config, open sockets with
+//! [`net`], and move bytes, counting everything they drop.
+
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod addr;
+pub mod cli;
+pub mod net;
+pub mod pack;
+pub mod rate;
+pub mod stats;
+
+pub use addr::{AddrError, Endpoint, Interface, PathSpec};
+pub use net::{Fanout, NetError, SocketOptions};

@@ -1,0 +1,259 @@
+//! Sockets: option sets, receivers, senders and UDP fan-out
+//!
+//! [`socket`] is the only place that touches socket2 and raw socket options;
+//! everything above it works with `std::net::UdpSocket`.
+
+pub mod socket;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use socket::{bind_receiver, bind_sender, recv_meta, RecvMeta, DEFAULT_RCVBUF};
+
+use crate::addr::{Endpoint, Interface};
+use crate::stats::LogLimiter;
+
+/// Largest UDP payload over IPv4 (65535 - 8 byte UDP header - 20 byte IP header)
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
+
+/// Receive buffer size that no UDP datagram can overflow (truncation is
+/// still detected, for jumbograms)
+pub const RECV_BUF_LEN: usize = 65_536;
+
+/// A socket setup step failed
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// A system call failed
+    #[error("{what} {addr}: {source}")]
+    Io {
+        /// The step, e.g. "binding"
+        what: &'static str,
+        /// The address or interface it concerned
+        addr: String,
+        /// The OS error
+        #[source]
+        source: io::Error,
+    },
+    /// The options contradict each other or name something that does not exist
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Socket options shared by every binary (`--iface`, `--ttl`, `--loop`, ...)
+#[derive(Debug, Clone)]
+pub struct SocketOptions {
+    /// Interface for multicast joins and sends
+    pub iface: Interface,
+    /// Multicast TTL / IPv6 hop limit
+    pub ttl: u32,
+    /// Deliver our own multicast sends to receivers on this host
+    pub multicast_loop: bool,
+    /// Sources for source-specific multicast joins (empty: any source)
+    pub sources: Vec<IpAddr>,
+    /// Receive buffer request (`None`: [`DEFAULT_RCVBUF`], no warning when clamped)
+    pub rcvbuf: Option<usize>,
+    /// Send buffer request (`None`: kernel default)
+    pub sndbuf: Option<usize>,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        Self {
+            iface: Interface::Default,
+            ttl: 1,
+            multicast_loop: true,
+            sources: Vec::new(),
+            rcvbuf: None,
+            sndbuf: None,
+        }
+    }
+}
+
+/// Index of the interface that has address `ip`
+pub fn interface_index_of(ip: IpAddr) -> Option<u32> {
+    socket::interface_addrs()
+        .into_iter()
+        .find(|(_, a)| *a == ip)
+        .map(|(i, _)| i)
+}
+
+/// First IPv4 address of interface `index`
+pub fn ipv4_of_index(index: u32) -> Option<std::net::Ipv4Addr> {
+    socket::interface_addrs()
+        .into_iter()
+        .find_map(|(i, a)| match a {
+            IpAddr::V4(v4) if i == index => Some(v4),
+            _ => None,
+        })
+}
+
+/// Counters of one [`Fanout`] destination
+#[derive(Debug, Default)]
+pub struct DestStats {
+    /// Datagrams handed to the kernel
+    pub datagrams: AtomicU64,
+    /// Payload bytes handed to the kernel
+    pub bytes: AtomicU64,
+    /// Sends that failed (unreachable, refused, no buffer space, ...)
+    pub errors: AtomicU64,
+}
+
+struct Dest {
+    spec: String,
+    addr: SocketAddr,
+    stats: DestStats,
+    log: LogLimiter,
+}
+
+/// Sends every datagram to every destination, counting per destination
+///
+/// One sending socket per address family is shared by all destinations of
+/// that family. Send errors are counted and logged (rate-limited), never
+/// fatal: a dead downstream must not stop the others. Safe to share between
+/// threads.
+pub struct Fanout {
+    v4: Option<UdpSocket>,
+    v6: Option<UdpSocket>,
+    dests: Vec<Dest>,
+}
+
+impl std::fmt::Debug for Fanout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fanout")
+            .field(
+                "dests",
+                &self.dests.iter().map(|d| d.addr).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Fanout {
+    /// Resolve `endpoints` and open the sending sockets
+    ///
+    /// # Errors
+    /// A destination that does not resolve, or socket setup failure.
+    pub fn new(endpoints: &[Endpoint], opts: &SocketOptions) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let mut dests = Vec::with_capacity(endpoints.len());
+        for ep in endpoints {
+            let addr = ep.resolve()?;
+            dests.push(Dest {
+                spec: ep.to_string(),
+                addr,
+                stats: DestStats::default(),
+                log: LogLimiter::default(),
+            });
+        }
+        let v4 = if dests.iter().any(|d| d.addr.is_ipv4()) {
+            Some(bind_sender(false, opts).context("opening IPv4 sending socket")?)
+        } else {
+            None
+        };
+        let v6 = if dests.iter().any(|d| d.addr.is_ipv6()) {
+            Some(bind_sender(true, opts).context("opening IPv6 sending socket")?)
+        } else {
+            None
+        };
+        Ok(Self { v4, v6, dests })
+    }
+
+    /// Number of destinations
+    pub fn len(&self) -> usize {
+        self.dests.len()
+    }
+
+    /// True if there are no destinations
+    pub fn is_empty(&self) -> bool {
+        self.dests.is_empty()
+    }
+
+    /// Send `payload` to every destination; returns how many sends succeeded
+    pub fn send(&self, payload: &[u8]) -> usize {
+        let mut ok = 0;
+        for d in &self.dests {
+            let sock = if d.addr.is_ipv4() {
+                self.v4.as_ref()
+            } else {
+                self.v6.as_ref()
+            };
+            let Some(sock) = sock else { continue };
+            match send_to_retrying(sock, payload, d.addr) {
+                Ok(_) => {
+                    ok += 1;
+                    d.stats.datagrams.fetch_add(1, Ordering::Relaxed);
+                    d.stats
+                        .bytes
+                        .fetch_add(payload.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    d.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = d.log.allow() {
+                        tracing::warn!(
+                            dest = %d.spec,
+                            suppressed,
+                            "send of {} bytes failed: {e}",
+                            payload.len()
+                        );
+                    }
+                }
+            }
+        }
+        ok
+    }
+
+    /// Per destination: (spec as given, resolved address, counters)
+    pub fn stats(&self) -> impl Iterator<Item = (&str, SocketAddr, &DestStats)> {
+        self.dests
+            .iter()
+            .map(|d| (d.spec.as_str(), d.addr, &d.stats))
+    }
+
+    /// Sum of send errors over all destinations
+    pub fn total_errors(&self) -> u64 {
+        self.dests
+            .iter()
+            .map(|d| d.stats.errors.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// One line per destination for the final summary
+    pub fn summary(&self) -> String {
+        self.dests
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}: {} datagrams, {} bytes, {} errors",
+                    d.spec,
+                    d.stats.datagrams.load(Ordering::Relaxed),
+                    d.stats.bytes.load(Ordering::Relaxed),
+                    d.stats.errors.load(Ordering::Relaxed)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// `send_to`, retrying on EINTR and waiting out transient ENOBUFS/EAGAIN
+/// (a full device queue) a few times before giving up
+fn send_to_retrying(sock: &UdpSocket, payload: &[u8], addr: SocketAddr) -> io::Result<usize> {
+    let mut tries = 0;
+    loop {
+        match sock.send_to(payload, addr) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if tries < 50
+                    && (e.kind() == io::ErrorKind::WouldBlock
+                        || e.raw_os_error() == Some(libc::ENOBUFS)) =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

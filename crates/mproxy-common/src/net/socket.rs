@@ -1,0 +1,454 @@
+//! UDP socket setup: the only module that uses socket2 and raw socket options
+
+use std::io;
+use std::mem::{size_of, zeroed, MaybeUninit};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::AsRawFd;
+
+use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
+
+use super::{NetError, SocketOptions};
+use crate::addr::Interface;
+
+/// Receive buffer requested when the user gives no `--rcvbuf`: large enough
+/// to ride out a few milliseconds of disk stalls at gigabit rates.
+pub const DEFAULT_RCVBUF: usize = 8 << 20;
+
+fn ctx(what: &'static str, addr: impl ToString) -> impl FnOnce(io::Error) -> NetError {
+    move |source| NetError::Io {
+        what,
+        addr: addr.to_string(),
+        source,
+    }
+}
+
+fn new_udp(domain: Domain, addr: &SocketAddr) -> Result<Socket, NetError> {
+    let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
+        .map_err(ctx("creating UDP socket for", addr))?;
+    if domain == Domain::IPV6 {
+        sock.set_only_v6(true)
+            .map_err(ctx("setting IPV6_V6ONLY on", addr))?;
+    }
+    Ok(sock)
+}
+
+/// Bind a UDP socket that receives on `addr`, joining the group if `addr` is multicast
+///
+/// Sets SO_REUSEADDR and SO_REUSEPORT so several receivers (processes or
+/// threads) can share one group:port, requests the receive buffer (warning
+/// when the kernel grants less than an explicit `--rcvbuf`), turns on
+/// SO_RXQ_OVFL so [`recv_meta`] can report kernel drops, and returns a
+/// non-blocking socket.
+///
+/// A multicast socket is bound to the group address itself, so it only sees
+/// that group, and joins it on `opts.iface` (or the zone of an IPv6 group,
+/// or the kernel's default), source-specific when `opts.sources` is set.
+///
+/// # Errors
+/// Any failing step, naming the address and the step.
+pub fn bind_receiver(addr: SocketAddr, opts: &SocketOptions) -> Result<UdpSocket, NetError> {
+    let domain = Domain::for_address(addr);
+    let sock = new_udp(domain, &addr)?;
+    sock.set_reuse_address(true)
+        .map_err(ctx("setting SO_REUSEADDR on", addr))?;
+    sock.set_reuse_port(true)
+        .map_err(ctx("setting SO_REUSEPORT on", addr))?;
+    set_rcvbuf(&sock, opts.rcvbuf, &addr);
+    if let Err(e) = set_int_opt(&sock, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1) {
+        tracing::debug!(%addr, error = %e, "SO_RXQ_OVFL unavailable; kernel drops not counted");
+    }
+    if let Some(n) = opts.sndbuf {
+        set_sndbuf(&sock, n, &addr);
+    }
+    if addr.ip().is_multicast() {
+        sock.bind(&addr.into())
+            .map_err(ctx("binding multicast group", addr))?;
+        join(&sock, addr, opts)?;
+    } else {
+        if !opts.sources.is_empty() {
+            return Err(NetError::Config(format!(
+                "--source is only meaningful with a multicast listen address, not {addr}"
+            )));
+        }
+        sock.bind(&addr.into()).map_err(ctx("binding", addr))?;
+    }
+    sock.set_nonblocking(true)
+        .map_err(ctx("setting non-blocking mode on", addr))?;
+    Ok(sock.into())
+}
+
+fn join(sock: &Socket, group: SocketAddr, opts: &SocketOptions) -> Result<(), NetError> {
+    let zone = match group {
+        SocketAddr::V6(v6) => v6.scope_id(),
+        SocketAddr::V4(_) => 0,
+    };
+    let index = match (&opts.iface, zone) {
+        (Interface::Default, z) => z,
+        (iface, _) => iface
+            .index()
+            .map_err(|e| NetError::Config(format!("--iface: {e}")))?,
+    };
+    match group.ip() {
+        IpAddr::V4(g) => {
+            sock.set_multicast_all_v4(false)
+                .map_err(ctx("clearing IP_MULTICAST_ALL on", group))?;
+            if opts.sources.is_empty() {
+                let res = match (&opts.iface, index) {
+                    (Interface::Addr(IpAddr::V4(a)), _) => sock.join_multicast_v4(&g, a),
+                    (_, 0) => sock.join_multicast_v4(&g, &Ipv4Addr::UNSPECIFIED),
+                    (_, i) => sock.join_multicast_v4_n(&g, &InterfaceIndexOrAddress::Index(i)),
+                };
+                res.map_err(ctx_join(group, &opts.iface))?;
+            }
+        }
+        IpAddr::V6(g) => {
+            sock.set_multicast_all_v6(false)
+                .map_err(ctx("clearing IPV6_MULTICAST_ALL on", group))?;
+            if opts.sources.is_empty() {
+                sock.join_multicast_v6(&g, index)
+                    .map_err(ctx_join(group, &opts.iface))?;
+            }
+        }
+    }
+    for source in &opts.sources {
+        if source.is_ipv4() != group.is_ipv4() {
+            return Err(NetError::Config(format!(
+                "--source {source} is not of the same address family as group {group}"
+            )));
+        }
+        join_source_group(sock, index, group.ip(), *source).map_err(|source_err| NetError::Io {
+            what: "joining source-specific group",
+            addr: format!("{} from {} on {}", group, source, opts.iface),
+            source: source_err,
+        })?;
+    }
+    Ok(())
+}
+
+fn ctx_join(group: SocketAddr, iface: &Interface) -> impl FnOnce(io::Error) -> NetError {
+    let addr = format!("{group} on interface {iface}");
+    move |source| NetError::Io {
+        what: "joining multicast group",
+        addr,
+        source,
+    }
+}
+
+/// `struct group_source_req` from <netinet/in.h> (RFC 3678)
+#[repr(C)]
+struct GroupSourceReq {
+    interface: u32,
+    group: libc::sockaddr_storage,
+    source: libc::sockaddr_storage,
+}
+
+fn join_source_group(sock: &Socket, index: u32, group: IpAddr, source: IpAddr) -> io::Result<()> {
+    // SAFETY: an all-zero sockaddr_storage is a valid (AF_UNSPEC) value.
+    let mut req: GroupSourceReq = unsafe { zeroed() };
+    req.interface = index;
+    write_sockaddr(&mut req.group, SocketAddr::new(group, 0));
+    write_sockaddr(&mut req.source, SocketAddr::new(source, 0));
+    let level = if group.is_ipv4() {
+        libc::IPPROTO_IP
+    } else {
+        libc::IPPROTO_IPV6
+    };
+    setsockopt_raw(sock, level, libc::MCAST_JOIN_SOURCE_GROUP, &req)
+}
+
+fn write_sockaddr(storage: &mut libc::sockaddr_storage, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
+            let sin = unsafe { &mut *(storage as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in6.
+            let sin6 = unsafe { &mut *(storage as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            sin6.sin6_scope_id = a.scope_id();
+        }
+    }
+}
+
+fn read_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn setsockopt_raw<T>(sock: &impl AsRawFd, level: i32, name: i32, value: &T) -> io::Result<()> {
+    // SAFETY: `value` points to a live T of the size we pass.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            value as *const T as *const libc::c_void,
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn set_int_opt(sock: &impl AsRawFd, level: i32, name: i32, value: libc::c_int) -> io::Result<()> {
+    setsockopt_raw(sock, level, name, &value)
+}
+
+fn set_rcvbuf(sock: &Socket, explicit: Option<usize>, addr: &SocketAddr) {
+    let want = explicit.unwrap_or(DEFAULT_RCVBUF);
+    let clamped = i32::try_from(want).unwrap_or(i32::MAX);
+    // SO_RCVBUFFORCE ignores net.core.rmem_max when we have CAP_NET_ADMIN.
+    if set_int_opt(sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, clamped).is_err() {
+        let _ = sock.set_recv_buffer_size(want);
+    }
+    report_buffer(
+        "SO_RCVBUF",
+        sock.recv_buffer_size().ok(),
+        want,
+        explicit.is_some(),
+        addr,
+    );
+}
+
+fn set_sndbuf(sock: &Socket, want: usize, addr: &SocketAddr) {
+    let clamped = i32::try_from(want).unwrap_or(i32::MAX);
+    if set_int_opt(sock, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, clamped).is_err() {
+        let _ = sock.set_send_buffer_size(want);
+    }
+    report_buffer("SO_SNDBUF", sock.send_buffer_size().ok(), want, true, addr);
+}
+
+fn report_buffer(
+    name: &str,
+    granted: Option<usize>,
+    want: usize,
+    explicit: bool,
+    addr: &SocketAddr,
+) {
+    // Linux reports twice the usable size (it counts bookkeeping overhead).
+    let usable = granted.map(|g| g / 2);
+    match usable {
+        Some(got) if got < want && explicit => tracing::warn!(
+            %addr,
+            "{name}: asked for {want} bytes, kernel granted {got}; raise net.core.{}_max or run with CAP_NET_ADMIN",
+            if name == "SO_RCVBUF" { "rmem" } else { "wmem" }
+        ),
+        Some(got) if got < want => {
+            tracing::debug!(%addr, "{name}: default request {want}, kernel granted {got}")
+        }
+        _ => {}
+    }
+}
+
+/// Create a UDP socket for sending to destinations of `family`
+///
+/// Bound to the unspecified address and an ephemeral port, with multicast
+/// TTL / hop limit, loopback and outgoing interface from `opts`. Returns a
+/// blocking socket: a full send buffer slows the sender down instead of
+/// dropping data in user space.
+///
+/// # Errors
+/// Any failing step, naming it.
+pub fn bind_sender(ipv6: bool, opts: &SocketOptions) -> Result<UdpSocket, NetError> {
+    let local: SocketAddr = if ipv6 {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = new_udp(Domain::for_address(local), &local)?;
+    if let Some(n) = opts.sndbuf {
+        set_sndbuf(&sock, n, &local);
+    }
+    let index = opts
+        .iface
+        .index()
+        .map_err(|e| NetError::Config(format!("--iface: {e}")))?;
+    if ipv6 {
+        sock.set_multicast_hops_v6(opts.ttl)
+            .map_err(ctx("setting IPV6_MULTICAST_HOPS on", local))?;
+        sock.set_multicast_loop_v6(opts.multicast_loop)
+            .map_err(ctx("setting IPV6_MULTICAST_LOOP on", local))?;
+        if index != 0 {
+            sock.set_multicast_if_v6(index)
+                .map_err(ctx("setting IPV6_MULTICAST_IF on", local))?;
+        }
+    } else {
+        sock.set_multicast_ttl_v4(opts.ttl)
+            .map_err(ctx("setting IP_MULTICAST_TTL on", local))?;
+        sock.set_multicast_loop_v4(opts.multicast_loop)
+            .map_err(ctx("setting IP_MULTICAST_LOOP on", local))?;
+        match &opts.iface {
+            Interface::Default => {}
+            Interface::Addr(IpAddr::V4(a)) => sock
+                .set_multicast_if_v4(a)
+                .map_err(ctx("setting IP_MULTICAST_IF on", local))?,
+            _ => {
+                let req = libc::ip_mreqn {
+                    imr_multiaddr: libc::in_addr { s_addr: 0 },
+                    imr_address: libc::in_addr { s_addr: 0 },
+                    imr_ifindex: index as libc::c_int,
+                };
+                setsockopt_raw(&sock, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &req)
+                    .map_err(ctx("setting IP_MULTICAST_IF on", local))?;
+            }
+        }
+    }
+    sock.bind(&local.into()).map_err(ctx("binding", local))?;
+    Ok(sock.into())
+}
+
+/// What [`recv_meta`] learned about one datagram besides its bytes
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecvMeta {
+    /// Bytes written into the buffer
+    pub len: usize,
+    /// Size of the datagram on the wire; larger than `len` when truncated
+    pub wire_len: usize,
+    /// Where it came from
+    pub from: SocketAddr,
+    /// Cumulative count of datagrams the kernel dropped on this socket
+    /// because its receive queue was full (SO_RXQ_OVFL), if reported
+    pub kernel_drops: Option<u32>,
+}
+
+impl RecvMeta {
+    /// True if the datagram did not fit the buffer
+    pub fn truncated(&self) -> bool {
+        self.wire_len > self.len
+    }
+}
+
+/// Receive one datagram with its true size and the kernel drop counter
+///
+/// Like `recv_from`, but asks for the datagram's real length (MSG_TRUNC) so
+/// truncation is detected, and reads the SO_RXQ_OVFL control message.
+///
+/// # Errors
+/// The OS error, `WouldBlock` included for non-blocking sockets.
+pub fn recv_meta(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
+    // SAFETY: zeroed sockaddr_storage and msghdr are valid initial values.
+    let mut name: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut control = [MaybeUninit::<u64>::uninit(); 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: see above.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of::<[u64; 8]>() as _;
+    let n = loop {
+        // SAFETY: msg points at live buffers of the sizes recorded in it.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_TRUNC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    };
+    let mut kernel_drops = None;
+    // SAFETY: the kernel filled msg_control with well-formed cmsgs up to msg_controllen.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let hdr = &*cmsg;
+            if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SO_RXQ_OVFL {
+                kernel_drops = Some(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const u32));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    let from = read_sockaddr(&name).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "datagram without source address",
+        )
+    })?;
+    Ok(RecvMeta {
+        len: n.min(buf.len()),
+        wire_len: n,
+        from,
+        kernel_drops,
+    })
+}
+
+/// All (interface index, address) pairs of the host, from getifaddrs
+pub(crate) fn interface_addrs() -> Vec<(u32, IpAddr)> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: cur is a node of the list returned by getifaddrs.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points at a sockaddr of the family it names;
+            // we copy only as many bytes as that family's struct has.
+            let addr = unsafe {
+                let mut storage: libc::sockaddr_storage = zeroed();
+                let family = i32::from((*ifa.ifa_addr).sa_family);
+                let len = match family {
+                    libc::AF_INET => size_of::<libc::sockaddr_in>(),
+                    libc::AF_INET6 => size_of::<libc::sockaddr_in6>(),
+                    _ => 0,
+                };
+                std::ptr::copy_nonoverlapping(
+                    ifa.ifa_addr as *const u8,
+                    &mut storage as *mut _ as *mut u8,
+                    len,
+                );
+                if len == 0 {
+                    None
+                } else {
+                    read_sockaddr(&storage)
+                }
+            };
+            // SAFETY: ifa_name is a NUL-terminated interface name.
+            let index = unsafe { libc::if_nametoindex(ifa.ifa_name) };
+            if let (Some(a), true) = (addr, index != 0) {
+                out.push((index, a.ip()));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: head came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out
+}
