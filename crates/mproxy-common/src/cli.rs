@@ -138,6 +138,23 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(bad)
 }
 
+/// Parse a datagram payload limit: 1 to 65507 bytes (the IPv4 UDP maximum)
+///
+/// # Errors
+/// Anything outside that range.
+pub fn parse_max_datagram(s: &str) -> Result<usize, String> {
+    s.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=crate::net::MAX_UDP_PAYLOAD).contains(n))
+        .ok_or_else(|| {
+            format!(
+                "invalid datagram size '{s}' (expected 1 to {})",
+                crate::net::MAX_UDP_PAYLOAD
+            )
+        })
+}
+
 /// Parse the command line; on a usage error print one line and exit 2
 ///
 /// `--help` and `--version` print as usual and exit 0.

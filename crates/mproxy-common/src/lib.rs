@@ -9,7 +9,8 @@
 //! | layer | modules | does I/O? |
 //! |---|---|---|
 //! | input syntax | [`addr`], [`rate`], [`cli`] | no (except name/interface lookups on request) |
-//! | stream → datagrams | [`pack`], [`rate::Pacer`] | no: sans-IO, time passed in |
+//! | stream → datagrams | [`pack`], [`rate::Pacer`], [`backoff`] | no: sans-IO, time passed in |
+//! | blocking helpers | [`io`] (poll, tee, interruptible sleep) | yes |
 //! | sockets | [`net`] (socket2 lives only in [`net::socket`]) | yes |
 //! | accounting | [`stats`] | no |
 //!
@@ -20,7 +21,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod addr;
+pub mod backoff;
 pub mod cli;
+pub mod io;
 pub mod net;
 pub mod pack;
 pub mod rate;

@@ -1,0 +1,316 @@
+//! Stream a file, device or stdin to UDP servers, unicast or multicast
+//!
+//! The client reads its input, packs it into datagrams (whole lines by
+//! default, see [`mproxy_common::pack`]) and sends every datagram to every
+//! `--server-addr`. Payloads are raw bytes, wire-compatible with the
+//! original `mproxy-client` 0.1.x: any UDP receiver (socat, the original
+//! `mproxy-server`, netcat) gets the input back by concatenating them.
+//!
+//! ```no_run
+//! use mproxy_client::{Client, Config};
+//! use mproxy_common::cli::Shutdown;
+//!
+//! let config = Config {
+//!     servers: vec!["127.0.0.1:9920".parse()?],
+//!     ..Config::new("telemetry.csv")
+//! };
+//! let summary = Client::new(config)?.run(&Shutdown::new())?;
+//! eprintln!("{summary}");
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+#![deny(missing_docs)]
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use mproxy_common::cli::{parse_max_datagram, CommonArgs, Shutdown};
+use mproxy_common::io::{wait_readable, Tee};
+use mproxy_common::pack::{Framing, Packer};
+use mproxy_common::rate::{Pacer, Rate};
+use mproxy_common::stats::{human_bytes, human_rate};
+use mproxy_common::{Endpoint, Fanout, SocketOptions};
+
+/// Default datagram payload limit: fits a 1500-byte Ethernet MTU over IPv4
+/// without IP fragmentation (1500 - 20 - 8)
+pub const DEFAULT_MAX_DATAGRAM: usize = 1472;
+
+/// Command line of `mproxy-client`
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "mproxy-client",
+    version,
+    about = "Stream a file, device or stdin to UDP servers, unicast or multicast",
+    after_help = "EXAMPLES:\n  \
+        mproxy-client --path ais.nmea --server-addr 127.0.0.1:9920 --server-addr '[::1]:9921'\n  \
+        tail -F sensors.csv | mproxy-client --path - --server-addr 239.255.0.1:9922 --ttl 4 --tee\n  \
+        mproxy-client --path big.bin --framing bytes --rate 200mbit --server-addr 127.0.0.1:9920"
+)]
+pub struct Cli {
+    /// Input: a file, a device (e.g. /dev/ttyUSB0), a FIFO, or '-' for stdin
+    #[arg(long, value_name = "FILE|-", default_value = "-")]
+    pub path: String,
+
+    /// Downstream UDP server, unicast or multicast (HOST:PORT, [V6]:PORT,
+    /// [V6%IFACE]:PORT); repeatable, every server gets a full copy
+    #[arg(long = "server-addr", value_name = "HOST:PORT")]
+    pub server_addr: Vec<Endpoint>,
+
+    /// Copy the input to stdout
+    #[arg(short, long)]
+    pub tee: bool,
+
+    /// Largest datagram payload in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_DATAGRAM,
+          value_parser = parse_max_datagram)]
+    pub max_datagram: usize,
+
+    /// How input is cut into datagrams: 'lines' keeps lines whole (a line is
+    /// split only if longer than --max-datagram), 'bytes' cuts anywhere
+    #[arg(long, value_name = "lines|bytes", default_value = "lines")]
+    pub framing: Framing,
+
+    /// Pace sending to this rate per destination, e.g. 100mbit, 2MiB, 50000
+    /// (bytes/s) [default: as fast as the input and sockets allow]
+    #[arg(long, value_name = "RATE")]
+    pub rate: Option<Rate>,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonArgs,
+}
+
+/// Validated settings of a client
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Input path, '-' for stdin
+    pub path: String,
+    /// Destinations
+    pub servers: Vec<Endpoint>,
+    /// Copy input to stdout
+    pub tee: bool,
+    /// Largest datagram payload
+    pub max_datagram: usize,
+    /// How input is cut into datagrams
+    pub framing: Framing,
+    /// Optional pacing rate
+    pub rate: Option<Rate>,
+    /// Multicast and buffer options
+    pub socket: SocketOptions,
+}
+
+impl Config {
+    /// Defaults for reading `path` (no destinations yet)
+    pub fn new(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            servers: Vec::new(),
+            tee: false,
+            max_datagram: DEFAULT_MAX_DATAGRAM,
+            framing: Framing::Lines,
+            rate: None,
+            socket: SocketOptions::default(),
+        }
+    }
+}
+
+impl TryFrom<Cli> for Config {
+    type Error = anyhow::Error;
+
+    fn try_from(cli: Cli) -> anyhow::Result<Self> {
+        cli.common.validate()?;
+        if cli.server_addr.is_empty() && !cli.tee {
+            bail!("nothing to do: give at least one --server-addr (or --tee)");
+        }
+        if cli.path.is_empty() {
+            bail!("--path must not be empty (use '-' for stdin)");
+        }
+        Ok(Self {
+            path: cli.path,
+            servers: cli.server_addr,
+            tee: cli.tee,
+            max_datagram: cli.max_datagram,
+            framing: cli.framing,
+            rate: cli.rate,
+            socket: cli.common.socket_options(),
+        })
+    }
+}
+
+enum Input {
+    Stdin,
+    File(File),
+}
+
+impl Input {
+    fn fd(&self) -> RawFd {
+        match self {
+            Self::Stdin => io::stdin().as_raw_fd(),
+            Self::File(f) => f.as_raw_fd(),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Stdin => io::stdin().lock().read(buf),
+            Self::File(f) => f.read(buf),
+        }
+    }
+}
+
+/// What a finished run did
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Bytes read from the input
+    pub bytes_read: u64,
+    /// Datagrams produced (each sent to every destination)
+    pub datagrams: u64,
+    /// Lines longer than the datagram limit that had to be split
+    pub split_lines: u64,
+    /// Failed sends over all destinations
+    pub send_errors: u64,
+    /// Per-destination counters, one entry per destination
+    pub destinations: String,
+    /// Wall time of the run
+    pub elapsed: Duration,
+    /// True if the run ended on a shutdown request rather than EOF
+    pub interrupted: bool,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: read {} in {:.2}s ({}), {} datagrams, {} lines split, {} send errors{}{}",
+            if self.interrupted {
+                "interrupted"
+            } else {
+                "done"
+            },
+            human_bytes(self.bytes_read),
+            self.elapsed.as_secs_f64(),
+            human_rate(self.bytes_read, self.elapsed),
+            self.datagrams,
+            self.split_lines,
+            self.send_errors,
+            if self.destinations.is_empty() {
+                ""
+            } else {
+                "; "
+            },
+            self.destinations
+        )
+    }
+}
+
+/// A client with its input open and its sockets bound
+pub struct Client {
+    config: Config,
+    input: Input,
+    fanout: Option<Fanout>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Open the input, resolve the destinations and bind the sockets
+    ///
+    /// # Errors
+    /// A missing or unreadable input, an unresolvable destination, or a
+    /// socket that cannot be set up; each names the culprit.
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        let input = if config.path == "-" {
+            Input::Stdin
+        } else {
+            let path = PathBuf::from(&config.path);
+            let file = File::open(&path).with_context(|| format!("--path {}", path.display()))?;
+            if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+                bail!("--path {}: is a directory", path.display());
+            }
+            Input::File(file)
+        };
+        let fanout = if config.servers.is_empty() {
+            None
+        } else {
+            Some(Fanout::new(&config.servers, &config.socket).context("--server-addr")?)
+        };
+        Ok(Self {
+            config,
+            input,
+            fanout,
+        })
+    }
+
+    /// Stream the input until EOF (or shutdown), then flush and summarize
+    ///
+    /// # Errors
+    /// A read error on the input. Send errors are counted, not returned.
+    pub fn run(mut self, shutdown: &Shutdown) -> anyhow::Result<Summary> {
+        let start = Instant::now();
+        let mut packer = Packer::new(self.config.framing, self.config.max_datagram);
+        let mut pacer = self
+            .config
+            .rate
+            .map(|r| Pacer::new(r, 4 * self.config.max_datagram));
+        let tee = Tee::new(self.config.tee);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut summary = Summary::default();
+        let fanout = self.fanout.as_ref();
+        let mut send = |d: &[u8]| {
+            if let Some(p) = pacer.as_mut() {
+                let wait = p.delay(Instant::now(), d.len());
+                if !wait.is_zero() {
+                    std::thread::sleep(wait);
+                }
+            }
+            if let Some(f) = fanout {
+                f.send(d);
+            }
+            summary.datagrams += 1;
+        };
+        let fd = self.input.fd();
+        loop {
+            if shutdown.is_set() {
+                summary.interrupted = true;
+                break;
+            }
+            if !wait_readable(fd, Duration::from_millis(200))
+                .with_context(|| format!("waiting for --path {}", self.config.path))?
+            {
+                continue;
+            }
+            let n = match self.input.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("reading --path {}", self.config.path))
+                }
+            };
+            summary.bytes_read += n as u64;
+            tee.write(&buf[..n]);
+            packer.push(&buf[..n], &mut send);
+        }
+        packer.finish(&mut send);
+        summary.split_lines = packer.split_lines();
+        summary.elapsed = start.elapsed();
+        if let Some(f) = fanout {
+            summary.send_errors = f.total_errors();
+            summary.destinations = f.summary();
+        }
+        Ok(summary)
+    }
+}

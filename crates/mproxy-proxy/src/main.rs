@@ -1,0 +1,26 @@
+//! `mproxy-proxy`: see the library docs of [`mproxy_proxy`]
+
+use std::process::ExitCode;
+
+use mproxy_common::cli::{parse_args, runtime_error, usage_error, Shutdown};
+use mproxy_proxy::{Cli, Config, Proxy};
+
+fn main() -> ExitCode {
+    let cli: Cli = parse_args();
+    cli.common.init_tracing();
+    let proxy = match Config::try_from(cli).and_then(Proxy::bind) {
+        Ok(p) => p,
+        Err(e) => return usage_error(&e),
+    };
+    let shutdown = match Shutdown::install() {
+        Ok(s) => s,
+        Err(e) => return runtime_error(&e.into()),
+    };
+    match proxy.run(&shutdown) {
+        Ok(summary) => {
+            tracing::info!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => runtime_error(&e),
+    }
+}
