@@ -32,7 +32,7 @@ pub struct CommonArgs {
 
     /// Deliver our own multicast sends to receivers on this host
     #[arg(long = "loop", value_name = "on|off", default_value = "on",
-          value_parser = parse_on_off)]
+          value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub multicast_loop: bool,
 
     /// Source address for source-specific multicast (SSM) joins; repeatable

@@ -1,0 +1,348 @@
+//! The real binaries end to end, each test in its own network namespace
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use mproxy_e2e::{run_ok, start, start_server, stop, wait_for_len, TIMEOUT};
+use mproxy_testsupport::{
+    assert_files_equal, in_netns, line_file, random_file, wait_for_tcp_listen, wait_for_udp_bound,
+    wait_until, TempDir,
+};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// client --path input --server-addr dest → server(s) listening on `listen`
+fn transfer(
+    input: &Path,
+    listen: &str,
+    dest: &str,
+    port: u16,
+    server_extra: &[&str],
+    client_extra: &[&str],
+    receivers: usize,
+) {
+    let dir = TempDir::new();
+    let len = std::fs::metadata(input).unwrap().len();
+    let outs: Vec<_> = (0..receivers)
+        .map(|i| dir.join(format!("out{i}")))
+        .collect();
+    let servers: Vec<_> = outs
+        .iter()
+        .map(|out| {
+            let mut args = vec!["--listen-addr", listen, "--path", s(out)];
+            args.extend_from_slice(server_extra);
+            start_server(&args, &[port])
+        })
+        .collect();
+    let mut args = vec!["--path", s(input), "--server-addr", dest];
+    args.extend_from_slice(client_extra);
+    let client = run_ok("mproxy-client", &args);
+    let summary = String::from_utf8_lossy(&client.stderr);
+    assert!(
+        summary.contains("done: read") && summary.contains(", 0 send errors"),
+        "{summary}"
+    );
+    for out in &outs {
+        wait_for_len(out, len);
+    }
+    for server in servers {
+        let text = stop(server);
+        assert!(
+            text.contains(" 0 truncated, 0 kernel drops, 0 recv errors"),
+            "{text}"
+        );
+    }
+    for out in &outs {
+        assert_files_equal(input, out);
+    }
+}
+
+#[test]
+fn client_server_ipv4_unicast_20mb_lines() {
+    in_netns(|_| {
+        let dir = TempDir::new();
+        let input = dir.join("lines.txt");
+        line_file(&input, 20 << 20, 1);
+        transfer(
+            &input,
+            "127.0.0.1:9920",
+            "127.0.0.1:9920",
+            9920,
+            &[],
+            &["--rate", "300mbit"],
+            1,
+        );
+    });
+}
+
+#[test]
+fn client_server_ipv4_unicast_20mb_random() {
+    in_netns(|_| {
+        let dir = TempDir::new();
+        let input = dir.join("random.bin");
+        random_file(&input, 20 << 20, 2);
+        transfer(
+            &input,
+            "127.0.0.1:9920",
+            "127.0.0.1:9920",
+            9920,
+            &[],
+            &[
+                "--rate",
+                "300mbit",
+                "--framing",
+                "bytes",
+                "--max-datagram",
+                "8192",
+            ],
+            1,
+        );
+    });
+}
+
+#[test]
+fn client_server_ipv6_unicast() {
+    in_netns(|_| {
+        let dir = TempDir::new();
+        let input = dir.join("lines.txt");
+        line_file(&input, 4 << 20, 3);
+        transfer(
+            &input,
+            "[::1]:9921",
+            "[::1]:9921",
+            9921,
+            &[],
+            &["--rate", "200mbit"],
+            1,
+        );
+    });
+}
+
+#[test]
+fn client_server_ipv4_multicast_two_receivers_one_port() {
+    in_netns(|_| {
+        let dir = TempDir::new();
+        let input = dir.join("lines.txt");
+        line_file(&input, 8 << 20, 4);
+        transfer(
+            &input,
+            "239.255.1.1:9922",
+            "239.255.1.1:9922",
+            9922,
+            &["--iface", "lo"],
+            &["--rate", "200mbit", "--iface", "lo"],
+            2,
+        );
+    });
+}
+
+#[test]
+fn client_server_ipv6_multicast_over_veth() {
+    in_netns(|ns| {
+        let pair = ns.veth_pair("mpx0", "mpx1");
+        let dir = TempDir::new();
+        let input = dir.join("lines.txt");
+        line_file(&input, 4 << 20, 5);
+        let _ = pair;
+        transfer(
+            &input,
+            "[ff15::1:18]:9923",
+            "[ff15::1:18]:9923",
+            9923,
+            &["--iface", "mpx1"],
+            &["--rate", "100mbit", "--iface", "mpx0", "--loop", "off"],
+            2,
+        );
+    });
+}
+
+#[test]
+fn client_stdin_to_server_with_tee() {
+    in_netns(|_| {
+        let dir = TempDir::new();
+        let out = dir.join("out");
+        let server = start_server(
+            &["--listen-addr", "127.0.0.1:9924", "--path", s(&out)],
+            &[9924],
+        );
+        let mut client = std::process::Command::new(mproxy_testsupport::bin("mproxy-client"))
+            .args(["--path", "-", "--server-addr", "127.0.0.1:9924", "--tee"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = client.stdin.take().unwrap();
+        // a line typed on stdin is on the wire before the next one is written
+        stdin.write_all(b"$GPGGA,first line\n").unwrap();
+        stdin.flush().unwrap();
+        wait_for_len(&out, 18);
+        stdin.write_all(b"second line, no newline").unwrap();
+        drop(stdin);
+        let output = mproxy_e2e::run_cmd_wait(client);
+        assert!(output.status.success());
+        // tee copies exactly the input, and no status text, to stdout
+        assert_eq!(output.stdout, b"$GPGGA,first line\nsecond line, no newline");
+        wait_for_len(&out, 41);
+        stop(server);
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            b"$GPGGA,first line\nsecond line, no newline"
+        );
+    });
+}
+
+#[test]
+fn chain_client_proxy_reverseproxy_to_tcp_and_udp() {
+    in_netns(|_| {
+        let dir = TempDir::new();
+        let input = dir.join("lines.txt");
+        line_file(&input, 4 << 20, 6);
+        let len = std::fs::metadata(&input).unwrap().len();
+        let udp_out = dir.join("udp-output");
+        let server = start_server(
+            &["--listen-addr", "127.0.0.1:9941", "--path", s(&udp_out)],
+            &[9941],
+        );
+        let rproxy = start(
+            "mproxy-reverseproxy",
+            &[
+                "--udp-listen-addr",
+                "127.0.0.1:9921",
+                "--multicast-addr",
+                "239.255.77.18:9918",
+                "--tcp-output-addr",
+                "127.0.0.1:9930",
+                "--udp-output-addr",
+                "127.0.0.1:9941",
+            ],
+        );
+        wait_for_udp_bound(9921, TIMEOUT);
+        wait_for_tcp_listen("127.0.0.1:9930".parse().unwrap(), TIMEOUT);
+        let proxy = start(
+            "mproxy-proxy",
+            &[
+                "--udp-listen-addr",
+                "127.0.0.1:9910",
+                "--udp-downstream-addr",
+                "127.0.0.1:9921",
+            ],
+        );
+        wait_for_udp_bound(9910, TIMEOUT);
+        let tcp = std::thread::spawn(move || {
+            let mut conn = TcpStream::connect("127.0.0.1:9930").unwrap();
+            conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 65536];
+            while (got.len() as u64) < len {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            got
+        });
+        // give the TCP client time to be registered by the reverse proxy
+        wait_until(TIMEOUT, "reverse proxy to accept the TCP client", || {
+            std::fs::read_to_string("/proc/thread-self/net/tcp")
+                .map(|t| {
+                    t.lines()
+                        .filter(|l| l.contains(":26C2 ") && l.contains(" 01 "))
+                        .count()
+                        >= 2
+                })
+                .unwrap_or(false)
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        run_ok(
+            "mproxy-client",
+            &[
+                "--path",
+                s(&input),
+                "--server-addr",
+                "127.0.0.1:9910",
+                "--rate",
+                "100mbit",
+            ],
+        );
+        let got = tcp.join().unwrap();
+        wait_for_len(&udp_out, len);
+        stop(proxy);
+        stop(rproxy);
+        stop(server);
+        assert_eq!(
+            got.len() as u64,
+            len,
+            "TCP client got {} of {len} bytes",
+            got.len()
+        );
+        assert!(
+            got == std::fs::read(&input).unwrap(),
+            "TCP client data differs"
+        );
+        assert_files_equal(&input, &udp_out);
+    });
+}
+
+#[test]
+fn proxy_reconnects_to_restarted_tcp_upstream() {
+    in_netns(|_| {
+        let dir = TempDir::new();
+        let out = dir.join("out");
+        let part_a: Vec<u8> = (0..2000)
+            .flat_map(|i| format!("A,{i},feed before restart\n").into_bytes())
+            .collect();
+        let part_b: Vec<u8> = (0..2000)
+            .flat_map(|i| format!("B,{i},feed after restart\n").into_bytes())
+            .collect();
+        let server = start_server(
+            &["--listen-addr", "127.0.0.1:9951", "--path", s(&out)],
+            &[9951],
+        );
+        let listener = TcpListener::bind("127.0.0.1:9950").unwrap();
+        let proxy = start(
+            "mproxy-proxy",
+            &[
+                "--tcp-connect-addr",
+                "127.0.0.1:9950",
+                "--udp-downstream-addr",
+                "127.0.0.1:9951",
+                "--framing",
+                "lines",
+                "--reconnect-max",
+                "1",
+            ],
+        );
+        let (mut conn, _) = listener.accept().unwrap();
+        drop(listener); // the upstream goes away entirely: reconnects are refused
+        conn.write_all(&part_a).unwrap();
+        drop(conn);
+        wait_for_len(&out, part_a.len() as u64);
+        std::thread::sleep(Duration::from_millis(1500));
+        let listener = TcpListener::bind("127.0.0.1:9950").unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.write_all(&part_b).unwrap();
+        drop(conn);
+        let total = (part_a.len() + part_b.len()) as u64;
+        wait_for_len(&out, total);
+        let text = stop(proxy);
+        stop(server);
+        let mut want = part_a.clone();
+        want.extend_from_slice(&part_b);
+        assert!(
+            std::fs::read(&out).unwrap() == want,
+            "output differs from the two feed parts"
+        );
+        assert!(text.contains("tcp 127.0.0.1:9950: 2 connects"), "{text}");
+        assert!(
+            !text.contains(" 0 failed attempts"),
+            "refused attempts not counted: {text}"
+        );
+    });
+}
