@@ -34,8 +34,8 @@ fn new_udp(domain: Domain, addr: &SocketAddr) -> Result<Socket, NetError> {
 
 /// Bind a UDP socket that receives on `addr`, joining the group if `addr` is multicast
 ///
-/// Sets SO_REUSEADDR and SO_REUSEPORT so several receivers (processes or
-/// threads) can share one group:port, requests the receive buffer (warning
+/// For a multicast address, sets SO_REUSEADDR and SO_REUSEPORT so several
+/// receivers (processes or threads) can share one group:port; requests the receive buffer (warning
 /// when the kernel grants less than an explicit `--rcvbuf`), turns on
 /// SO_RXQ_OVFL so [`recv_meta`] can report kernel drops, and returns a
 /// non-blocking socket.
@@ -49,10 +49,15 @@ fn new_udp(domain: Domain, addr: &SocketAddr) -> Result<Socket, NetError> {
 pub fn bind_receiver(addr: SocketAddr, opts: &SocketOptions) -> Result<UdpSocket, NetError> {
     let domain = Domain::for_address(addr);
     let sock = new_udp(domain, &addr)?;
-    sock.set_reuse_address(true)
-        .map_err(ctx("setting SO_REUSEADDR on", addr))?;
-    sock.set_reuse_port(true)
-        .map_err(ctx("setting SO_REUSEPORT on", addr))?;
+    if addr.ip().is_multicast() {
+        // Several receivers may share a group:port. Not for unicast: there
+        // SO_REUSEPORT would let a second process silently take half the
+        // traffic instead of failing with "address in use".
+        sock.set_reuse_address(true)
+            .map_err(ctx("setting SO_REUSEADDR on", addr))?;
+        sock.set_reuse_port(true)
+            .map_err(ctx("setting SO_REUSEPORT on", addr))?;
+    }
     set_rcvbuf(&sock, opts.rcvbuf, &addr);
     if let Err(e) = set_int_opt(&sock, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1) {
         tracing::debug!(%addr, error = %e, "SO_RXQ_OVFL unavailable; kernel drops not counted");
