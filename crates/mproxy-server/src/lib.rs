@@ -34,7 +34,7 @@ use clap::Parser;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use mproxy_common::cli::{CommonArgs, Shutdown};
-use mproxy_common::net::{bind_receiver, recv_meta, RECV_BUF_LEN};
+use mproxy_common::net::{bind_receiver, kernel_drops, recv_meta, RECV_BUF_LEN};
 use mproxy_common::stats::{human_bytes, LogLimiter};
 use mproxy_common::{Endpoint, SocketOptions};
 
@@ -396,7 +396,17 @@ impl Server {
 
     fn summary(&self, start: Instant, write_errors: u64, bytes_lost: u64) -> Summary {
         Summary {
-            listeners: self.listeners.iter().map(|l| l.stats.clone()).collect(),
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| {
+                    let mut stats = l.stats.clone();
+                    if let Some(d) = kernel_drops(&l.sock) {
+                        stats.kernel_drops = stats.kernel_drops.max(u64::from(d));
+                    }
+                    stats
+                })
+                .collect(),
             write_errors,
             bytes_lost_to_write_errors: bytes_lost,
             elapsed: start.elapsed(),

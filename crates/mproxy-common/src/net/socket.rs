@@ -457,3 +457,25 @@ pub(crate) fn interface_addrs() -> Vec<(u32, IpAddr)> {
     unsafe { libc::freeifaddrs(head) };
     out
 }
+
+/// Datagrams the kernel has dropped on this socket since it was created
+/// (SO_MEMINFO), e.g. because its receive queue was full
+///
+/// Unlike the SO_RXQ_OVFL counter in [`RecvMeta`], this is current even
+/// when no datagram arrived after the drops, so summaries use it.
+pub fn kernel_drops(sock: &UdpSocket) -> Option<u32> {
+    let mut info = [0u32; 16];
+    let mut len = size_of::<[u32; 16]>() as libc::socklen_t;
+    // SAFETY: info is a writable buffer of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    let idx = libc::SK_MEMINFO_DROPS as usize;
+    (rc == 0 && (len as usize) > idx * size_of::<u32>()).then(|| info[idx])
+}
