@@ -9,6 +9,8 @@
 //! | layer | modules | does I/O? |
 //! |---|---|---|
 //! | input syntax | [`addr`], [`rate`], [`cli`] | no (except name/interface lookups on request) |
+//! | mpx wire format | [`wire`] (checked views, never panics) | no |
+//! | mpx protocol core | [`mpx`] (`Sender`, `Receiver`: sans-IO, time passed in) | no |
 //! | stream → datagrams | [`pack`], [`rate::Pacer`], [`backoff`] | no: sans-IO, time passed in |
 //! | blocking helpers | [`io`] (poll, tee, interruptible sleep) | yes |
 //! | sockets | [`net`] (socket2 lives only in [`net::socket`]) | yes |
@@ -24,10 +26,12 @@ pub mod addr;
 pub mod backoff;
 pub mod cli;
 pub mod io;
+pub mod mpx;
 pub mod net;
 pub mod pack;
 pub mod rate;
 pub mod stats;
+pub mod wire;
 
 pub use addr::{AddrError, Endpoint, Interface, PathSpec};
 pub use net::{Fanout, NetError, SocketOptions};

@@ -1,0 +1,68 @@
+//! The mpx protocol core: sans-IO sender and receiver
+//!
+//! Neither type owns a socket, a thread or a clock: time is passed in as
+//! `now`, frames go out through an `emit` callback, and received frames
+//! come in as byte slices. The drivers in the binaries do the I/O; the
+//! simulation tests drive both ends over a seeded lossy link with a
+//! virtual clock.
+//!
+//! Polling order for a driver (like quinn-proto's):
+//! 1. feed input: [`Sender::push`] / [`Receiver::handle_datagram`];
+//! 2. drain [`Receiver::poll_event`] until `None`;
+//! 3. sleep until [`Sender::poll_timeout`] / [`Receiver::poll_timeout`]
+//!    (or new input), then call `handle_timeout(now)` and go to 2.
+
+mod receiver;
+mod sender;
+
+pub use receiver::{
+    CloseReason, Event, Receiver, ReceiverConfig, ReceiverStats, StreamKey, StreamStats,
+};
+pub use sender::{Sender, SenderConfig, SenderStats};
+
+/// A random 64-bit session id, so streams of different processes and
+/// restarts never collide
+///
+/// Uses the kernel's random source (getrandom(2)); falls back to hashing
+/// time, process id and a per-process random hasher key.
+pub fn new_session_id() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: b is a writable buffer of 8 bytes.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == 8 {
+        return u64::from_ne_bytes(b);
+    }
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(d.as_nanos());
+    }
+    h.finish()
+}
+
+/// Extend a 32-bit wire sequence number to 64 bits, relative to `reference`
+///
+/// RFC 1982 serial arithmetic: the result is the 64-bit value congruent to
+/// `seq` mod 2^32 that is nearest to `reference` (within ±2^31). `None` if
+/// that would be negative (a frame from before the stream's start).
+pub fn extend_seq(seq: u32, reference: u64) -> Option<u64> {
+    let delta = i64::from(seq.wrapping_sub(reference as u32) as i32);
+    reference.checked_add_signed(delta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_extend_seq() {
+        assert_eq!(extend_seq(5, 0), Some(5));
+        assert_eq!(extend_seq(u32::MAX, 0), None);
+        assert_eq!(extend_seq(0, u64::from(u32::MAX)), Some(1 << 32));
+        assert_eq!(extend_seq(u32::MAX, 1 << 32), Some((1 << 32) - 1));
+        assert_eq!(extend_seq(10, (5u64 << 32) + 3), Some((5u64 << 32) + 10));
+        assert_eq!(extend_seq(3, (5u64 << 32) + 10), Some((5u64 << 32) + 3));
+        assert_ne!(new_session_id(), new_session_id());
+    }
+}

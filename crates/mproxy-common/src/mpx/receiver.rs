@@ -1,0 +1,715 @@
+//! The receiving side: demultiplex streams, reorder, deliver, count losses
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::extend_seq;
+use crate::wire::{classify, Datagram, Error as WireError, Flags, FrameType, Repr};
+
+/// Settings of a [`Receiver`]
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// Most frames a stream may hold while waiting for a missing one
+    pub reorder_window: usize,
+    /// Most payload bytes a stream may hold while waiting
+    pub reorder_bytes: usize,
+    /// How long to wait for a missing frame before declaring it lost
+    pub reorder_timeout: Duration,
+    /// Close a stream after this long without any frame (no FIN seen)
+    pub idle_timeout: Duration,
+    /// Most streams tracked at once
+    pub max_streams: usize,
+    /// Most payload bytes held for reordering over all streams
+    pub memory_limit: usize,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        Self {
+            reorder_window: 1024,
+            reorder_bytes: 4 << 20,
+            reorder_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_secs(10),
+            max_streams: 1024,
+            memory_limit: 64 << 20,
+        }
+    }
+}
+
+/// A stream: the sender's session id and its stream id
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamKey {
+    /// Random id of the sending process
+    pub session: u64,
+    /// Stream within that session
+    pub stream: u32,
+}
+
+impl fmt::Display for StreamKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}-{}", self.session, self.stream)
+    }
+}
+
+/// Counters of one stream
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Sequence number the receiver started at (0 unless it joined late)
+    pub first_seq: u64,
+    /// Payload bytes delivered
+    pub bytes: u64,
+    /// DATA frames delivered
+    pub datagrams: u64,
+    /// Gaps skipped (each a run of consecutive lost frames)
+    pub gaps: u64,
+    /// Frames declared lost
+    pub lost: u64,
+    /// Copies of frames already received (dropped)
+    pub duplicates: u64,
+    /// Frames that arrived ahead of a missing one and waited
+    pub reordered: u64,
+    /// Frames that arrived after they had been declared lost (dropped)
+    pub late: u64,
+}
+
+impl fmt::Display for StreamStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} bytes, {} datagrams, {} gaps ({} lost), {} dups, {} reordered, {} late",
+            self.bytes,
+            self.datagrams,
+            self.gaps,
+            self.lost,
+            self.duplicates,
+            self.reordered,
+            self.late
+        )
+    }
+}
+
+/// Why a stream ended
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The sender finished it (FIN) and everything before FIN was handled
+    Fin,
+    /// No frame for `idle_timeout`
+    Idle,
+    /// Evicted to make room for a new stream (`max_streams`)
+    Evicted,
+    /// The receiver was shut down ([`Receiver::close_all`])
+    Shutdown,
+}
+
+/// What a [`Receiver`] reports
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A new stream was seen
+    Opened {
+        /// The stream
+        key: StreamKey,
+        /// Where its first frame came from
+        from: SocketAddr,
+        /// Sequence number it starts at (0 unless joined late)
+        first_seq: u64,
+    },
+    /// In-order payload of one frame (recycle the buffer with [`Receiver::recycle`])
+    Data {
+        /// The stream
+        key: StreamKey,
+        /// Payload bytes
+        payload: Vec<u8>,
+    },
+    /// Frames `first..first+count` were lost and skipped
+    Gap {
+        /// The stream
+        key: StreamKey,
+        /// First lost sequence number
+        first: u64,
+        /// Number of lost frames
+        count: u64,
+    },
+    /// The stream ended; nothing more will be delivered for it
+    Closed {
+        /// The stream
+        key: StreamKey,
+        /// Why
+        reason: CloseReason,
+        /// Final counters
+        stats: StreamStats,
+    },
+}
+
+/// Counters of a [`Receiver`] as a whole
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReceiverStats {
+    /// Datagrams passed through as raw (not mpx)
+    pub raw: u64,
+    /// Valid mpx frames
+    pub frames: u64,
+    /// Frames shorter than the header
+    pub truncated: u64,
+    /// Frames with a version this receiver does not speak
+    pub unknown_version: u64,
+    /// Frames whose checksum did not match
+    pub checksum_errors: u64,
+    /// Frames of a known version but unknown or unsupported type
+    pub unknown_type: u64,
+    /// Frames beyond a stream's FIN, or before its start
+    pub out_of_range: u64,
+    /// Streams opened
+    pub streams_opened: u64,
+    /// Streams closed
+    pub streams_closed: u64,
+    /// New streams refused because `max_streams` were live and none idle
+    pub streams_rejected: u64,
+    /// Frames dropped because their stream was refused
+    pub rejected_frames: u64,
+    /// Streams evicted to make room
+    pub streams_evicted: u64,
+    /// Frames for a stream that already closed (late duplicates, closing heartbeats)
+    pub after_close: u64,
+}
+
+/// Streams idle for this long may be evicted when the stream table is full
+const EVICTABLE_AFTER: Duration = Duration::from_secs(2);
+/// Remember this many lost ranges per stream, to tell late frames from duplicates
+const LOST_RANGES: usize = 32;
+/// Keep at most this many spare payload buffers
+const POOL: usize = 256;
+
+struct Stream {
+    /// Next sequence number to deliver
+    next: u64,
+    /// One past the highest sequence number known to have been sent
+    high: u64,
+    /// One past the FIN frame's sequence number
+    end: Option<u64>,
+    /// Frames waiting; index 0 is `next` (always `None` there)
+    ring: VecDeque<Option<Vec<u8>>>,
+    buffered_frames: usize,
+    buffered_bytes: usize,
+    /// Since when a missing frame has been awaited
+    gap_since: Option<Instant>,
+    last_active: Instant,
+    lost_ranges: VecDeque<(u64, u64)>,
+    stats: StreamStats,
+}
+
+impl Stream {
+    fn is_lost(&self, seq: u64) -> bool {
+        self.lost_ranges.iter().any(|&(a, b)| (a..b).contains(&seq))
+    }
+}
+
+/// Demultiplexes mpx streams from datagrams and delivers each in order
+///
+/// Memory is bounded: per stream by `reorder_window` frames and
+/// `reorder_bytes`, over all streams by `memory_limit`, and the number of
+/// streams by `max_streams`. When a bound is hit the oldest gap is skipped
+/// (counted as lost) rather than memory growing.
+pub struct Receiver {
+    config: ReceiverConfig,
+    streams: HashMap<StreamKey, Stream>,
+    /// Recently closed streams, so their stragglers do not reopen them
+    /// (bounded by `max_streams`, oldest first)
+    closed: HashSet<StreamKey>,
+    closed_order: VecDeque<StreamKey>,
+    events: VecDeque<Event>,
+    pool: Vec<Vec<u8>>,
+    buffered_bytes: usize,
+    stats: ReceiverStats,
+}
+
+impl fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("streams", &self.streams.len())
+            .field("buffered_bytes", &self.buffered_bytes)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl Receiver {
+    /// A receiver with `config`
+    pub fn new(config: ReceiverConfig) -> Self {
+        let mut config = config;
+        config.reorder_window = config.reorder_window.clamp(1, 1 << 20);
+        config.max_streams = config.max_streams.max(1);
+        Self {
+            config,
+            streams: HashMap::new(),
+            closed: HashSet::new(),
+            closed_order: VecDeque::new(),
+            events: VecDeque::new(),
+            pool: Vec::new(),
+            buffered_bytes: 0,
+            stats: ReceiverStats::default(),
+        }
+    }
+
+    /// Receiver-wide counters
+    pub fn stats(&self) -> ReceiverStats {
+        self.stats
+    }
+
+    /// Number of live streams
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Payload bytes held for reordering over all streams
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered_bytes
+    }
+
+    /// Counters of every live stream
+    pub fn stream_stats(&self) -> Vec<(StreamKey, StreamStats)> {
+        let mut v: Vec<_> = self.streams.iter().map(|(k, s)| (*k, s.stats)).collect();
+        v.sort_by_key(|(k, _)| *k);
+        v
+    }
+
+    /// Return a payload buffer from [`Event::Data`] for reuse
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.pool.len() < POOL {
+            buf.clear();
+            self.pool.push(buf);
+        }
+    }
+
+    /// Handle one received datagram
+    ///
+    /// Returns the datagram back as `Some` if it is raw (not mpx), for the
+    /// caller to deliver as is; mpx frames are consumed (see
+    /// [`Receiver::poll_event`]) and invalid ones counted and dropped.
+    pub fn handle_datagram<'a>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        bytes: &'a [u8],
+    ) -> Option<&'a [u8]> {
+        match classify(bytes) {
+            Datagram::Raw(raw) => {
+                self.stats.raw += 1;
+                Some(raw)
+            }
+            Datagram::Invalid(e) => {
+                match e {
+                    WireError::UnknownVersion(_) => self.stats.unknown_version += 1,
+                    WireError::Checksum => self.stats.checksum_errors += 1,
+                    _ => self.stats.truncated += 1,
+                }
+                None
+            }
+            Datagram::Mpx(repr, payload) => {
+                self.handle_frame(now, from, repr, payload);
+                None
+            }
+        }
+    }
+
+    /// Handle one parsed frame
+    pub fn handle_frame(&mut self, now: Instant, from: SocketAddr, repr: Repr, payload: &[u8]) {
+        self.stats.frames += 1;
+        let key = StreamKey {
+            session: repr.session,
+            stream: repr.stream,
+        };
+        match repr.frame_type {
+            FrameType::Data | FrameType::Heartbeat => {}
+            _ => {
+                self.stats.unknown_type += 1;
+                return;
+            }
+        }
+        if self.closed.contains(&key) {
+            self.stats.after_close += 1;
+            return;
+        }
+        if !self.streams.contains_key(&key) && !self.open(now, from, key, repr.seq) {
+            self.stats.rejected_frames += 1;
+            return;
+        }
+        let window = self.config.reorder_window as u64;
+        let Some(stream) = self.streams.get_mut(&key) else {
+            return;
+        };
+        stream.last_active = now;
+        let Some(seq) = extend_seq(repr.seq, stream.next) else {
+            self.stats.out_of_range += 1;
+            return;
+        };
+        if repr.frame_type == FrameType::Heartbeat {
+            // seq is the next sequence number the sender will use; with
+            // FIN it is also the end of the stream
+            if seq <= stream.next + (1 << 30) {
+                stream.high = stream.high.max(seq);
+                if repr.flags.contains(Flags::FIN) && stream.end.is_none() && seq >= stream.next {
+                    stream.end = Some(seq);
+                }
+            }
+        } else {
+            if stream.end.is_some_and(|end| seq >= end) || seq > stream.next + (1 << 30) {
+                self.stats.out_of_range += 1;
+                return;
+            }
+            if repr.flags.contains(Flags::FIN) {
+                stream.end = Some(seq + 1);
+            }
+            if seq < stream.next {
+                if stream.is_lost(seq) {
+                    stream.stats.late += 1;
+                } else {
+                    stream.stats.duplicates += 1;
+                }
+                return;
+            }
+            stream.high = stream.high.max(seq + 1);
+            if seq >= stream.next + window {
+                // Too far ahead: frames must be given up so it fits in the
+                // window. Skip to the first frame that did arrive at or
+                // after the minimum, so a run of missing frames is never
+                // cut in two (and does not wait a second timeout).
+                let min = seq + 1 - window;
+                let from = (min - stream.next) as usize;
+                let target = stream
+                    .ring
+                    .iter()
+                    .skip(from)
+                    .position(Option::is_some)
+                    .map_or(seq, |i| min + i as u64);
+                self.skip_to(key, target);
+            }
+            self.insert(now, key, seq, payload);
+        }
+        self.settle(now, key);
+    }
+
+    /// Create a stream for `key`; false if the table is full
+    fn open(&mut self, now: Instant, from: SocketAddr, key: StreamKey, seq: u32) -> bool {
+        if self.streams.len() >= self.config.max_streams {
+            let lru = self
+                .streams
+                .iter()
+                .min_by_key(|(_, s)| s.last_active)
+                .map(|(k, s)| (*k, s.last_active));
+            match lru {
+                Some((k, at)) if now.saturating_duration_since(at) >= EVICTABLE_AFTER => {
+                    self.stats.streams_evicted += 1;
+                    self.flush_and_close(k, CloseReason::Evicted);
+                }
+                _ => {
+                    self.stats.streams_rejected += 1;
+                    return false;
+                }
+            }
+        }
+        // A young stream whose first frames were reordered or lost starts
+        // at 0, so they are awaited (and counted if lost); a receiver that
+        // joins a long-running stream starts where it joined.
+        let seq = u64::from(seq);
+        let first = if seq < self.config.reorder_window as u64 {
+            0
+        } else {
+            seq
+        };
+        self.streams.insert(
+            key,
+            Stream {
+                next: first,
+                high: first,
+                end: None,
+                ring: VecDeque::new(),
+                buffered_frames: 0,
+                buffered_bytes: 0,
+                gap_since: None,
+                last_active: now,
+                lost_ranges: VecDeque::new(),
+                stats: StreamStats {
+                    first_seq: first,
+                    ..StreamStats::default()
+                },
+            },
+        );
+        self.stats.streams_opened += 1;
+        self.events.push_back(Event::Opened {
+            key,
+            from,
+            first_seq: first,
+        });
+        true
+    }
+
+    fn take_buf(&mut self, payload: &[u8]) -> Vec<u8> {
+        let mut buf = self.pool.pop().unwrap_or_default();
+        buf.extend_from_slice(payload);
+        buf
+    }
+
+    /// Deliver or buffer frame `seq` (already known to be >= next and in the window)
+    fn insert(&mut self, now: Instant, key: StreamKey, seq: u64, payload: &[u8]) {
+        let Some(stream) = self.streams.get(&key) else {
+            return;
+        };
+        if seq == stream.next {
+            let buf = self.take_buf(payload);
+            let Some(stream) = self.streams.get_mut(&key) else {
+                return;
+            };
+            deliver(&mut self.events, key, stream, Some(buf));
+            return;
+        }
+        let offset = (seq - stream.next) as usize;
+        if stream.ring.get(offset).is_some_and(Option::is_some) {
+            if let Some(s) = self.streams.get_mut(&key) {
+                s.stats.duplicates += 1;
+            }
+            return;
+        }
+        // make room under the byte limits by skipping the oldest gap
+        loop {
+            let Some(stream) = self.streams.get(&key) else {
+                return;
+            };
+            let over_stream = stream.buffered_bytes + payload.len() > self.config.reorder_bytes;
+            let over_total = self.buffered_bytes + payload.len() > self.config.memory_limit;
+            if !(over_stream || over_total) || stream.buffered_frames == 0 {
+                break;
+            }
+            let first_buffered = stream
+                .ring
+                .iter()
+                .position(Option::is_some)
+                .map_or(stream.next, |i| stream.next + i as u64);
+            self.skip_to(key, first_buffered);
+            self.drain_ready(key);
+        }
+        let buf = self.take_buf(payload);
+        let Some(stream) = self.streams.get_mut(&key) else {
+            return;
+        };
+        if seq < stream.next {
+            // unreachable: skipping stops at the first buffered frame, before `seq`
+            self.recycle(buf);
+            return;
+        }
+        if seq == stream.next {
+            deliver(&mut self.events, key, stream, Some(buf));
+            return;
+        }
+        let offset = (seq - stream.next) as usize;
+        if stream.ring.len() <= offset {
+            stream.ring.resize_with(offset + 1, || None);
+        }
+        stream.buffered_frames += 1;
+        stream.buffered_bytes += buf.len();
+        self.buffered_bytes += buf.len();
+        stream.stats.reordered += 1;
+        stream.ring[offset] = Some(buf);
+        stream.gap_since.get_or_insert(now);
+    }
+
+    /// Deliver buffered frames that are now in order
+    fn drain_ready(&mut self, key: StreamKey) {
+        let Some(stream) = self.streams.get_mut(&key) else {
+            return;
+        };
+        while let Some(Some(_)) = stream.ring.front() {
+            let buf = stream.ring.pop_front().flatten();
+            if let Some(b) = &buf {
+                stream.buffered_frames -= 1;
+                stream.buffered_bytes -= b.len();
+                self.buffered_bytes -= b.len();
+            }
+            // deliver() pops the slot for `next`; put a placeholder back
+            stream.ring.push_front(None);
+            deliver(&mut self.events, key, stream, buf);
+        }
+    }
+
+    /// Declare everything before `target` that has not arrived lost,
+    /// delivering what did arrive, in order (work is bounded by the
+    /// buffered frames, however far `target` is)
+    fn skip_to(&mut self, key: StreamKey, target: u64) {
+        let Some(stream) = self.streams.get_mut(&key) else {
+            return;
+        };
+        let mut run_start: Option<u64> = None;
+        while stream.next < target {
+            match stream.ring.pop_front() {
+                Some(Some(buf)) => {
+                    if let Some(first) = run_start.take() {
+                        record_gap(&mut self.events, key, stream, first, stream.next - first);
+                    }
+                    stream.buffered_frames -= 1;
+                    stream.buffered_bytes -= buf.len();
+                    self.buffered_bytes -= buf.len();
+                    stream.ring.push_front(None);
+                    deliver(&mut self.events, key, stream, Some(buf));
+                }
+                Some(None) => {
+                    run_start.get_or_insert(stream.next);
+                    stream.next += 1;
+                }
+                None => {
+                    // nothing buffered beyond: the rest is one run
+                    run_start.get_or_insert(stream.next);
+                    stream.next = target;
+                }
+            }
+        }
+        if let Some(first) = run_start {
+            record_gap(&mut self.events, key, stream, first, stream.next - first);
+        }
+    }
+
+    /// Deliver what is buffered, count what is missing, then close
+    fn flush_and_close(&mut self, key: StreamKey, reason: CloseReason) {
+        if let Some(stream) = self.streams.get(&key) {
+            let target = stream.high.max(stream.next + stream.ring.len() as u64);
+            self.skip_to(key, target);
+        }
+        self.close(key, reason);
+    }
+
+    /// After a change: deliver what is ready, close on FIN, manage the gap timer
+    fn settle(&mut self, now: Instant, key: StreamKey) {
+        self.drain_ready(key);
+        let Some(stream) = self.streams.get_mut(&key) else {
+            return;
+        };
+        if stream.end.is_some_and(|end| stream.next >= end) {
+            self.close(key, CloseReason::Fin);
+            return;
+        }
+        let waiting = stream.buffered_frames > 0 || stream.next < stream.high;
+        if waiting {
+            stream.gap_since.get_or_insert(now);
+        } else {
+            stream.gap_since = None;
+        }
+    }
+
+    fn close(&mut self, key: StreamKey, reason: CloseReason) {
+        if let Some(stream) = self.streams.remove(&key) {
+            for buf in stream.ring.into_iter().flatten() {
+                self.buffered_bytes -= buf.len();
+            }
+            self.stats.streams_closed += 1;
+            if self.closed_order.len() >= self.config.max_streams {
+                if let Some(old) = self.closed_order.pop_front() {
+                    self.closed.remove(&old);
+                }
+            }
+            self.closed.insert(key);
+            self.closed_order.push_back(key);
+            self.events.push_back(Event::Closed {
+                key,
+                reason,
+                stats: stream.stats,
+            });
+        }
+    }
+
+    /// Next event, if any (call until `None` after each input)
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Receiver::handle_timeout`] should next be called
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.streams
+            .values()
+            .map(|s| {
+                let idle = s.last_active + self.config.idle_timeout;
+                match s.gap_since {
+                    Some(g) => idle.min(g + self.config.reorder_timeout),
+                    None => idle,
+                }
+            })
+            .min()
+    }
+
+    /// Skip gaps that waited `reorder_timeout`, close idle streams
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<StreamKey> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| {
+                s.gap_since
+                    .is_some_and(|g| now >= g + self.config.reorder_timeout)
+                    || now >= s.last_active + self.config.idle_timeout
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            let Some(stream) = self.streams.get(&key) else {
+                continue;
+            };
+            if now >= stream.last_active + self.config.idle_timeout {
+                self.flush_and_close(key, CloseReason::Idle);
+                continue;
+            }
+            // skip the first gap: up to the first buffered frame, or to
+            // `high` if the missing frames are the tail
+            let target = stream
+                .ring
+                .iter()
+                .position(Option::is_some)
+                .map_or(stream.high, |i| stream.next + i as u64);
+            self.skip_to(key, target);
+            if let Some(s) = self.streams.get_mut(&key) {
+                s.gap_since = None;
+            }
+            self.settle(now, key);
+        }
+    }
+
+    /// Deliver what is buffered, count what is missing, and close every stream
+    pub fn close_all(&mut self) {
+        let keys: Vec<StreamKey> = self.streams.keys().copied().collect();
+        for key in keys {
+            self.flush_and_close(key, CloseReason::Shutdown);
+        }
+    }
+}
+
+/// Deliver the frame at `next` (a `None` buffer means an empty FIN or gap slot)
+fn deliver(
+    events: &mut VecDeque<Event>,
+    key: StreamKey,
+    stream: &mut Stream,
+    buf: Option<Vec<u8>>,
+) {
+    stream.ring.pop_front();
+    stream.next += 1;
+    if let Some(buf) = buf {
+        stream.stats.datagrams += 1;
+        stream.stats.bytes += buf.len() as u64;
+        if !buf.is_empty() {
+            events.push_back(Event::Data { key, payload: buf });
+        }
+    }
+}
+
+fn record_gap(
+    events: &mut VecDeque<Event>,
+    key: StreamKey,
+    stream: &mut Stream,
+    first: u64,
+    count: u64,
+) {
+    stream.stats.gaps += 1;
+    stream.stats.lost += count;
+    if stream.lost_ranges.len() == LOST_RANGES {
+        stream.lost_ranges.pop_front();
+    }
+    stream.lost_ranges.push_back((first, first + count));
+    events.push_back(Event::Gap { key, first, count });
+}

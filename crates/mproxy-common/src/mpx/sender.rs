@@ -1,0 +1,322 @@
+//! The sending side of one mpx stream
+
+use std::time::{Duration, Instant};
+
+use crate::pack::{Framing, Packer};
+use crate::wire::{Flags, FrameType, Repr, HEADER_LEN};
+
+/// Settings of a [`Sender`]
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    /// Largest frame (header included) put in one datagram
+    pub max_datagram: usize,
+    /// How the input stream is cut into frames
+    pub framing: Framing,
+    /// Send a heartbeat after this long without any frame
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        Self {
+            max_datagram: 1472,
+            framing: Framing::Lines,
+            heartbeat_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Counters of a [`Sender`]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SenderStats {
+    /// DATA frames emitted (FIN included)
+    pub frames: u64,
+    /// Payload bytes emitted
+    pub bytes: u64,
+    /// Heartbeats emitted
+    pub heartbeats: u64,
+}
+
+/// Turns a byte stream into sequenced mpx frames
+///
+/// The first frame carries OPEN, [`Sender::finish`] sends FIN, and while
+/// idle the sender emits a heartbeat every `heartbeat_interval` carrying
+/// the next sequence number, so receivers notice lost tail frames.
+#[derive(Debug)]
+pub struct Sender {
+    session: u64,
+    stream: u32,
+    next_seq: u32,
+    packer: Packer,
+    frame: Vec<u8>,
+    heartbeat_interval: Duration,
+    epoch: Option<Instant>,
+    last_sent: Option<Instant>,
+    finished: bool,
+    /// Heartbeats still to send after FIN (they carry FIN, so a receiver
+    /// that lost the FIN frame or the frames before it learns the end)
+    linger: u8,
+    stats: SenderStats,
+}
+
+/// Heartbeats sent after FIN, and their spacing
+const LINGER_COUNT: u8 = 3;
+const LINGER_INTERVAL: Duration = Duration::from_millis(50);
+
+impl Sender {
+    /// A sender for stream `stream` of session `session`
+    pub fn new(session: u64, stream: u32, config: &SenderConfig) -> Self {
+        let max_payload = config.max_datagram.saturating_sub(HEADER_LEN).max(1);
+        Self {
+            session,
+            stream,
+            next_seq: 0,
+            packer: Packer::new(config.framing, max_payload),
+            frame: vec![0; HEADER_LEN + max_payload],
+            heartbeat_interval: config.heartbeat_interval,
+            epoch: None,
+            last_sent: None,
+            finished: false,
+            linger: 0,
+            stats: SenderStats::default(),
+        }
+    }
+
+    /// Session id
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    /// Stream id
+    pub fn stream(&self) -> u32 {
+        self.stream
+    }
+
+    /// Sequence number of the next DATA frame
+    pub fn next_seq(&self) -> u32 {
+        self.next_seq
+    }
+
+    /// Counters so far
+    pub fn stats(&self) -> SenderStats {
+        self.stats
+    }
+
+    /// Lines split because they exceeded the frame payload limit
+    pub fn split_lines(&self) -> u64 {
+        self.packer.split_lines()
+    }
+
+    /// True once [`Sender::finish`] was called
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Feed stream bytes; each finished frame is passed to `emit`
+    pub fn push(&mut self, now: Instant, data: &[u8], mut emit: impl FnMut(&[u8])) {
+        if self.finished {
+            return;
+        }
+        let Self {
+            packer,
+            frame,
+            session,
+            stream,
+            next_seq,
+            stats,
+            ..
+        } = self;
+        let mut sent = false;
+        packer.push(data, |payload| {
+            let len = data_frame(frame, *session, *stream, next_seq, Flags::NONE, payload);
+            stats.frames += 1;
+            stats.bytes += payload.len() as u64;
+            sent = true;
+            emit(&frame[..len]);
+        });
+        if sent {
+            self.touch(now);
+        }
+    }
+
+    /// Flush buffered bytes and send FIN; later pushes are ignored
+    pub fn finish(&mut self, now: Instant, mut emit: impl FnMut(&[u8])) {
+        if self.finished {
+            return;
+        }
+        let Self {
+            packer,
+            frame,
+            session,
+            stream,
+            next_seq,
+            stats,
+            ..
+        } = self;
+        packer.finish(|payload| {
+            let len = data_frame(frame, *session, *stream, next_seq, Flags::NONE, payload);
+            stats.frames += 1;
+            stats.bytes += payload.len() as u64;
+            emit(&frame[..len]);
+        });
+        let len = data_frame(frame, *session, *stream, next_seq, Flags::FIN, &[]);
+        stats.frames += 1;
+        emit(&frame[..len]);
+        self.finished = true;
+        self.linger = LINGER_COUNT;
+        self.touch(now);
+    }
+
+    /// When [`Sender::handle_timeout`] should next be called
+    ///
+    /// `None` before the first frame and once the stream is finished and
+    /// its closing heartbeats are sent: a driver may exit then.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.finished {
+            return (self.linger > 0).then_some(self.last_sent? + LINGER_INTERVAL);
+        }
+        Some(self.last_sent? + self.heartbeat_interval)
+    }
+
+    /// Send a heartbeat if the stream has been idle for the interval
+    /// (after FIN: one of the closing heartbeats, flagged FIN)
+    pub fn handle_timeout(&mut self, now: Instant, mut emit: impl FnMut(&[u8])) {
+        match self.poll_timeout() {
+            Some(at) if now >= at => {}
+            _ => return,
+        }
+        let epoch = *self.epoch.get_or_insert(now);
+        let micros = now.saturating_duration_since(epoch).as_micros() as u64;
+        let flags = if self.finished {
+            self.linger -= 1;
+            Flags::FIN
+        } else {
+            Flags::NONE
+        };
+        let repr = Repr {
+            frame_type: FrameType::Heartbeat,
+            flags,
+            session: self.session,
+            stream: self.stream,
+            seq: self.next_seq,
+        };
+        if let Ok(len) = repr.emit_with_payload(&mut self.frame, &micros.to_be_bytes()) {
+            self.stats.heartbeats += 1;
+            emit(&self.frame[..len]);
+        }
+        self.touch(now);
+    }
+
+    fn touch(&mut self, now: Instant) {
+        self.epoch.get_or_insert(now);
+        self.last_sent = Some(now);
+    }
+}
+
+/// Write one DATA frame into `frame`, advancing `next_seq`; returns its length
+fn data_frame(
+    frame: &mut [u8],
+    session: u64,
+    stream: u32,
+    next_seq: &mut u32,
+    mut flags: Flags,
+    payload: &[u8],
+) -> usize {
+    if *next_seq == 0 {
+        flags = flags | Flags::OPEN;
+    }
+    let repr = Repr {
+        frame_type: FrameType::Data,
+        flags,
+        session,
+        stream,
+        seq: *next_seq,
+    };
+    *next_seq = next_seq.wrapping_add(1);
+    // The buffer holds HEADER_LEN + max payload and the packer never emits
+    // more than max payload, so this cannot fail.
+    repr.emit_with_payload(frame, payload).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{classify, Datagram};
+
+    fn frames(s: &mut Sender, now: Instant, data: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        s.push(now, data, |f| out.push(f.to_vec()));
+        out
+    }
+
+    #[test]
+    fn test_open_seq_fin() {
+        let cfg = SenderConfig {
+            max_datagram: HEADER_LEN + 8,
+            ..SenderConfig::default()
+        };
+        let mut s = Sender::new(42, 3, &cfg);
+        let t = Instant::now();
+        let out = frames(&mut s, t, b"abc\ndef\nghi\n");
+        assert_eq!(out.len(), 2);
+        let mut fin = Vec::new();
+        s.finish(t, |f| fin.push(f.to_vec()));
+        assert_eq!(fin.len(), 1);
+        let all: Vec<_> = out.iter().chain(fin.iter()).collect();
+        let mut payload = Vec::new();
+        for (i, f) in all.iter().enumerate() {
+            let Datagram::Mpx(r, p) = classify(f) else {
+                panic!("not mpx")
+            };
+            assert_eq!((r.session, r.stream, r.seq), (42, 3, i as u32));
+            assert_eq!(r.flags.contains(Flags::OPEN), i == 0);
+            assert_eq!(r.flags.contains(Flags::FIN), i == 2);
+            payload.extend_from_slice(p);
+        }
+        assert_eq!(payload, b"abc\ndef\nghi\n");
+        assert_eq!(s.stats().frames, 3);
+        assert_eq!(s.stats().bytes, 12);
+        // three closing heartbeats flagged FIN, carrying the end
+        let mut hbs = Vec::new();
+        let mut now = t;
+        while let Some(at) = s.poll_timeout() {
+            now = now.max(at);
+            s.handle_timeout(now, |f| hbs.push(f.to_vec()));
+        }
+        assert_eq!(hbs.len(), 3);
+        for hb in &hbs {
+            let Datagram::Mpx(r, _) = classify(hb) else {
+                panic!()
+            };
+            assert_eq!(r.frame_type, FrameType::Heartbeat);
+            assert!(r.flags.contains(Flags::FIN));
+            assert_eq!(r.seq, 3);
+        }
+    }
+
+    #[test]
+    fn test_heartbeat_when_idle() {
+        let mut s = Sender::new(1, 1, &SenderConfig::default());
+        let t0 = Instant::now();
+        assert_eq!(
+            s.poll_timeout(),
+            None,
+            "no heartbeat before the first frame"
+        );
+        frames(&mut s, t0, b"x\n");
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(1)));
+        let mut hb = Vec::new();
+        s.handle_timeout(t0 + Duration::from_millis(500), |f| hb.push(f.to_vec()));
+        assert!(hb.is_empty());
+        s.handle_timeout(t0 + Duration::from_secs(1), |f| hb.push(f.to_vec()));
+        assert_eq!(hb.len(), 1);
+        let Datagram::Mpx(r, p) = classify(&hb[0]) else {
+            panic!()
+        };
+        assert_eq!(r.frame_type, FrameType::Heartbeat);
+        assert_eq!(r.seq, 1, "heartbeat carries the next sequence number");
+        assert_eq!(p, 1_000_000u64.to_be_bytes());
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(2)));
+    }
+}
