@@ -1,0 +1,188 @@
+//! Command line of `mproxy-reverseproxy`
+
+use clap::Parser;
+use mproxy_common::cli::{parse_max_datagram, CommonArgs};
+use mproxy_common::pack::Framing;
+use mproxy_common::Endpoint;
+
+/// Default group: an administratively scoped IPv4 group (RFC 2365)
+///
+/// `239.0.0.0/8` is the "organization-local" range meant for private use,
+/// and with the default TTL of 1 the traffic stays on the local link. The
+/// original tool defaulted to `[ff02::1]:9918`, the IPv6 *all-nodes*
+/// group: every host on the link must accept and process datagrams sent
+/// there, so a busy feed would have loaded every machine on the segment.
+pub const DEFAULT_GROUP: &str = "239.255.77.18:9918";
+
+/// Default datagram payload limit: fits a 1500-byte Ethernet MTU over IPv4
+/// without IP fragmentation (1500 - 20 - 8)
+pub const DEFAULT_MAX_DATAGRAM: usize = 1472;
+
+/// Default per-client queue, in datagrams
+pub const DEFAULT_CLIENT_QUEUE: usize = 4096;
+
+/// Default connection limit per TCP listener
+pub const DEFAULT_MAX_CLIENTS: usize = 256;
+
+const EXAMPLES: &str = "\
+EXAMPLES:
+  # TCP feed in, any number of TCP readers out (same host: --loop stays on)
+  mproxy-reverseproxy --tcp-listen-addr 0.0.0.0:9000 --tcp-output-addr 0.0.0.0:9100
+
+  # UDP in on two ports, out to a TCP listener and a UDP collector
+  mproxy-reverseproxy --udp-listen-addr 0.0.0.0:9920 --udp-listen-addr 0.0.0.0:9921 \\
+      --tcp-output-addr 0.0.0.0:9100 --udp-output-addr 10.0.0.5:9930
+
+  # two hosts: inputs on A, outputs on B, joined by the group on eth0
+  A$ mproxy-reverseproxy --iface eth0 --tcp-listen-addr 0.0.0.0:9000
+  B$ mproxy-reverseproxy --iface eth0 --tcp-output-addr 0.0.0.0:9100
+
+Inputs send to the group with multicast loopback on (--loop on, the
+default), so outputs on the same host receive them; --loop off only makes
+sense when the outputs run on other hosts. Logs go to stderr; stdout only
+carries data (--tee).";
+
+/// Command line of `mproxy-reverseproxy`
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "mproxy-reverseproxy",
+    version,
+    about = "Feed TCP and UDP inputs into a multicast group, and fan the group out to TCP clients and UDP outputs",
+    long_about = "Feed TCP and UDP inputs into a multicast group, and fan the group out to \
+                  TCP clients and UDP outputs. One thread per listener; every address flag \
+                  may be repeated.",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    /// UDP address to receive on (unicast, or a multicast group to join);
+    /// every datagram is sent to the group. Repeatable
+    #[arg(long = "udp-listen-addr", value_name = "HOST:PORT")]
+    pub udp_listen_addr: Vec<Endpoint>,
+
+    /// TCP address to accept connections on; each connection's bytes are
+    /// cut into datagrams (see --framing, --max-datagram) and sent to the
+    /// group. Repeatable
+    #[arg(long = "tcp-listen-addr", value_name = "HOST:PORT")]
+    pub tcp_listen_addr: Vec<Endpoint>,
+
+    /// The multicast group that joins inputs to outputs. The default is an
+    /// administratively scoped IPv4 group (RFC 2365), not the original's
+    /// `[ff02::1]:9918`: that is the IPv6 all-nodes group, which every host
+    /// on the link must accept. IPv6 groups such as `[ff15::77:18]:9918` work
+    /// too
+    #[arg(long = "multicast-addr", value_name = "GROUP:PORT", default_value = DEFAULT_GROUP)]
+    pub multicast_addr: Endpoint,
+
+    /// TCP address to accept readers on; every connected client receives
+    /// the payloads of the group's datagrams, concatenated. Repeatable
+    #[arg(long = "tcp-output-addr", value_name = "HOST:PORT")]
+    pub tcp_output_addr: Vec<Endpoint>,
+
+    /// UDP address to forward every datagram of the group to. Repeatable
+    #[arg(long = "udp-output-addr", value_name = "HOST:PORT")]
+    pub udp_output_addr: Vec<Endpoint>,
+
+    /// How TCP input is cut into datagrams: `bytes` (chunks of up to
+    /// --max-datagram, cut anywhere) or `lines` (whole lines per datagram)
+    #[arg(long, value_name = "lines|bytes", default_value = "bytes")]
+    pub framing: Framing,
+
+    /// Largest datagram payload made from TCP input (UDP input is relayed
+    /// as received)
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_DATAGRAM,
+          value_parser = parse_max_datagram)]
+    pub max_datagram: usize,
+
+    /// Datagrams queued per TCP output client; when a client's queue is
+    /// full, datagrams are dropped for that client only, and counted
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CLIENT_QUEUE,
+          value_parser = parse_count)]
+    pub client_queue: usize,
+
+    /// Connections per TCP listener (input or output); more are accepted,
+    /// closed at once and counted
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CLIENTS,
+          value_parser = parse_count)]
+    pub max_clients: usize,
+
+    /// Copy everything the inputs send to the group to stdout
+    #[arg(short, long)]
+    pub tee: bool,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonArgs,
+}
+
+/// Parse a count from 1 to 1,048,576
+fn parse_count(s: &str) -> Result<usize, String> {
+    s.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=1 << 20).contains(n))
+        .ok_or_else(|| format!("invalid count '{s}' (expected 1 to 1048576)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_cli_defaults() {
+        let cli = Cli::try_parse_from(["x", "--tcp-output-addr", "127.0.0.1:9100"]).unwrap();
+        assert_eq!(cli.multicast_addr.to_string(), DEFAULT_GROUP);
+        assert_eq!(cli.framing, Framing::Bytes);
+        assert_eq!(cli.max_datagram, 1472);
+        assert_eq!(cli.client_queue, 4096);
+        assert_eq!(cli.max_clients, 256);
+        assert!(cli.common.multicast_loop);
+        assert!(!cli.tee);
+    }
+
+    #[test]
+    fn test_cli_repeatable() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--udp-listen-addr",
+            "127.0.0.1:1",
+            "--udp-listen-addr",
+            "127.0.0.1:2",
+            "--tcp-listen-addr",
+            "127.0.0.1:3",
+            "--tcp-listen-addr",
+            "[::1]:4",
+            "--tcp-output-addr",
+            "127.0.0.1:5",
+            "--tcp-output-addr",
+            "127.0.0.1:6",
+            "--udp-output-addr",
+            "127.0.0.1:7",
+            "--udp-output-addr",
+            "127.0.0.1:8",
+            "--framing",
+            "lines",
+            "-t",
+        ])
+        .unwrap();
+        assert_eq!(cli.udp_listen_addr.len(), 2);
+        assert_eq!(cli.tcp_listen_addr.len(), 2);
+        assert_eq!(cli.tcp_output_addr.len(), 2);
+        assert_eq!(cli.udp_output_addr.len(), 2);
+        assert_eq!(cli.framing, Framing::Lines);
+        assert!(cli.tee);
+    }
+
+    #[test]
+    fn test_cli_rejects() {
+        for args in [
+            &["x", "--tcp-listen-addr", "nonsense"][..],
+            &["x", "--max-datagram", "0"],
+            &["x", "--max-datagram", "70000"],
+            &["x", "--client-queue", "0"],
+            &["x", "--max-clients", "x"],
+            &["x", "--framing", "words"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+}

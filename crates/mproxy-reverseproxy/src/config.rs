@@ -1,0 +1,443 @@
+//! Validated configuration: every address resolved, nothing bound yet
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use anyhow::{bail, Context as _};
+use mproxy_common::net::MAX_UDP_PAYLOAD;
+use mproxy_common::pack::Framing;
+use mproxy_common::{AddrError, Endpoint, SocketOptions};
+
+use crate::cli::DEFAULT_MAX_DATAGRAM;
+use crate::cli::{Cli, DEFAULT_CLIENT_QUEUE, DEFAULT_GROUP, DEFAULT_MAX_CLIENTS};
+
+/// An address as the user wrote it, with what it resolved to
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addr {
+    /// As written (kept for messages, and for the IPv6 zone of a group)
+    pub spec: Endpoint,
+    /// What it resolved to
+    pub addr: SocketAddr,
+}
+
+impl Addr {
+    /// Resolve `spec` (literals need no resolver)
+    ///
+    /// # Errors
+    /// A host name that does not resolve, or an unknown IPv6 zone.
+    pub fn resolve(spec: Endpoint) -> Result<Self, AddrError> {
+        let addr = spec.resolve()?;
+        Ok(Self { spec, addr })
+    }
+}
+
+impl From<SocketAddr> for Addr {
+    fn from(addr: SocketAddr) -> Self {
+        Self {
+            spec: Endpoint::from_socket_addr(addr),
+            addr,
+        }
+    }
+}
+
+impl FromStr for Addr {
+    type Err = AddrError;
+
+    /// Parse and resolve `host:port`
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::resolve(s.parse()?)
+    }
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let spec = self.spec.to_string();
+        if spec == self.addr.to_string() || self.spec.ip().is_some() {
+            f.write_str(&spec)
+        } else {
+            write!(f, "{spec} ({})", self.addr)
+        }
+    }
+}
+
+/// Everything [`ReverseProxy::start`](crate::ReverseProxy::start) needs
+///
+/// Build it from the command line with `Config::try_from(cli)`, or fill
+/// in the fields, starting from [`Config::default`] (no inputs or
+/// outputs, the default group and limits).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The multicast group inputs send to and outputs receive from
+    pub group: Addr,
+    /// UDP sockets whose datagrams are sent to the group
+    pub udp_inputs: Vec<Addr>,
+    /// TCP listeners whose connections' bytes are sent to the group
+    pub tcp_inputs: Vec<Addr>,
+    /// TCP listeners whose clients receive the group's payloads
+    pub tcp_outputs: Vec<Addr>,
+    /// UDP destinations the group's datagrams are forwarded to
+    pub udp_outputs: Vec<Addr>,
+    /// How TCP input is cut into datagrams
+    pub framing: Framing,
+    /// Largest payload made from TCP input
+    pub max_datagram: usize,
+    /// Datagrams queued per TCP output client before it loses datagrams
+    pub client_queue: usize,
+    /// Connections per TCP listener
+    pub max_clients: usize,
+    /// Copy what the inputs send to the group to stdout
+    pub tee: bool,
+    /// Interface, TTL, loopback, SSM sources and buffer sizes. `sources`
+    /// apply to the joins of the group only (outputs), not to UDP inputs
+    pub socket: SocketOptions,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let group: SocketAddr = DEFAULT_GROUP
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([239, 255, 77, 18], 9918)));
+        Self {
+            group: group.into(),
+            udp_inputs: Vec::new(),
+            tcp_inputs: Vec::new(),
+            tcp_outputs: Vec::new(),
+            udp_outputs: Vec::new(),
+            framing: Framing::Bytes,
+            max_datagram: DEFAULT_MAX_DATAGRAM,
+            client_queue: DEFAULT_CLIENT_QUEUE,
+            max_clients: DEFAULT_MAX_CLIENTS,
+            tee: false,
+            socket: SocketOptions::default(),
+        }
+    }
+}
+
+impl TryFrom<Cli> for Config {
+    type Error = anyhow::Error;
+
+    /// Resolve every address and check the combination; binds nothing
+    fn try_from(cli: Cli) -> anyhow::Result<Self> {
+        cli.common.validate()?;
+        let resolve_all = |flag: &str, specs: Vec<Endpoint>| -> anyhow::Result<Vec<Addr>> {
+            specs
+                .into_iter()
+                .map(|e| Addr::resolve(e).with_context(|| format!("--{flag}")))
+                .collect()
+        };
+        let config = Self {
+            group: Addr::resolve(cli.multicast_addr).context("--multicast-addr")?,
+            udp_inputs: resolve_all("udp-listen-addr", cli.udp_listen_addr)?,
+            tcp_inputs: resolve_all("tcp-listen-addr", cli.tcp_listen_addr)?,
+            tcp_outputs: resolve_all("tcp-output-addr", cli.tcp_output_addr)?,
+            udp_outputs: resolve_all("udp-output-addr", cli.udp_output_addr)?,
+            framing: cli.framing,
+            max_datagram: cli.max_datagram,
+            client_queue: cli.client_queue,
+            max_clients: cli.max_clients,
+            tee: cli.tee,
+            socket: cli.common.socket_options(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    /// True if there is at least one input
+    pub fn has_inputs(&self) -> bool {
+        !self.udp_inputs.is_empty() || !self.tcp_inputs.is_empty()
+    }
+
+    /// True if there is at least one output
+    pub fn has_outputs(&self) -> bool {
+        !self.tcp_outputs.is_empty() || !self.udp_outputs.is_empty()
+    }
+
+    /// Check the combination of settings without touching the network
+    ///
+    /// # Errors
+    /// No input or output at all; a group that is not multicast; an
+    /// address given twice; a setup that would send the group's traffic
+    /// back into the group (a loop); limits out of range.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !self.has_inputs() && !self.has_outputs() {
+            bail!(
+                "nothing to do: give at least one --udp-listen-addr, --tcp-listen-addr, \
+                 --tcp-output-addr or --udp-output-addr"
+            );
+        }
+        let group = &self.group;
+        if !group.addr.ip().is_multicast() {
+            bail!(
+                "--multicast-addr {group}: not a multicast address \
+                 (expected e.g. {DEFAULT_GROUP} or [ff15::77:18]:9918)"
+            );
+        }
+        if group.addr.port() == 0 {
+            bail!("--multicast-addr {group}: the group needs a port (1-65535)");
+        }
+        if !(1..=MAX_UDP_PAYLOAD).contains(&self.max_datagram) {
+            bail!(
+                "--max-datagram {}: expected 1 to {MAX_UDP_PAYLOAD}",
+                self.max_datagram
+            );
+        }
+        if self.client_queue == 0 {
+            bail!("--client-queue must be at least 1");
+        }
+        if self.max_clients == 0 {
+            bail!("--max-clients must be at least 1");
+        }
+        for out in &self.udp_outputs {
+            if out.addr.port() == 0 || out.addr.ip().is_unspecified() {
+                bail!("--udp-output-addr {out}: not a destination address");
+            }
+            if out.addr == group.addr {
+                bail!(
+                    "--udp-output-addr {out} is the group itself: the group's traffic \
+                     would be sent back into the group forever"
+                );
+            }
+            if let Some(input) = self.udp_inputs.iter().find(|i| receives(i.addr, out.addr)) {
+                bail!(
+                    "--udp-output-addr {out} would reach --udp-listen-addr {input}: the \
+                     group's traffic would be sent back into the group forever"
+                );
+            }
+        }
+        for input in &self.udp_inputs {
+            if receives(input.addr, group.addr) {
+                bail!(
+                    "--udp-listen-addr {input} would receive the group's own traffic \
+                     (--multicast-addr {group}) and send it back into the group forever; \
+                     use another port"
+                );
+            }
+        }
+        no_duplicates("--udp-listen-addr", &self.udp_inputs, &[])?;
+        no_duplicates(
+            "--tcp-listen-addr/--tcp-output-addr",
+            &self.tcp_inputs,
+            &self.tcp_outputs,
+        )?;
+        no_duplicates("--udp-output-addr", &self.udp_outputs, &[])?;
+        if !self.socket.sources.is_empty() && !self.has_outputs() {
+            bail!("--source only applies to the outputs' joins of the group, and there are no outputs");
+        }
+        if !self.socket.multicast_loop && self.has_inputs() && self.has_outputs() {
+            tracing::warn!(
+                "--loop off: outputs on this host will not receive what this host's inputs send"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Would a UDP socket bound to `listen` receive datagrams sent to `dest`?
+///
+/// Same port and family, and the same address, or a wildcard bind and a
+/// destination that is this host or a multicast group (a wildcard socket
+/// receives every group some socket of the host has joined).
+fn receives(listen: SocketAddr, dest: SocketAddr) -> bool {
+    if listen.port() != dest.port() || listen.is_ipv4() != dest.is_ipv4() {
+        return false;
+    }
+    let (l, d) = (listen.ip(), dest.ip());
+    l == d || (l.is_unspecified() && (d.is_loopback() || d.is_multicast() || is_local(d)))
+}
+
+fn is_local(ip: IpAddr) -> bool {
+    mproxy_common::net::interface_index_of(ip).is_some()
+}
+
+fn no_duplicates(flag: &str, a: &[Addr], b: &[Addr]) -> anyhow::Result<()> {
+    let all: Vec<&Addr> = a.iter().chain(b).collect();
+    for (i, x) in all.iter().enumerate() {
+        if x.addr.port() == 0 {
+            continue;
+        }
+        if let Some(y) = all[i + 1..].iter().find(|y| y.addr == x.addr) {
+            bail!("{flag}: {x} and {y} are the same address");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    fn config(args: &[&str]) -> anyhow::Result<Config> {
+        let mut argv = vec!["mproxy-reverseproxy"];
+        argv.extend_from_slice(args);
+        Config::try_from(Cli::try_parse_from(argv)?)
+    }
+
+    fn err(args: &[&str]) -> String {
+        format!("{:#}", config(args).unwrap_err())
+    }
+
+    #[test]
+    fn test_valid() {
+        let c = config(&[
+            "--udp-listen-addr",
+            "127.0.0.1:9000",
+            "--tcp-listen-addr",
+            "127.0.0.1:9001",
+            "--tcp-output-addr",
+            "[::1]:9100",
+            "--udp-output-addr",
+            "127.0.0.1:9200",
+        ])
+        .unwrap();
+        assert_eq!(c.group.addr, "239.255.77.18:9918".parse().unwrap());
+        assert_eq!(c.udp_inputs[0].addr, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(c.tcp_outputs[0].addr, "[::1]:9100".parse().unwrap());
+        assert!(c.udp_outputs[0].addr.ip().is_loopback());
+        // names are shown with what they resolved to (built by hand: unit
+        // tests do no name lookups)
+        let named = Addr {
+            spec: "localhost:9200".parse().unwrap(),
+            addr: "127.0.0.1:9200".parse().unwrap(),
+        };
+        assert_eq!(named.to_string(), "localhost:9200 (127.0.0.1:9200)");
+        assert!(c.socket.multicast_loop, "loop must default to on");
+        assert!(c.has_inputs() && c.has_outputs());
+        // an IPv6 group, outputs only
+        let c = config(&[
+            "--multicast-addr",
+            "[ff15::77:18]:9918",
+            "--tcp-output-addr",
+            "[::1]:9100",
+        ])
+        .unwrap();
+        assert!(c.group.addr.is_ipv6());
+    }
+
+    #[test]
+    fn test_nothing_to_do() {
+        assert!(err(&[]).starts_with("nothing to do"));
+    }
+
+    #[test]
+    fn test_group_must_be_multicast() {
+        let e = err(&[
+            "--multicast-addr",
+            "127.0.0.1:9",
+            "--tcp-output-addr",
+            "127.0.0.1:9100",
+        ]);
+        assert!(
+            e.contains("--multicast-addr 127.0.0.1:9: not a multicast address"),
+            "{e}"
+        );
+        let e = err(&[
+            "--multicast-addr",
+            "239.1.2.3:0",
+            "--tcp-output-addr",
+            "127.0.0.1:9100",
+        ]);
+        assert!(e.contains("needs a port"), "{e}");
+    }
+
+    #[test]
+    fn test_loops_rejected() {
+        let e = err(&["--udp-output-addr", "239.255.77.18:9918"]);
+        assert!(e.contains("is the group itself"), "{e}");
+        let e = err(&["--udp-listen-addr", "239.255.77.18:9918"]);
+        assert!(e.contains("would receive the group's own traffic"), "{e}");
+        let e = err(&["--udp-listen-addr", "0.0.0.0:9918"]);
+        assert!(e.contains("would receive the group's own traffic"), "{e}");
+        let e = err(&[
+            "--udp-listen-addr",
+            "0.0.0.0:9000",
+            "--udp-output-addr",
+            "127.0.0.1:9000",
+        ]);
+        assert!(
+            e.contains("would reach --udp-listen-addr 0.0.0.0:9000"),
+            "{e}"
+        );
+        let e = err(&[
+            "--udp-listen-addr",
+            "127.0.0.1:9000",
+            "--udp-output-addr",
+            "127.0.0.1:9000",
+        ]);
+        assert!(e.contains("would reach"), "{e}");
+        // a relay to another host on the same port is fine
+        config(&[
+            "--udp-listen-addr",
+            "0.0.0.0:9000",
+            "--udp-output-addr",
+            "192.0.2.1:9000",
+        ])
+        .unwrap();
+        // another port on the wildcard is fine, and so is the group port on another family
+        config(&["--udp-listen-addr", "0.0.0.0:9919"]).unwrap();
+        config(&["--udp-listen-addr", "[::]:9918"]).unwrap();
+    }
+
+    #[test]
+    fn test_duplicates_rejected() {
+        let e = err(&[
+            "--tcp-listen-addr",
+            "127.0.0.1:9000",
+            "--tcp-output-addr",
+            "127.0.0.1:9000",
+        ]);
+        assert!(e.contains("are the same address"), "{e}");
+        let e = err(&[
+            "--udp-listen-addr",
+            "127.0.0.1:9000",
+            "--udp-listen-addr",
+            "127.0.0.1:9000",
+        ]);
+        assert!(e.contains("--udp-listen-addr"), "{e}");
+        // TCP and UDP may share a port
+        config(&[
+            "--tcp-listen-addr",
+            "127.0.0.1:9000",
+            "--udp-listen-addr",
+            "127.0.0.1:9000",
+        ])
+        .unwrap();
+    }
+
+    #[test]
+    fn test_bad_destinations() {
+        let e = err(&["--udp-output-addr", "0.0.0.0:9000"]);
+        assert!(e.contains("not a destination"), "{e}");
+        let e = err(&["--udp-output-addr", "127.0.0.1:0"]);
+        assert!(e.contains("not a destination"), "{e}");
+        let e = err(&[
+            "--tcp-listen-addr",
+            "127.0.0.1:9000",
+            "--source",
+            "192.0.2.1",
+        ]);
+        assert!(e.contains("--source"), "{e}");
+        let e = err(&[
+            "--tcp-output-addr",
+            "127.0.0.1:9000",
+            "--iface",
+            "nosuchif0",
+        ]);
+        assert!(e.contains("--iface nosuchif0"), "{e}");
+    }
+
+    #[test]
+    fn test_library_defaults() {
+        let c = Config {
+            tcp_inputs: vec!["127.0.0.1:9000".parse().unwrap()],
+            ..Config::default()
+        };
+        c.validate().unwrap();
+        assert_eq!(c.group.to_string(), DEFAULT_GROUP);
+        assert_eq!(c.framing, Framing::Bytes);
+        Config::default().validate().unwrap_err();
+    }
+}

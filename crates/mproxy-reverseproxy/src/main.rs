@@ -1,0 +1,28 @@
+//! `mproxy-reverseproxy`: see the library docs of [`mproxy_reverseproxy`]
+
+use std::process::ExitCode;
+
+use mproxy_common::cli::{parse_args, runtime_error, usage_error, Shutdown};
+use mproxy_reverseproxy::{Cli, Config, ReverseProxy};
+
+fn main() -> ExitCode {
+    let cli: Cli = parse_args();
+    cli.common.init_tracing();
+    let config = match Config::try_from(cli) {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e),
+    };
+    let shutdown = match Shutdown::install() {
+        Ok(s) => s,
+        Err(e) => return runtime_error(&e.into()),
+    };
+    // binding happens here: a port in use or a failed join is a usage error
+    let proxy = match ReverseProxy::start(config, shutdown) {
+        Ok(p) => p,
+        Err(e) => return usage_error(&e),
+    };
+    match proxy.run() {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => runtime_error(&e),
+    }
+}

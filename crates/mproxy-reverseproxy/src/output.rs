@@ -1,0 +1,457 @@
+//! Outputs: TCP listeners whose clients get the group's payloads, and UDP
+//! destinations the group's datagrams are forwarded to
+//!
+//! Each output has its own receive socket on the group (SO_REUSEPORT lets
+//! them share group:port; the kernel gives every one of them a copy).
+//!
+//! A TCP output is one hub thread plus one writer thread per client. The
+//! hub receives from the group and hands each payload to every client's
+//! bounded queue without ever blocking: when a queue is full the datagram
+//! is dropped for that client only, and counted. A slow or stalled client
+//! therefore costs nothing but its own completeness; the group socket and
+//! the other clients never wait for it.
+
+use std::fmt;
+use std::io::{self, Write as _};
+use std::net::{Shutdown as Both, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd as _;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use mio::{Events, Poll, Token};
+use mproxy_common::cli::Shutdown;
+use mproxy_common::net::{bind_receiver, RECV_BUF_LEN};
+use mproxy_common::stats::{Counter, LogLimiter};
+use mproxy_common::Fanout;
+
+use crate::config::{Addr, Config};
+use crate::poller::{drain_udp, register, wait, RecvLogs, TICK};
+use crate::stats::{ClientStats, TcpOutputStats, UdpOutputStats};
+
+const GROUP: Token = Token(0);
+const LISTENER: Token = Token(1);
+
+/// Bind a receive socket on the group for the output named by `flag` and `addr`
+fn join_group(config: &Config, flag: &str, addr: &Addr) -> anyhow::Result<UdpSocket> {
+    bind_receiver(config.group.addr, &config.socket)
+        .map_err(anyhow::Error::from)
+        .with_context(|| {
+            format!(
+                "joining --multicast-addr {} for {flag} {addr}",
+                config.group
+            )
+        })
+}
+
+/// A connected client as the hub sees it
+struct Client {
+    tx: SyncSender<Arc<[u8]>>,
+    stats: Arc<ClientStats>,
+    /// Payloads put in its queue (written + lost when it ends)
+    queued: Counter,
+    handle: JoinHandle<End>,
+    log: LogLimiter,
+}
+
+/// Why a client writer stopped
+enum End {
+    /// The hub let go of the queue (shutdown)
+    Stopped,
+    /// Shutdown while the client was not taking data
+    Stalled,
+    /// The client closed or reset the connection
+    Gone(io::Error),
+    /// The writer thread panicked (a bug)
+    Panicked,
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Stopped => f.write_str("stopped"),
+            Self::Stalled => f.write_str("stopped while the client was not reading"),
+            Self::Gone(e) => write!(f, "disconnected: {e}"),
+            Self::Panicked => f.write_str("writer thread panicked"),
+        }
+    }
+}
+
+/// One `--tcp-output-addr`: a listener whose clients receive the group's payloads
+#[derive(Debug)]
+pub(crate) struct TcpOutput {
+    listener: TcpListener,
+    sock: UdpSocket,
+    poll: Poll,
+    stats: Arc<TcpOutputStats>,
+    client_queue: usize,
+    max_clients: usize,
+    shutdown: Shutdown,
+    log_accept: LogLimiter,
+    log_reject: LogLimiter,
+}
+
+impl TcpOutput {
+    /// Bind the listener and join the group
+    pub(crate) fn bind(addr: &Addr, config: &Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let context = || format!("binding --tcp-output-addr {addr}");
+        let listener = TcpListener::bind(addr.addr).with_context(context)?;
+        listener.set_nonblocking(true).with_context(context)?;
+        let local = listener.local_addr().with_context(context)?;
+        let sock = join_group(config, "--tcp-output-addr", addr)?;
+        let poll = Poll::new().context("creating a poll instance")?;
+        register(&poll, sock.as_raw_fd(), GROUP).with_context(context)?;
+        register(&poll, listener.as_raw_fd(), LISTENER).with_context(context)?;
+        Ok(Self {
+            listener,
+            sock,
+            poll,
+            stats: Arc::new(TcpOutputStats::new(addr.to_string(), local)),
+            client_queue: config.client_queue,
+            max_clients: config.max_clients,
+            shutdown,
+            log_accept: LogLimiter::default(),
+            log_reject: LogLimiter::default(),
+        })
+    }
+
+    /// Its counters
+    pub(crate) fn stats(&self) -> &Arc<TcpOutputStats> {
+        &self.stats
+    }
+
+    /// Fan the group out to clients until shutdown
+    pub(crate) fn run(mut self) -> anyhow::Result<()> {
+        let _span = tracing::info_span!("tcp-output", listen = %self.stats.spec).entered();
+        tracing::debug!(local = %self.stats.local, "listening");
+        let mut events = Events::with_capacity(8);
+        let mut buf = vec![0u8; RECV_BUF_LEN];
+        let logs = RecvLogs::default();
+        let mut clients: Vec<Client> = Vec::new();
+        let mut more = false;
+        while !self.shutdown.is_set() {
+            let timeout = if more { Duration::ZERO } else { TICK };
+            wait(&mut self.poll, &mut events, timeout).context("waiting for datagrams")?;
+            let queue = self.client_queue;
+            more = drain_udp(
+                &self.sock,
+                &mut buf,
+                &self.stats.recv,
+                &logs,
+                &self.shutdown,
+                |d| fan_out(&clients, d, queue),
+            );
+            self.reap(&mut clients);
+            self.accept_all(&mut clients);
+        }
+        // let go of every queue first, so all writers wind down in parallel
+        let ending: Vec<_> = clients
+            .into_iter()
+            .map(|c| {
+                drop(c.tx);
+                (c.stats, c.queued, c.handle, c.log)
+            })
+            .collect();
+        for (stats, queued, handle, _) in ending {
+            let end = handle.join().unwrap_or(End::Panicked);
+            account_lost(&stats, &queued);
+            // connected clients stay listed for the final summary
+            tracing::debug!(client = %stats.peer, "writer {end}");
+        }
+        Ok(())
+    }
+
+    /// Forget clients whose writer has finished
+    fn reap(&self, clients: &mut Vec<Client>) {
+        let mut i = 0;
+        while i < clients.len() {
+            if !clients[i].handle.is_finished() {
+                i += 1;
+                continue;
+            }
+            let c = clients.swap_remove(i);
+            drop(c.tx);
+            let end = c.handle.join().unwrap_or(End::Panicked);
+            account_lost(&c.stats, &c.queued);
+            tracing::info!("{}: {end}", c.stats.summary());
+            self.stats.remove_client(&c.stats);
+        }
+    }
+
+    fn accept_all(&self, clients: &mut Vec<Client>) {
+        loop {
+            let (stream, peer) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => {
+                    self.stats.accept_errors.inc();
+                    if let Some(suppressed) = self.log_accept.allow() {
+                        tracing::warn!(suppressed, "accept failed: {e}");
+                    }
+                    return;
+                }
+            };
+            if clients.len() >= self.max_clients {
+                self.stats.rejected.inc();
+                if let Some(suppressed) = self.log_reject.allow() {
+                    tracing::warn!(
+                        suppressed,
+                        "closed connection from {peer}: already {} clients (--max-clients)",
+                        clients.len()
+                    );
+                }
+                continue; // dropping the stream closes it
+            }
+            match self.spawn_writer(stream, peer) {
+                Ok(client) => {
+                    self.stats.accepted.inc();
+                    self.stats.add_client(Arc::clone(&client.stats));
+                    tracing::info!("client {peer} connected");
+                    clients.push(client);
+                }
+                Err(e) => {
+                    self.stats.accept_errors.inc();
+                    if let Some(suppressed) = self.log_accept.allow() {
+                        tracing::warn!(suppressed, "cannot serve client {peer}: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn spawn_writer(&self, stream: TcpStream, peer: SocketAddr) -> io::Result<Client> {
+        stream.set_nonblocking(false)?;
+        // a blocked write gives up after a tick to look at the shutdown flag
+        stream.set_write_timeout(Some(TICK))?;
+        // payloads are written as they come: no Nagle delay for telemetry
+        stream.set_nodelay(true)?;
+        let (tx, rx) = mpsc::sync_channel(self.client_queue);
+        let stats = Arc::new(ClientStats::new(peer));
+        let shutdown = self.shutdown.clone();
+        let span = tracing::Span::current();
+        let writer_stats = Arc::clone(&stats);
+        let handle = std::thread::Builder::new()
+            .name(format!("client {peer}"))
+            .spawn(move || {
+                let _span = span.entered();
+                write_client(&stream, &rx, &writer_stats, &shutdown)
+            })?;
+        Ok(Client {
+            tx,
+            stats,
+            queued: Counter::default(),
+            handle,
+            log: LogLimiter::default(),
+        })
+    }
+}
+
+/// Hand one payload to every client's queue, never waiting
+fn fan_out(clients: &[Client], payload: &[u8], queue: usize) {
+    if clients.is_empty() {
+        return;
+    }
+    let shared: Arc<[u8]> = Arc::from(payload);
+    for c in clients {
+        match c.tx.try_send(Arc::clone(&shared)) {
+            Ok(()) => c.queued.inc(),
+            Err(TrySendError::Full(_)) => {
+                c.stats.drops.inc();
+                if let Some(suppressed) = c.log.allow() {
+                    tracing::warn!(
+                        client = %c.stats.peer,
+                        suppressed,
+                        "client is not keeping up: its queue of {queue} datagrams is full, \
+                         dropping datagrams for it"
+                    );
+                }
+            }
+            // the writer has ended; it is reaped at the next turn
+            Err(TrySendError::Disconnected(_)) => c.stats.drops.inc(),
+        }
+    }
+}
+
+/// Count what was queued for a finished client but never fully written
+fn account_lost(stats: &ClientStats, queued: &Counter) {
+    stats
+        .drops
+        .add(queued.get().saturating_sub(stats.datagrams.get()));
+}
+
+/// The writer thread of one client: write queued payloads until the queue
+/// is let go of, the client goes away, or shutdown finds it stalled
+fn write_client(
+    stream: &TcpStream,
+    rx: &Receiver<Arc<[u8]>>,
+    stats: &ClientStats,
+    shutdown: &Shutdown,
+) -> End {
+    let mut reading = true;
+    let end = loop {
+        match rx.recv_timeout(TICK) {
+            Ok(payload) => match write_all(stream, &payload, shutdown) {
+                Ok(()) => {
+                    stats.datagrams.inc();
+                    stats.bytes.add(payload.len() as u64);
+                }
+                Err(end) => break end,
+            },
+            Err(RecvTimeoutError::Timeout) => {
+                if shutdown.is_set() {
+                    break End::Stopped;
+                }
+                if reading {
+                    match peer_state(stream) {
+                        Peer::Open => {}
+                        // it may still read (a half-close); a write will tell
+                        Peer::HalfClosed => reading = false,
+                        Peer::Gone(e) => break End::Gone(e),
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => break End::Stopped,
+        }
+    };
+    let _ = stream.shutdown(Both::Both);
+    end
+}
+
+/// Write one payload completely; gives up only when the client is gone,
+/// or when shutdown was requested and the client is not taking data
+fn write_all(mut stream: &TcpStream, payload: &[u8], shutdown: &Shutdown) -> Result<(), End> {
+    let mut done = 0;
+    while done < payload.len() {
+        match stream.write(&payload[done..]) {
+            Ok(0) => {
+                return Err(End::Gone(io::Error::from(io::ErrorKind::WriteZero)));
+            }
+            Ok(n) => done += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if shutdown.is_set() {
+                    return Err(End::Stalled);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(End::Gone(e)),
+        }
+    }
+    Ok(())
+}
+
+enum Peer {
+    Open,
+    HalfClosed,
+    Gone(io::Error),
+}
+
+/// Look at the read side without blocking, discarding anything the client sent
+///
+/// Notices a reset (or a close, once a write fails) while the group is idle,
+/// so the client's slot is freed without waiting for the next datagram.
+fn peer_state(stream: &TcpStream) -> Peer {
+    let mut scratch = [0u8; 1024];
+    for _ in 0..16 {
+        // SAFETY: `scratch` is valid for writes of its length for the whole call.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                scratch.as_mut_ptr().cast(),
+                scratch.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => return Peer::HalfClosed,
+            n if n > 0 => continue,
+            _ => {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => return Peer::Open,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => return Peer::Gone(e),
+                }
+            }
+        }
+    }
+    Peer::Open
+}
+
+/// One `--udp-output-addr`: every datagram of the group is sent there
+#[derive(Debug)]
+pub(crate) struct UdpOutput {
+    sock: UdpSocket,
+    poll: Poll,
+    fanout: Fanout,
+    stats: Arc<UdpOutputStats>,
+    shutdown: Shutdown,
+}
+
+impl UdpOutput {
+    /// Join the group and open the sending socket
+    pub(crate) fn bind(dest: &Addr, config: &Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let sock = join_group(config, "--udp-output-addr", dest)?;
+        let fanout = Fanout::new(std::slice::from_ref(&dest.spec), &config.socket)
+            .with_context(|| format!("opening the sending socket for --udp-output-addr {dest}"))?;
+        let poll = Poll::new().context("creating a poll instance")?;
+        register(&poll, sock.as_raw_fd(), GROUP)
+            .with_context(|| format!("watching the group for --udp-output-addr {dest}"))?;
+        Ok(Self {
+            sock,
+            poll,
+            fanout,
+            stats: Arc::new(UdpOutputStats::new(dest.to_string(), dest.addr)),
+            shutdown,
+        })
+    }
+
+    /// Its counters
+    pub(crate) fn stats(&self) -> &Arc<UdpOutputStats> {
+        &self.stats
+    }
+
+    /// Forward the group's datagrams until shutdown
+    pub(crate) fn run(mut self) -> anyhow::Result<()> {
+        let _span = tracing::info_span!("udp-output", dest = %self.stats.spec).entered();
+        let mut events = Events::with_capacity(8);
+        let mut buf = vec![0u8; RECV_BUF_LEN];
+        let logs = RecvLogs::default();
+        let mut more = false;
+        while !self.shutdown.is_set() {
+            let timeout = if more { Duration::ZERO } else { TICK };
+            wait(&mut self.poll, &mut events, timeout).context("waiting for datagrams")?;
+            let (fanout, stats) = (&self.fanout, &self.stats);
+            more = drain_udp(
+                &self.sock,
+                &mut buf,
+                &stats.recv,
+                &logs,
+                &self.shutdown,
+                |d| {
+                    if fanout.send(d) == 1 {
+                        stats.datagrams.inc();
+                        stats.bytes.add(d.len() as u64);
+                    } else {
+                        stats.send_errors.inc();
+                    }
+                },
+            );
+        }
+        Ok(())
+    }
+}
