@@ -32,7 +32,8 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use mproxy_common::cli::{parse_max_datagram, CommonArgs, Shutdown};
 use mproxy_common::io::{wait_readable, Tee};
-use mproxy_common::pack::{Framing, Packer};
+use mproxy_common::mpx::{new_session_id, Encoder};
+use mproxy_common::pack::Framing;
 use mproxy_common::rate::{Pacer, Rate};
 use mproxy_common::stats::{human_bytes, human_rate};
 use mproxy_common::{Endpoint, Fanout, SocketOptions};
@@ -40,6 +41,11 @@ use mproxy_common::{Endpoint, Fanout, SocketOptions};
 /// Default datagram payload limit: fits a 1500-byte Ethernet MTU over IPv4
 /// without IP fragmentation (1500 - 20 - 8)
 pub const DEFAULT_MAX_DATAGRAM: usize = 1472;
+
+/// Heartbeat interval of an idle mpx stream
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest wait for input before checking timers and signals
+const POLL_TICK: Duration = Duration::from_millis(200);
 
 /// Command line of `mproxy-client`
 #[derive(Parser, Debug, Clone)]
@@ -76,6 +82,16 @@ pub struct Cli {
     #[arg(long, value_name = "lines|bytes", default_value = "lines")]
     pub framing: Framing,
 
+    /// Frame the stream with the mpx header (session, stream id, sequence
+    /// numbers, checksum) so receivers can multiplex, reorder and count
+    /// losses; default is raw payloads, compatible with mproxy 0.1.x
+    #[arg(long)]
+    pub mpx: bool,
+
+    /// mpx stream id of this input (with --mpx)
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "mpx")]
+    pub stream_id: u32,
+
     /// Pace sending to this rate per destination, e.g. 100mbit, 2MiB, 50000
     /// (bytes/s) [default: as fast as the input and sockets allow]
     #[arg(long, value_name = "RATE")]
@@ -101,6 +117,8 @@ pub struct Config {
     pub framing: Framing,
     /// Optional pacing rate
     pub rate: Option<Rate>,
+    /// mpx framing: `Some(stream id)`; `None` for raw payloads
+    pub mpx_stream: Option<u32>,
     /// Multicast and buffer options
     pub socket: SocketOptions,
 }
@@ -115,6 +133,7 @@ impl Config {
             max_datagram: DEFAULT_MAX_DATAGRAM,
             framing: Framing::Lines,
             rate: None,
+            mpx_stream: None,
             socket: SocketOptions::default(),
         }
     }
@@ -138,6 +157,7 @@ impl TryFrom<Cli> for Config {
             max_datagram: cli.max_datagram,
             framing: cli.framing,
             rate: cli.rate,
+            mpx_stream: cli.mpx.then_some(cli.stream_id),
             socket: cli.common.socket_options(),
         })
     }
@@ -177,6 +197,8 @@ pub struct Summary {
     pub send_errors: u64,
     /// Per-destination counters, one entry per destination
     pub destinations: String,
+    /// mpx session id, if framing was on
+    pub session: Option<u64>,
     /// Wall time of the run
     pub elapsed: Duration,
     /// True if the run ended on a shutdown request rather than EOF
@@ -187,7 +209,7 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}: read {} in {:.2}s ({}), {} datagrams, {} lines split, {} send errors{}{}",
+            "{}: read {} in {:.2}s ({}), {} datagrams{}, {} lines split, {} send errors{}{}",
             if self.interrupted {
                 "interrupted"
             } else {
@@ -197,6 +219,9 @@ impl fmt::Display for Summary {
             self.elapsed.as_secs_f64(),
             human_rate(self.bytes_read, self.elapsed),
             self.datagrams,
+            self.session
+                .map(|s| format!(" (mpx session {s:016x})"))
+                .unwrap_or_default(),
             self.split_lines,
             self.send_errors,
             if self.destinations.is_empty() {
@@ -259,15 +284,30 @@ impl Client {
     /// A read error on the input. Send errors are counted, not returned.
     pub fn run(mut self, shutdown: &Shutdown) -> anyhow::Result<Summary> {
         let start = Instant::now();
-        let mut packer = Packer::new(self.config.framing, self.config.max_datagram);
+        let mut summary = Summary::default();
+        let session = self.config.mpx_stream.map(|id| (new_session_id(), id));
+        summary.session = session.map(|(s, _)| s);
+        if let Some((s, id)) = session {
+            tracing::info!(
+                session = format_args!("{s:016x}"),
+                stream = id,
+                "mpx framing on"
+            );
+        }
+        let mut encoder = Encoder::new(
+            session,
+            self.config.framing,
+            self.config.max_datagram,
+            HEARTBEAT_INTERVAL,
+        );
         let mut pacer = self
             .config
             .rate
             .map(|r| Pacer::new(r, 4 * self.config.max_datagram));
         let tee = Tee::new(self.config.tee);
         let mut buf = vec![0u8; 64 * 1024];
-        let mut summary = Summary::default();
         let fanout = self.fanout.as_ref();
+        let datagrams = &mut summary.datagrams;
         let mut send = |d: &[u8]| {
             if let Some(p) = pacer.as_mut() {
                 let wait = p.delay(Instant::now(), d.len());
@@ -278,17 +318,24 @@ impl Client {
             if let Some(f) = fanout {
                 f.send(d);
             }
-            summary.datagrams += 1;
+            *datagrams += 1;
         };
         let fd = self.input.fd();
+        let mut bytes_read = 0u64;
+        let mut interrupted = false;
         loop {
             if shutdown.is_set() {
-                summary.interrupted = true;
+                interrupted = true;
                 break;
             }
-            if !wait_readable(fd, Duration::from_millis(200))
-                .with_context(|| format!("waiting for --path {}", self.config.path))?
-            {
+            let wait = encoder
+                .poll_timeout()
+                .map_or(POLL_TICK, |t| t.saturating_duration_since(Instant::now()))
+                .min(POLL_TICK);
+            let readable = wait_readable(fd, wait)
+                .with_context(|| format!("waiting for --path {}", self.config.path))?;
+            if !readable {
+                encoder.handle_timeout(Instant::now(), &mut send);
                 continue;
             }
             let n = match self.input.read(&mut buf) {
@@ -300,12 +347,19 @@ impl Client {
                     return Err(e).with_context(|| format!("reading --path {}", self.config.path))
                 }
             };
-            summary.bytes_read += n as u64;
+            bytes_read += n as u64;
             tee.write(&buf[..n]);
-            packer.push(&buf[..n], &mut send);
+            encoder.push(Instant::now(), &buf[..n], &mut send);
         }
-        packer.finish(&mut send);
-        summary.split_lines = packer.split_lines();
+        encoder.finish(Instant::now(), &mut send);
+        // mpx: the closing heartbeats (a few tens of milliseconds)
+        while let Some(at) = encoder.poll_timeout() {
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            encoder.handle_timeout(Instant::now(), &mut send);
+        }
+        summary.bytes_read = bytes_read;
+        summary.interrupted = interrupted;
+        summary.split_lines = encoder.split_lines();
         summary.elapsed = start.elapsed();
         if let Some(f) = fanout {
             summary.send_errors = f.total_errors();

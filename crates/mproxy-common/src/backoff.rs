@@ -103,7 +103,8 @@ mod tests {
     fn test_jitter_spreads() {
         let delays: std::collections::HashSet<_> = (0..20)
             .map(|seed| {
-                Backoff::new(Duration::from_secs(1), Duration::from_secs(1), seed).next_delay()
+                Backoff::new(Duration::from_secs(1), Duration::from_secs(1), seed * 2 + 1)
+                    .next_delay()
             })
             .collect();
         assert!(delays.len() > 10);

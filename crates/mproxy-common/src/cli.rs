@@ -167,13 +167,25 @@ pub fn parse_args<T: clap::Parser>() -> T {
                 let _ = e.print();
                 std::process::exit(0);
             }
+            // clap's message, up to the usage block, as one line
             let rendered = e.render().to_string();
-            let first = rendered
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("{}: error: {first} (try --help)", program_name());
+            let mut parts = Vec::new();
+            for line in rendered.lines().map(str::trim) {
+                if line.starts_with("Usage:") || line.starts_with("For more information") {
+                    break;
+                }
+                if !line.is_empty() && !line.starts_with("tip:") {
+                    parts.push(line);
+                }
+            }
+            let msg = parts.join(" ");
+            let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+            let msg = if msg.is_empty() {
+                "invalid arguments"
+            } else {
+                msg
+            };
+            eprintln!("{}: error: {msg} (try --help)", program_name());
             std::process::exit(i32::from(EXIT_USAGE));
         }
     }
@@ -238,6 +250,26 @@ impl Shutdown {
     /// Request shutdown
     pub fn trigger(&self) {
         self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Set by SIGUSR1: "log your counters now"
+#[derive(Debug, Clone)]
+pub struct StatsSignal(Arc<AtomicBool>);
+
+impl StatsSignal {
+    /// Register the SIGUSR1 handler; `None` if that fails (stats then
+    /// only come at `--stats-interval` and exit)
+    pub fn install() -> Option<Self> {
+        let flag = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&flag))
+            .ok()
+            .map(|_| Self(flag))
+    }
+
+    /// True (once) if SIGUSR1 arrived since the last call
+    pub fn take(&self) -> bool {
+        self.0.swap(false, Ordering::Relaxed)
     }
 }
 

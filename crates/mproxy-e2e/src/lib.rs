@@ -70,6 +70,22 @@ pub fn run_ok(name: &str, args: &[&str]) -> Output {
     out
 }
 
+/// Wait until `path` holds at least `len` bytes or `timeout` passes;
+/// false on timeout (the caller then reports what the processes said)
+pub fn reached_len(path: &Path, len: u64, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if std::fs::metadata(path)
+            .map(|m| m.len() >= len)
+            .unwrap_or(false)
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
 /// Wait until `path` holds at least `len` bytes
 pub fn wait_for_len(path: &Path, len: u64) {
     wait_until(

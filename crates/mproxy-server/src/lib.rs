@@ -21,9 +21,12 @@
 
 #![deny(missing_docs)]
 
+mod sink;
+
+use sink::Sink;
+
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -33,7 +36,8 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use mproxy_common::cli::{CommonArgs, Shutdown};
+use mproxy_common::cli::{CommonArgs, Shutdown, StatsSignal};
+use mproxy_common::mpx::{Event, Receiver, ReceiverConfig, ReceiverStats, StreamStats};
 use mproxy_common::net::{bind_receiver, kernel_drops, recv_meta, RECV_BUF_LEN};
 use mproxy_common::stats::{human_bytes, LogLimiter};
 use mproxy_common::{Endpoint, SocketOptions};
@@ -51,8 +55,10 @@ use mproxy_common::{Endpoint, SocketOptions};
 )]
 pub struct Cli {
     /// Output file, appended to ('-' for stdout); datagrams are written
-    /// whole, in arrival order, never interleaved
-    #[arg(long, value_name = "FILE|-")]
+    /// whole, never interleaved. With mpx, a template such as
+    /// 'out/{session}-{stream}.log' writes one file per stream (raw
+    /// datagrams go to session 'raw', stream 0)
+    #[arg(long, value_name = "FILE|-|TEMPLATE")]
     pub path: Option<String>,
 
     /// UDP address to listen on, unicast or multicast (a multicast address
@@ -64,13 +70,43 @@ pub struct Cli {
     #[arg(short, long)]
     pub tee: bool,
 
-    /// Log counters every N seconds (0: only at exit)
+    /// Log counters every N seconds (0: only at exit and on SIGUSR1)
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub stats_interval: u64,
+
+    /// Which datagrams to accept: 'auto' takes both raw payloads and mpx
+    /// frames (told apart by the mpx magic), 'raw' treats everything as
+    /// raw (for binary raw streams), 'mpx' drops raw datagrams (counted)
+    #[arg(long, value_name = "auto|raw|mpx", default_value = "auto")]
+    pub accept: Accept,
+
+    /// mpx: most frames a stream may hold while waiting for a missing one
+    #[arg(long, value_name = "FRAMES", default_value_t = 1024)]
+    pub reorder_window: usize,
+
+    /// mpx: how long to wait for a missing frame before counting it lost
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    pub reorder_timeout: u64,
+
+    /// mpx: most streams tracked (and files open) at once
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_streams: usize,
 
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: CommonArgs,
+}
+
+/// Which datagrams a server accepts
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Accept {
+    /// Raw payloads and mpx frames
+    #[default]
+    Auto,
+    /// Everything is a raw payload
+    Raw,
+    /// Only mpx frames; raw datagrams are dropped and counted
+    Mpx,
 }
 
 /// Validated settings of a server
@@ -84,6 +120,10 @@ pub struct Config {
     pub tee: bool,
     /// Periodic counter logging, `None` for only at exit
     pub stats_interval: Option<Duration>,
+    /// Which datagrams to accept
+    pub accept: Accept,
+    /// mpx reassembly settings
+    pub mpx: ReceiverConfig,
     /// Multicast and buffer options
     pub socket: SocketOptions,
 }
@@ -96,6 +136,8 @@ impl Config {
             path: None,
             tee: false,
             stats_interval: None,
+            accept: Accept::Auto,
+            mpx: ReceiverConfig::default(),
             socket: SocketOptions::default(),
         }
     }
@@ -109,12 +151,42 @@ impl TryFrom<Cli> for Config {
         if cli.path.is_none() && !cli.tee {
             bail!("nothing to do: give --path FILE (or '-') and/or --tee");
         }
+        if !(1..=65536).contains(&cli.reorder_window) {
+            bail!(
+                "--reorder-window {} out of range (1 to 65536 frames)",
+                cli.reorder_window
+            );
+        }
+        if !(1..=60_000).contains(&cli.reorder_timeout) {
+            bail!(
+                "--reorder-timeout {} out of range (1 to 60000 ms)",
+                cli.reorder_timeout
+            );
+        }
+        if !(1..=65536).contains(&cli.max_streams) {
+            bail!(
+                "--max-streams {} out of range (1 to 65536)",
+                cli.max_streams
+            );
+        }
+        if let Some(p) = &cli.path {
+            if sink::is_template(std::path::Path::new(p)) && cli.accept == Accept::Raw {
+                bail!("--path {p}: a per-stream template needs mpx (--accept auto or mpx)");
+            }
+        }
         Ok(Self {
             listen: cli.listen_addr,
             path: cli.path.map(PathBuf::from),
             tee: cli.tee,
             stats_interval: (cli.stats_interval > 0)
                 .then(|| Duration::from_secs(cli.stats_interval)),
+            accept: cli.accept,
+            mpx: ReceiverConfig {
+                reorder_window: cli.reorder_window,
+                reorder_timeout: Duration::from_millis(cli.reorder_timeout),
+                max_streams: cli.max_streams,
+                ..ReceiverConfig::default()
+            },
             socket: cli.common.socket_options(),
         })
     }
@@ -142,10 +214,16 @@ pub struct ListenerStats {
 pub struct Summary {
     /// Per listening socket
     pub listeners: Vec<ListenerStats>,
-    /// Failed writes to the output file (their data is lost and counted here)
+    /// Failed writes to the output (their data is lost and counted here)
     pub write_errors: u64,
     /// Bytes that could not be written
     pub bytes_lost_to_write_errors: u64,
+    /// mpx: receiver-wide counters
+    pub mpx: ReceiverStats,
+    /// mpx: counters summed over every stream that closed
+    pub mpx_streams: StreamStats,
+    /// Raw datagrams dropped because `--accept mpx`
+    pub raw_dropped: u64,
     /// Wall time of the run
     pub elapsed: Duration,
 }
@@ -179,21 +257,32 @@ impl fmt::Display for Summary {
                 l.spec, l.datagrams, l.bytes, l.truncated, l.kernel_drops, l.recv_errors
             )?;
         }
-        Ok(())
-    }
-}
-
-enum Output {
-    Stdout(BufWriter<io::Stdout>),
-    File(BufWriter<File>),
-}
-
-impl Output {
-    fn writer(&mut self) -> &mut dyn Write {
-        match self {
-            Self::Stdout(w) => w,
-            Self::File(w) => w,
+        let m = &self.mpx;
+        if m.frames + m.truncated + m.unknown_version + m.checksum_errors > 0 {
+            write!(
+                f,
+                "; mpx: {} frames, {} streams, {}; invalid: {} truncated, {} unknown version, \
+                 {} bad checksum, {} unknown type, {} out of range; {} streams refused, {} evicted",
+                m.frames,
+                m.streams_opened,
+                self.mpx_streams,
+                m.truncated,
+                m.unknown_version,
+                m.checksum_errors,
+                m.unknown_type,
+                m.out_of_range,
+                m.streams_rejected,
+                m.streams_evicted
+            )?;
         }
+        if self.raw_dropped > 0 {
+            write!(
+                f,
+                "; {} raw datagrams dropped (--accept mpx)",
+                self.raw_dropped
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -204,12 +293,74 @@ struct Listener {
     last_drops: u32,
 }
 
+/// Everything a datagram goes through after it is received
+struct Core {
+    accept: Accept,
+    receiver: Receiver,
+    sink: Sink,
+    closed_totals: StreamStats,
+    raw_dropped: u64,
+}
+
+impl Core {
+    fn handle(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        match self.accept {
+            Accept::Raw => self.sink.write(None, data),
+            Accept::Auto | Accept::Mpx => {
+                if let Some(raw) = self.receiver.handle_datagram(now, from, data) {
+                    if self.accept == Accept::Mpx {
+                        self.raw_dropped += 1;
+                    } else {
+                        self.sink.write(None, raw);
+                    }
+                }
+                self.drain_events();
+            }
+        }
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(ev) = self.receiver.poll_event() {
+            match ev {
+                Event::Data { key, payload } => {
+                    self.sink.write(Some(key), &payload);
+                    self.receiver.recycle(payload);
+                }
+                Event::Opened {
+                    key,
+                    from,
+                    first_seq,
+                } => {
+                    tracing::info!(stream = %key, %from, first_seq, "stream opened");
+                }
+                Event::Gap { key, first, count } => {
+                    tracing::debug!(stream = %key, first, count, "gap skipped");
+                }
+                Event::Closed { key, reason, stats } => {
+                    tracing::info!(stream = %key, ?reason, "stream closed: {stats}");
+                    add_stats(&mut self.closed_totals, &stats);
+                    self.sink.close_stream(key);
+                }
+            }
+        }
+    }
+}
+
+fn add_stats(total: &mut StreamStats, s: &StreamStats) {
+    total.bytes += s.bytes;
+    total.datagrams += s.datagrams;
+    total.gaps += s.gaps;
+    total.lost += s.lost;
+    total.duplicates += s.duplicates;
+    total.reordered += s.reordered;
+    total.late += s.late;
+}
+
 /// A server with its sockets bound and its output open
 pub struct Server {
     config: Config,
     listeners: Vec<Listener>,
-    output: Option<Output>,
-    tee: Option<BufWriter<io::Stdout>>,
+    core: Core,
 }
 
 impl fmt::Debug for Server {
@@ -220,8 +371,6 @@ impl fmt::Debug for Server {
     }
 }
 
-const OUT_BUF: usize = 1 << 20;
-
 impl Server {
     /// Open the output and bind every listening socket
     ///
@@ -230,21 +379,7 @@ impl Server {
     /// socket that cannot be bound or joined (port in use, unknown
     /// interface); each names the culprit.
     pub fn bind(config: Config) -> anyhow::Result<Self> {
-        let output = match &config.path {
-            None => None,
-            Some(p) if p.as_os_str() == "-" => Some(Output::Stdout(BufWriter::with_capacity(
-                OUT_BUF,
-                io::stdout(),
-            ))),
-            Some(p) => {
-                let f = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .with_context(|| format!("--path {}", p.display()))?;
-                Some(Output::File(BufWriter::with_capacity(OUT_BUF, f)))
-            }
-        };
+        let sink = Sink::open(config.path.as_deref(), config.tee)?;
         let mut listeners = Vec::with_capacity(config.listen.len());
         for ep in &config.listen {
             let addr = ep.resolve().context("--listen-addr")?;
@@ -262,14 +397,17 @@ impl Server {
                 last_drops: 0,
             });
         }
-        let tee = config
-            .tee
-            .then(|| BufWriter::with_capacity(OUT_BUF, io::stdout()));
+        let core = Core {
+            accept: config.accept,
+            receiver: Receiver::new(config.mpx.clone()),
+            sink,
+            closed_totals: StreamStats::default(),
+            raw_dropped: 0,
+        };
         Ok(Self {
             config,
             listeners,
-            output,
-            tee,
+            core,
         })
     }
 
@@ -279,6 +417,10 @@ impl Server {
     }
 
     /// Receive and write until shutdown, then flush and summarize
+    ///
+    /// On shutdown, datagrams already queued in the kernel are still
+    /// written, mpx streams deliver what they hold (missing frames are
+    /// counted as lost) and all outputs are flushed.
     ///
     /// # Errors
     /// Only if the poller itself fails; socket and write errors are counted.
@@ -294,107 +436,61 @@ impl Server {
                 )
                 .context("registering socket with poller")?;
         }
+        let stats_signal = StatsSignal::install();
         let mut events = Events::with_capacity(64);
         let mut buf = vec![0u8; RECV_BUF_LEN];
-        let mut write_errors = 0u64;
-        let mut bytes_lost = 0u64;
-        let write_log = LogLimiter::default();
         let recv_log = LogLimiter::default();
         let mut next_stats = self.config.stats_interval.map(|d| start + d);
         loop {
             let stopping = shutdown.is_set();
             if !stopping {
-                match poll.poll(&mut events, Some(Duration::from_millis(200))) {
+                let timeout = self
+                    .core
+                    .receiver
+                    .poll_timeout()
+                    .map_or(POLL_TICK, |t| t.saturating_duration_since(Instant::now()))
+                    .min(POLL_TICK);
+                match poll.poll(&mut events, Some(timeout)) {
                     Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e).context("polling sockets"),
                 }
             }
             // Drain every socket on each round: cheap, and on shutdown it
             // collects what is already queued before we exit.
             for l in &mut self.listeners {
-                loop {
-                    let meta = match recv_meta(&l.sock, &mut buf) {
-                        Ok(m) => m,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            l.stats.recv_errors += 1;
-                            if let Some(n) = recv_log.allow() {
-                                tracing::warn!(listen = %l.stats.spec, suppressed = n, "receive failed: {e}");
-                            }
-                            break;
-                        }
-                    };
-                    l.stats.datagrams += 1;
-                    l.stats.bytes += meta.len as u64;
-                    if meta.truncated() {
-                        l.stats.truncated += 1;
-                        if let Some(n) = recv_log.allow() {
-                            tracing::warn!(
-                                listen = %l.stats.spec, from = %meta.from, suppressed = n,
-                                "datagram of {} bytes truncated to {}", meta.wire_len, meta.len
-                            );
-                        }
-                    }
-                    if let Some(d) = meta.kernel_drops {
-                        if d != l.last_drops {
-                            let delta = d.wrapping_sub(l.last_drops);
-                            l.stats.kernel_drops += u64::from(delta);
-                            l.last_drops = d;
-                            if let Some(n) = recv_log.allow() {
-                                tracing::warn!(
-                                    listen = %l.stats.spec, suppressed = n,
-                                    "kernel dropped {delta} datagrams (receive queue full); try a larger --rcvbuf"
-                                );
-                            }
-                        }
-                    }
-                    let data = &buf[..meta.len];
-                    if let Some(out) = self.output.as_mut() {
-                        if let Err(e) = out.writer().write_all(data) {
-                            write_errors += 1;
-                            bytes_lost += data.len() as u64;
-                            if let Some(n) = write_log.allow() {
-                                tracing::warn!(suppressed = n, "writing output failed: {e}");
-                            }
-                        }
-                    }
-                    if let Some(t) = self.tee.as_mut() {
-                        if let Err(e) = t.write_all(data) {
-                            tracing::warn!("--tee: stdout failed ({e}); no longer copying");
-                            self.tee = None;
-                        }
-                    }
-                }
+                drain(l, &mut buf, &mut self.core, &recv_log);
             }
-            if let Some(out) = self.output.as_mut() {
-                if let Err(e) = out.writer().flush() {
-                    write_errors += 1;
-                    if let Some(n) = write_log.allow() {
-                        tracing::warn!(suppressed = n, "flushing output failed: {e}");
-                    }
-                }
+            let now = Instant::now();
+            if self.core.receiver.poll_timeout().is_some_and(|t| t <= now) {
+                self.core.receiver.handle_timeout(now);
+                self.core.drain_events();
             }
-            if let Some(t) = self.tee.as_mut() {
-                if t.flush().is_err() {
-                    self.tee = None;
-                }
+            if stopping {
+                self.core.receiver.close_all();
+                self.core.drain_events();
             }
-            if let Some(at) = next_stats {
-                if Instant::now() >= at {
-                    tracing::info!("{}", self.summary(start, write_errors, bytes_lost));
-                    next_stats = self.config.stats_interval.map(|d| at + d);
-                }
+            self.core.sink.flush();
+            let periodic = next_stats.is_some_and(|at| now >= at);
+            if periodic || stats_signal.as_ref().is_some_and(StatsSignal::take) {
+                self.log_stats(start);
+                next_stats = self.config.stats_interval.map(|d| now + d);
             }
             if stopping {
                 break;
             }
         }
-        Ok(self.summary(start, write_errors, bytes_lost))
+        Ok(self.summary(start))
     }
 
-    fn summary(&self, start: Instant, write_errors: u64, bytes_lost: u64) -> Summary {
+    fn log_stats(&self, start: Instant) {
+        tracing::info!("{}", self.summary(start));
+        for (key, stats) in self.core.receiver.stream_stats() {
+            tracing::info!(stream = %key, "live stream: {stats}");
+        }
+    }
+
+    fn summary(&self, start: Instant) -> Summary {
         Summary {
             listeners: self
                 .listeners
@@ -407,9 +503,58 @@ impl Server {
                     stats
                 })
                 .collect(),
-            write_errors,
-            bytes_lost_to_write_errors: bytes_lost,
+            write_errors: self.core.sink.write_errors,
+            bytes_lost_to_write_errors: self.core.sink.bytes_lost,
+            mpx: self.core.receiver.stats(),
+            mpx_streams: self.core.closed_totals,
+            raw_dropped: self.core.raw_dropped,
             elapsed: start.elapsed(),
         }
+    }
+}
+
+/// Longest wait in the poll loop before timers and signals are checked
+const POLL_TICK: Duration = Duration::from_millis(200);
+
+/// Receive everything queued on one socket
+fn drain(l: &mut Listener, buf: &mut [u8], core: &mut Core, log: &LogLimiter) {
+    loop {
+        let meta = match recv_meta(&l.sock, buf) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                l.stats.recv_errors += 1;
+                if let Some(n) = log.allow() {
+                    tracing::warn!(listen = %l.stats.spec, suppressed = n, "receive failed: {e}");
+                }
+                return;
+            }
+        };
+        l.stats.datagrams += 1;
+        l.stats.bytes += meta.len as u64;
+        if meta.truncated() {
+            l.stats.truncated += 1;
+            if let Some(n) = log.allow() {
+                tracing::warn!(
+                    listen = %l.stats.spec, from = %meta.from, suppressed = n,
+                    "datagram of {} bytes truncated to {}", meta.wire_len, meta.len
+                );
+            }
+        }
+        if let Some(d) = meta.kernel_drops {
+            if d != l.last_drops {
+                let delta = d.wrapping_sub(l.last_drops);
+                l.stats.kernel_drops += u64::from(delta);
+                l.last_drops = d;
+                if let Some(n) = log.allow() {
+                    tracing::warn!(
+                        listen = %l.stats.spec, suppressed = n,
+                        "kernel dropped {delta} datagrams (receive queue full); try a larger --rcvbuf"
+                    );
+                }
+            }
+        }
+        core.handle(Instant::now(), meta.from, &buf[..meta.len]);
     }
 }

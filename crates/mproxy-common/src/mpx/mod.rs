@@ -20,6 +20,81 @@ pub use receiver::{
 };
 pub use sender::{Sender, SenderConfig, SenderStats};
 
+/// Turns a byte stream into datagrams, raw or mpx-framed
+///
+/// The one interface the senders (client, proxy TCP upstreams, reverse
+/// proxy TCP inputs) drive, whatever the wire mode.
+#[derive(Debug)]
+pub enum Encoder {
+    /// Raw payloads, wire-compatible with mproxy 0.1.x
+    Raw(crate::pack::Packer),
+    /// mpx frames of one stream
+    Mpx(Sender),
+}
+
+impl Encoder {
+    /// A raw encoder, or an mpx one for `(session, stream)` when `mpx` is set
+    pub fn new(
+        mpx: Option<(u64, u32)>,
+        framing: crate::pack::Framing,
+        max_datagram: usize,
+        heartbeat_interval: std::time::Duration,
+    ) -> Self {
+        match mpx {
+            None => Self::Raw(crate::pack::Packer::new(framing, max_datagram)),
+            Some((session, stream)) => Self::Mpx(Sender::new(
+                session,
+                stream,
+                &SenderConfig {
+                    max_datagram,
+                    framing,
+                    heartbeat_interval,
+                },
+            )),
+        }
+    }
+
+    /// Feed stream bytes; each finished datagram is passed to `emit`
+    pub fn push(&mut self, now: std::time::Instant, data: &[u8], emit: impl FnMut(&[u8])) {
+        match self {
+            Self::Raw(p) => p.push(data, emit),
+            Self::Mpx(s) => s.push(now, data, emit),
+        }
+    }
+
+    /// End of stream: flush, and for mpx send FIN
+    pub fn finish(&mut self, now: std::time::Instant, emit: impl FnMut(&[u8])) {
+        match self {
+            Self::Raw(p) => p.finish(emit),
+            Self::Mpx(s) => s.finish(now, emit),
+        }
+    }
+
+    /// When [`Encoder::handle_timeout`] is due (heartbeats; never for raw)
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<std::time::Instant> {
+        match self {
+            Self::Raw(_) => None,
+            Self::Mpx(s) => s.poll_timeout(),
+        }
+    }
+
+    /// Send what timers call for (heartbeats)
+    pub fn handle_timeout(&mut self, now: std::time::Instant, emit: impl FnMut(&[u8])) {
+        if let Self::Mpx(s) = self {
+            s.handle_timeout(now, emit);
+        }
+    }
+
+    /// Lines split because they exceeded the datagram limit
+    pub fn split_lines(&self) -> u64 {
+        match self {
+            Self::Raw(p) => p.split_lines(),
+            Self::Mpx(s) => s.split_lines(),
+        }
+    }
+}
+
 /// A random 64-bit session id, so streams of different processes and
 /// restarts never collide
 ///

@@ -25,8 +25,8 @@ pub const RECV_BUF_LEN: usize = 65_536;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NetError {
-    /// A system call failed
-    #[error("{what} {addr}: {source}")]
+    /// A system call failed (the OS error is the [`std::error::Error::source`])
+    #[error("{what} {addr}")]
     Io {
         /// The step, e.g. "binding"
         what: &'static str,
