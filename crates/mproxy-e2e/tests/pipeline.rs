@@ -354,3 +354,87 @@ fn proxy_reconnects_to_restarted_tcp_upstream() {
         );
     });
 }
+
+#[test]
+fn proxy_mpx_frames_tcp_and_udp_inputs_as_separate_streams() {
+    in_netns(|_| {
+        let dir = TempDir::new();
+        let input = dir.join("udp-input.txt");
+        line_file(&input, 1 << 20, 11);
+        let feed: Vec<u8> = (0..5000)
+            .flat_map(|i| format!("!AIVDM,1,1,,A,tcp feed line {i},0*00\n").into_bytes())
+            .collect();
+        let template = dir.join("out/{session}-{stream}.log");
+        let server = start_server(
+            &[
+                "--listen-addr",
+                "127.0.0.1:9961",
+                "--path",
+                s(&template),
+                "--accept",
+                "mpx",
+            ],
+            &[9961],
+        );
+        let listener = TcpListener::bind("127.0.0.1:9962").unwrap();
+        let proxy = start(
+            "mproxy-proxy",
+            &[
+                "--mpx",
+                "--framing",
+                "lines",
+                "--udp-listen-addr",
+                "127.0.0.1:9960",
+                "--tcp-connect-addr",
+                "127.0.0.1:9962",
+                "--udp-downstream-addr",
+                "127.0.0.1:9961",
+            ],
+        );
+        wait_for_udp_bound(9960, TIMEOUT);
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.write_all(&feed).unwrap();
+        drop(conn);
+        run_ok(
+            "mproxy-client",
+            &[
+                "--path",
+                s(&input),
+                "--server-addr",
+                "127.0.0.1:9960",
+                "--rate",
+                "100mbit",
+            ],
+        );
+        let total = feed.len() as u64 + std::fs::metadata(&input).unwrap().len();
+        wait_until(TIMEOUT, "both streams written", || {
+            std::fs::read_dir(dir.join("out"))
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .filter_map(|e| e.metadata().ok())
+                        .map(|m| m.len())
+                        .sum::<u64>()
+                        >= total
+                })
+                .unwrap_or(false)
+        });
+        stop(proxy);
+        let text = stop(server);
+        let mut files: Vec<Vec<u8>> = std::fs::read_dir(dir.join("out"))
+            .unwrap()
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect();
+        files.sort_by_key(Vec::len);
+        assert_eq!(files.len(), 2, "one file per stream: {text}");
+        assert!(files[0] == feed, "TCP connection's stream differs");
+        assert!(
+            files[1] == std::fs::read(&input).unwrap(),
+            "UDP listener's stream differs"
+        );
+        let clean = text
+            .lines()
+            .filter(|l| l.contains("stream closed: ") && l.contains(" 0 gaps (0 lost), 0 dups"))
+            .count();
+        assert_eq!(clean, 2, "both streams close without loss: {text}");
+    });
+}

@@ -27,6 +27,7 @@ mod udp;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,7 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use mproxy_common::cli::{parse_max_datagram, CommonArgs, Shutdown};
 use mproxy_common::io::Tee;
+use mproxy_common::mpx::new_session_id;
 use mproxy_common::net::bind_receiver;
 use mproxy_common::pack::Framing;
 use mproxy_common::stats::{human_bytes, Counter};
@@ -83,6 +85,12 @@ pub struct Cli {
           value_parser = parse_max_datagram)]
     pub max_datagram: usize,
 
+    /// Frame raw inputs with mpx (each TCP connection and each UDP listener
+    /// becomes its own stream of this proxy's session); datagrams that
+    /// already are mpx frames are always forwarded untouched
+    #[arg(long)]
+    pub mpx: bool,
+
     /// Longest wait between reconnect attempts, in seconds
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub reconnect_max: u64,
@@ -111,6 +119,8 @@ pub struct Config {
     pub reconnect_min: Duration,
     /// Longest reconnect delay
     pub reconnect_max: Duration,
+    /// Frame raw inputs with mpx
+    pub mpx: bool,
     /// Multicast and buffer options
     pub socket: SocketOptions,
 }
@@ -127,6 +137,7 @@ impl Config {
             max_datagram: DEFAULT_MAX_DATAGRAM,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(30),
+            mpx: false,
             socket: SocketOptions::default(),
         }
     }
@@ -155,6 +166,7 @@ impl TryFrom<Cli> for Config {
             max_datagram: cli.max_datagram,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(cli.reconnect_max),
+            mpx: cli.mpx,
             socket: cli.common.socket_options(),
         })
     }
@@ -179,9 +191,18 @@ pub struct UdpInputStats {
 pub(crate) struct Shared {
     pub(crate) fanout: Fanout,
     pub(crate) tee: Tee,
+    /// mpx session of this proxy, when framing raw inputs
+    pub(crate) session: Option<u64>,
+    next_stream: AtomicU32,
 }
 
 impl Shared {
+    /// `(session, fresh stream id)` for a new mpx stream, if framing is on
+    pub(crate) fn new_stream(&self) -> Option<(u64, u32)> {
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        self.session.map(|s| (s, id))
+    }
+
     pub(crate) fn forward(&self, payload: &[u8]) {
         if payload.is_empty() {
             return;
@@ -267,9 +288,18 @@ impl Proxy {
                 bail!("--tcp-connect-addr: {e}");
             }
         }
+        let session = config.mpx.then(new_session_id);
+        if let Some(s) = session {
+            tracing::info!(
+                session = format_args!("{s:016x}"),
+                "mpx framing of raw inputs on"
+            );
+        }
         let shared = Arc::new(Shared {
             fanout,
             tee: Tee::new(config.tee),
+            session,
+            next_stream: AtomicU32::new(1),
         });
         Ok(Self {
             config,

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use mproxy_common::backoff::Backoff;
 use mproxy_common::cli::Shutdown;
 use mproxy_common::io::sleep_unless;
-use mproxy_common::pack::{Framing, Packer};
+use mproxy_common::mpx::Encoder;
+use mproxy_common::pack::Framing;
 use mproxy_common::stats::{human_bytes, Counter, LogLimiter};
 use mproxy_common::Endpoint;
 
@@ -17,6 +18,8 @@ use crate::Shared;
 
 /// How long one connect attempt may take
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Heartbeat interval of an idle mpx stream
+const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How often a blocked read wakes up to check for shutdown
 const READ_TICK: Duration = Duration::from_millis(200);
 
@@ -124,7 +127,12 @@ impl Upstream {
 
     /// Forward one connection until it ends; true if any data arrived
     fn pump(&self, mut stream: TcpStream, buf: &mut [u8]) -> bool {
-        let mut packer = Packer::new(self.framing, self.max_datagram);
+        let mut encoder = Encoder::new(
+            self.shared.new_stream(),
+            self.framing,
+            self.max_datagram,
+            HEARTBEAT,
+        );
         let started = Instant::now();
         let mut total = 0u64;
         let mut send = |d: &[u8]| {
@@ -140,7 +148,7 @@ impl Upstream {
                 Ok(n) => {
                     total += n as u64;
                     self.stats.bytes.add(n as u64);
-                    packer.push(&buf[..n], &mut send);
+                    encoder.push(Instant::now(), &buf[..n], &mut send);
                 }
                 Err(e)
                     if matches!(
@@ -148,11 +156,19 @@ impl Upstream {
                         io::ErrorKind::WouldBlock
                             | io::ErrorKind::TimedOut
                             | io::ErrorKind::Interrupted
-                    ) => {}
+                    ) =>
+                {
+                    encoder.handle_timeout(Instant::now(), &mut send);
+                }
                 Err(e) => break format!("read failed: {e}"),
             }
         };
-        packer.finish(&mut send);
+        encoder.finish(Instant::now(), &mut send);
+        // mpx: the closing heartbeats (a few tens of milliseconds)
+        while let Some(at) = encoder.poll_timeout() {
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            encoder.handle_timeout(Instant::now(), &mut send);
+        }
         tracing::info!(
             upstream = %self.endpoint,
             "disconnected ({reason}) after {:.1}s and {}",

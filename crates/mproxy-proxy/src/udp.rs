@@ -4,22 +4,32 @@ use std::io;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use mproxy_common::cli::Shutdown;
-use mproxy_common::net::{recv_meta, RECV_BUF_LEN};
+use mproxy_common::mpx::Encoder;
+use mproxy_common::net::{recv_meta, MAX_UDP_PAYLOAD, RECV_BUF_LEN};
+use mproxy_common::pack::Framing;
 use mproxy_common::stats::LogLimiter;
+use mproxy_common::wire::{classify, Datagram};
 
 use crate::{Shared, UdpInputStats};
+
+/// Longest wait in the loop before timers and signals are checked
+const TICK: Duration = Duration::from_millis(200);
+/// Heartbeat interval of an idle mpx stream
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
 pub(crate) struct Input {
     pub(crate) spec: String,
     sock: UdpSocket,
     pub(crate) stats: Arc<UdpInputStats>,
     last_drops: u32,
+    /// Frames raw datagrams as one mpx stream (with --mpx)
+    encoder: Option<Encoder>,
 }
 
 impl Input {
@@ -29,6 +39,7 @@ impl Input {
             sock,
             stats: Arc::default(),
             last_drops: 0,
+            encoder: None,
         }
     }
 }
@@ -39,7 +50,7 @@ pub(crate) fn run(
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let mut poll = Poll::new().context("creating poller")?;
-    for (i, input) in inputs.iter().enumerate() {
+    for (i, input) in inputs.iter_mut().enumerate() {
         poll.registry()
             .register(
                 &mut SourceFd(&input.sock.as_raw_fd()),
@@ -47,12 +58,29 @@ pub(crate) fn run(
                 Interest::READABLE,
             )
             .context("registering UDP socket")?;
+        if let Some(id) = shared.new_stream() {
+            tracing::info!(listen = %input.spec, stream = id.1, "raw datagrams framed as mpx stream");
+            // one raw datagram per frame whenever it fits
+            input.encoder = Some(Encoder::new(
+                Some(id),
+                Framing::Bytes,
+                MAX_UDP_PAYLOAD,
+                HEARTBEAT,
+            ));
+        }
     }
     let mut events = Events::with_capacity(64);
     let mut buf = vec![0u8; RECV_BUF_LEN];
     let log = LogLimiter::default();
+    let forward = |f: &[u8]| shared.forward(f);
     while !shutdown.is_set() {
-        match poll.poll(&mut events, Some(Duration::from_millis(200))) {
+        let timeout = inputs
+            .iter()
+            .filter_map(|i| i.encoder.as_ref()?.poll_timeout())
+            .min()
+            .map_or(TICK, |t| t.saturating_duration_since(Instant::now()))
+            .min(TICK);
+        match poll.poll(&mut events, Some(timeout)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("polling UDP sockets"),
@@ -62,6 +90,31 @@ pub(crate) fn run(
                 continue;
             };
             drain(input, &mut buf, shared, &log);
+        }
+        let now = Instant::now();
+        for input in &mut inputs {
+            if let Some(enc) = input.encoder.as_mut() {
+                enc.handle_timeout(now, forward);
+            }
+        }
+    }
+    // end the mpx streams: FIN, then the closing heartbeats
+    for input in &mut inputs {
+        if let Some(enc) = input.encoder.as_mut() {
+            enc.finish(Instant::now(), forward);
+        }
+    }
+    while let Some(at) = inputs
+        .iter()
+        .filter_map(|i| i.encoder.as_ref()?.poll_timeout())
+        .min()
+    {
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        let now = Instant::now();
+        for input in &mut inputs {
+            if let Some(enc) = input.encoder.as_mut() {
+                enc.handle_timeout(now, forward);
+            }
         }
     }
     Ok(())
@@ -99,6 +152,13 @@ fn drain(input: &mut Input, buf: &mut [u8], shared: &Shared, log: &LogLimiter) {
                 input.last_drops = d;
             }
         }
-        shared.forward(&buf[..meta.len]);
+        let data = &buf[..meta.len];
+        match input.encoder.as_mut() {
+            // frames (valid or not) pass untouched; only raw payloads are framed
+            Some(enc) if matches!(classify(data), Datagram::Raw(_)) => {
+                enc.push(Instant::now(), data, |f| shared.forward(f));
+            }
+            _ => shared.forward(data),
+        }
     }
 }
