@@ -21,6 +21,11 @@
 
 #![deny(missing_docs)]
 
+mod multipath;
+
+pub use multipath::Mode;
+use multipath::Multipath;
+
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
@@ -36,7 +41,7 @@ use mproxy_common::mpx::{new_session_id, Encoder};
 use mproxy_common::pack::Framing;
 use mproxy_common::rate::{Pacer, Rate};
 use mproxy_common::stats::{human_bytes, human_rate};
-use mproxy_common::{Endpoint, Fanout, SocketOptions};
+use mproxy_common::{Endpoint, Fanout, PathSpec, SocketOptions};
 
 /// Default datagram payload limit: fits a 1500-byte Ethernet MTU over IPv4
 /// without IP fragmentation (1500 - 20 - 8)
@@ -64,9 +69,17 @@ pub struct Cli {
     pub path: String,
 
     /// Downstream UDP server, unicast or multicast (HOST:PORT, [V6]:PORT,
-    /// [V6%IFACE]:PORT); repeatable, every server gets a full copy
-    #[arg(long = "server-addr", value_name = "HOST:PORT")]
-    pub server_addr: Vec<Endpoint>,
+    /// [V6%IFACE]:PORT); repeatable. With --mode stripe a path may carry a
+    /// weight and a rate: 'HOST:PORT|2' or 'HOST:PORT|2|50mbit'
+    #[arg(long = "server-addr", value_name = "HOST:PORT[|W[|RATE]]")]
+    pub server_addr: Vec<PathSpec>,
+
+    /// fanout: every server gets a full copy; stripe: frames are spread
+    /// over the servers (paths) by weight and reassembled by one receiver;
+    /// redundant: every frame goes over every path, the receiver keeps the
+    /// first copy. stripe and redundant imply --mpx
+    #[arg(long, value_name = "MODE", default_value = "fanout")]
+    pub mode: Mode,
 
     /// Copy the input to stdout
     #[arg(short, long)]
@@ -89,7 +102,7 @@ pub struct Cli {
     pub mpx: bool,
 
     /// mpx stream id of this input (with --mpx)
-    #[arg(long, value_name = "N", default_value_t = 1, requires = "mpx")]
+    #[arg(long, value_name = "N", default_value_t = 1)]
     pub stream_id: u32,
 
     /// Pace sending to this rate per destination, e.g. 100mbit, 2MiB, 50000
@@ -107,8 +120,10 @@ pub struct Cli {
 pub struct Config {
     /// Input path, '-' for stdin
     pub path: String,
-    /// Destinations
-    pub servers: Vec<Endpoint>,
+    /// Destinations (paths, with weights and rates for stripe mode)
+    pub servers: Vec<PathSpec>,
+    /// How several destinations are used
+    pub mode: Mode,
     /// Copy input to stdout
     pub tee: bool,
     /// Largest datagram payload
@@ -129,6 +144,7 @@ impl Config {
         Self {
             path: path.into(),
             servers: Vec::new(),
+            mode: Mode::Fanout,
             tee: false,
             max_datagram: DEFAULT_MAX_DATAGRAM,
             framing: Framing::Lines,
@@ -150,14 +166,28 @@ impl TryFrom<Cli> for Config {
         if cli.path.is_empty() {
             bail!("--path must not be empty (use '-' for stdin)");
         }
+        let multipath = cli.mode != Mode::Fanout;
+        if multipath && cli.server_addr.is_empty() {
+            bail!("--mode {:?} needs at least one --server-addr", cli.mode);
+        }
+        if !multipath
+            && cli
+                .server_addr
+                .iter()
+                .any(|p| p.weight != 1 || p.rate.is_some())
+        {
+            bail!("path weights and rates ('|W|RATE') need --mode stripe");
+        }
         Ok(Self {
             path: cli.path,
             servers: cli.server_addr,
+            mode: cli.mode,
             tee: cli.tee,
             max_datagram: cli.max_datagram,
             framing: cli.framing,
             rate: cli.rate,
-            mpx_stream: cli.mpx.then_some(cli.stream_id),
+            // striping and redundancy only make sense with sequence numbers
+            mpx_stream: (cli.mpx || multipath).then_some(cli.stream_id),
             socket: cli.common.socket_options(),
         })
     }
@@ -234,6 +264,51 @@ impl fmt::Display for Summary {
     }
 }
 
+/// Where datagrams go
+enum Out {
+    /// Every destination gets every datagram
+    Fanout(Option<Fanout>),
+    /// Paths chosen per frame by the scheduler
+    Multi(Box<Multipath>),
+}
+
+impl Out {
+    fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            Self::Fanout(_) => None,
+            Self::Multi(m) => m.poll_timeout(),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant, encoder: &mut Encoder) {
+        if let (Self::Multi(m), Encoder::Mpx(sender)) = (self, encoder) {
+            m.handle_timeout(now, sender);
+        }
+    }
+}
+
+/// Pacing waits shorter than this are not slept but carried as debt by the
+/// pacer, so sleep granularity does not cap the rate
+pub(crate) const MIN_SLEEP: Duration = Duration::from_micros(250);
+
+/// Send one datagram: pace (fanout), then hand it to the destinations
+fn emit(out: &mut Out, pacer: &mut Option<Pacer>, datagrams: &mut u64, d: &[u8]) {
+    if let Some(p) = pacer.as_mut() {
+        let wait = p.delay(Instant::now(), d.len());
+        if wait >= MIN_SLEEP {
+            std::thread::sleep(wait);
+        }
+    }
+    match out {
+        Out::Fanout(Some(f)) => {
+            f.send(d);
+        }
+        Out::Fanout(None) => {}
+        Out::Multi(m) => m.send(d),
+    }
+    *datagrams += 1;
+}
+
 /// A client with its input open and its sockets bound
 pub struct Client {
     config: Config,
@@ -266,11 +341,21 @@ impl Client {
             }
             Input::File(file)
         };
-        let fanout = if config.servers.is_empty() {
+        let fanout = if config.servers.is_empty() || config.mode != Mode::Fanout {
             None
         } else {
-            Some(Fanout::new(&config.servers, &config.socket).context("--server-addr")?)
+            let endpoints: Vec<Endpoint> =
+                config.servers.iter().map(|p| p.endpoint.clone()).collect();
+            Some(Fanout::new(&endpoints, &config.socket).context("--server-addr")?)
         };
+        if config.mode != Mode::Fanout {
+            // resolve now so a bad path is a start-up error
+            for p in &config.servers {
+                p.endpoint
+                    .resolve()
+                    .with_context(|| format!("--server-addr {p}"))?;
+            }
+        }
         Ok(Self {
             config,
             input,
@@ -288,11 +373,7 @@ impl Client {
         let session = self.config.mpx_stream.map(|id| (new_session_id(), id));
         summary.session = session.map(|(s, _)| s);
         if let Some((s, id)) = session {
-            tracing::info!(
-                session = format_args!("{s:016x}"),
-                stream = id,
-                "mpx framing on"
-            );
+            tracing::info!(session = format_args!("{s:016x}"), stream = id, mode = ?self.config.mode, "mpx framing on");
         }
         let mut encoder = Encoder::new(
             session,
@@ -300,26 +381,34 @@ impl Client {
             self.config.max_datagram,
             HEARTBEAT_INTERVAL,
         );
-        let mut pacer = self
-            .config
-            .rate
-            .map(|r| Pacer::new(r, 4 * self.config.max_datagram));
+        let mut out = match (self.config.mode, session) {
+            (Mode::Fanout, _) | (_, None) => Out::Fanout(self.fanout.take()),
+            (mode, Some((s, _))) => {
+                let m = Multipath::new(
+                    mode,
+                    &self.config.servers,
+                    &self.config.socket,
+                    self.config.rate,
+                    s,
+                    start,
+                )?;
+                if let Encoder::Mpx(sender) = &mut encoder {
+                    sender.set_epoch(m.epoch_for(start));
+                }
+                Out::Multi(Box::new(m))
+            }
+        };
+        // fanout paces the whole stream; stripe paces per path (scheduler)
+        let mut pacer = match out {
+            Out::Fanout(_) => self
+                .config
+                .rate
+                .map(|r| Pacer::new(r, 4 * self.config.max_datagram)),
+            Out::Multi(_) => None,
+        };
         let tee = Tee::new(self.config.tee);
         let mut buf = vec![0u8; 64 * 1024];
-        let fanout = self.fanout.as_ref();
-        let datagrams = &mut summary.datagrams;
-        let mut send = |d: &[u8]| {
-            if let Some(p) = pacer.as_mut() {
-                let wait = p.delay(Instant::now(), d.len());
-                if !wait.is_zero() {
-                    std::thread::sleep(wait);
-                }
-            }
-            if let Some(f) = fanout {
-                f.send(d);
-            }
-            *datagrams += 1;
-        };
+        let mut datagrams = 0u64;
         let fd = self.input.fd();
         let mut bytes_read = 0u64;
         let mut interrupted = false;
@@ -328,14 +417,19 @@ impl Client {
                 interrupted = true;
                 break;
             }
-            let wait = encoder
-                .poll_timeout()
+            let next_timer = [encoder.poll_timeout(), out.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            let wait = next_timer
                 .map_or(POLL_TICK, |t| t.saturating_duration_since(Instant::now()))
                 .min(POLL_TICK);
             let readable = wait_readable(fd, wait)
                 .with_context(|| format!("waiting for --path {}", self.config.path))?;
             if !readable {
-                encoder.handle_timeout(Instant::now(), &mut send);
+                let now = Instant::now();
+                encoder.handle_timeout(now, |d| emit(&mut out, &mut pacer, &mut datagrams, d));
+                out.handle_timeout(now, &mut encoder);
                 continue;
             }
             let n = match self.input.read(&mut buf) {
@@ -349,21 +443,41 @@ impl Client {
             };
             bytes_read += n as u64;
             tee.write(&buf[..n]);
-            encoder.push(Instant::now(), &buf[..n], &mut send);
+            encoder.push(Instant::now(), &buf[..n], |d| {
+                emit(&mut out, &mut pacer, &mut datagrams, d)
+            });
+            if next_timer.is_some_and(|t| t <= Instant::now()) {
+                let now = Instant::now();
+                encoder.handle_timeout(now, |d| emit(&mut out, &mut pacer, &mut datagrams, d));
+                out.handle_timeout(now, &mut encoder);
+            }
         }
-        encoder.finish(Instant::now(), &mut send);
+        encoder.finish(Instant::now(), |d| {
+            emit(&mut out, &mut pacer, &mut datagrams, d)
+        });
         // mpx: the closing heartbeats (a few tens of milliseconds)
         while let Some(at) = encoder.poll_timeout() {
             std::thread::sleep(at.saturating_duration_since(Instant::now()));
-            encoder.handle_timeout(Instant::now(), &mut send);
+            encoder.handle_timeout(Instant::now(), |d| {
+                emit(&mut out, &mut pacer, &mut datagrams, d)
+            });
         }
+        summary.datagrams = datagrams;
         summary.bytes_read = bytes_read;
         summary.interrupted = interrupted;
         summary.split_lines = encoder.split_lines();
         summary.elapsed = start.elapsed();
-        if let Some(f) = fanout {
-            summary.send_errors = f.total_errors();
-            summary.destinations = f.summary();
+        match &mut out {
+            Out::Fanout(Some(f)) => {
+                summary.send_errors = f.total_errors();
+                summary.destinations = f.summary();
+            }
+            Out::Fanout(None) => {}
+            Out::Multi(m) => {
+                m.poll_feedback();
+                summary.send_errors = m.send_errors();
+                summary.destinations = m.summary();
+            }
         }
         Ok(summary)
     }

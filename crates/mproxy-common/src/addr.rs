@@ -64,6 +64,9 @@ pub enum AddrError {
     /// The `|weight` suffix is not a number from 1 to 1000
     #[error("'{0}' has an invalid weight (expected |1 to |1000)")]
     InvalidWeight(String),
+    /// The `|rate` suffix of a path is not a rate
+    #[error("'{0}' has an invalid path rate (e.g. |50mbit)")]
+    InvalidRate(String),
     /// Resolving the host name failed
     #[error("cannot resolve '{spec}': {reason}")]
     Resolve {
@@ -240,21 +243,24 @@ fn valid_hostname(h: &str) -> bool {
         })
 }
 
-/// One path of a multipath destination: `endpoint|weight`
+/// One path of a multipath destination: `endpoint|weight` or
+/// `endpoint|weight|rate` (e.g. `10.0.0.2:9000|2|50mbit`)
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PathSpec {
     /// Where the path goes
     pub endpoint: Endpoint,
     /// Relative share of the traffic, 1 to 1000 (default 1)
     pub weight: u32,
+    /// Explicit pacing rate of this path, if given
+    pub rate: Option<crate::rate::Rate>,
 }
 
 impl fmt::Display for PathSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.weight == 1 {
-            write!(f, "{}", self.endpoint)
-        } else {
-            write!(f, "{}|{}", self.endpoint, self.weight)
+        match (self.weight, self.rate) {
+            (1, None) => write!(f, "{}", self.endpoint),
+            (w, None) => write!(f, "{}|{}", self.endpoint, w),
+            (w, Some(r)) => write!(f, "{}|{}|{}B", self.endpoint, w, r.bytes_per_sec()),
         }
     }
 }
@@ -263,21 +269,30 @@ impl FromStr for PathSpec {
     type Err = AddrError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (ep, weight) = match s.trim().rsplit_once('|') {
-            Some((ep, w)) => {
-                let weight = w
-                    .trim()
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|w| (1..=1000).contains(w))
-                    .ok_or_else(|| AddrError::InvalidWeight(s.trim().into()))?;
-                (ep, weight)
-            }
-            None => (s, 1),
+        let t = s.trim();
+        let mut parts = t.splitn(3, '|');
+        let ep = parts.next().unwrap_or_default();
+        let weight = match parts.next() {
+            Some(w) => w
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|w| (1..=1000).contains(w))
+                .ok_or_else(|| AddrError::InvalidWeight(t.into()))?,
+            None => 1,
+        };
+        let rate = match parts.next() {
+            Some(r) => Some(
+                r.trim()
+                    .parse::<crate::rate::Rate>()
+                    .map_err(|_| AddrError::InvalidRate(t.into()))?,
+            ),
+            None => None,
         };
         Ok(Self {
             endpoint: ep.parse()?,
             weight,
+            rate,
         })
     }
 }
@@ -454,6 +469,11 @@ mod tests {
             let err = bad.parse::<PathSpec>().unwrap_err().to_string();
             assert!(err.contains("invalid weight"), "{bad}: {err}");
         }
+        let p: PathSpec = "10.0.0.2:9000|2|50mbit".parse().unwrap();
+        assert_eq!(p.weight, 2);
+        assert_eq!(p.rate.unwrap().bytes_per_sec(), 6_250_000);
+        let err = "h:9|2|fast".parse::<PathSpec>().unwrap_err().to_string();
+        assert!(err.contains("invalid path rate"), "{err}");
     }
 
     #[test]

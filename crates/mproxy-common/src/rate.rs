@@ -24,7 +24,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 /// A data rate in bytes per second (never zero)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Rate(u64);
 
 impl Rate {
@@ -126,6 +126,23 @@ impl Pacer {
             burst,
             credit: burst,
             last: None,
+        }
+    }
+
+    /// How long from `now` until `bytes` could go out without debt
+    /// (a look-ahead: nothing is accounted)
+    pub fn ready_in(&self, now: Instant, bytes: usize) -> Duration {
+        let credit = match self.last {
+            Some(last) => (self.credit
+                + now.saturating_duration_since(last).as_secs_f64() * self.rate)
+                .min(self.burst),
+            None => self.credit,
+        };
+        let after = credit - bytes as f64;
+        if after >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-after / self.rate)
         }
     }
 

@@ -37,9 +37,12 @@ use clap::Parser;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use mproxy_common::cli::{CommonArgs, Shutdown, StatsSignal};
-use mproxy_common::mpx::{Event, Receiver, ReceiverConfig, ReceiverStats, StreamStats};
+use mproxy_common::mpx::{
+    Event, FeedbackTracker, PathKey, Receiver, ReceiverConfig, ReceiverStats, StreamStats,
+};
 use mproxy_common::net::{bind_receiver, kernel_drops, recv_meta, RECV_BUF_LEN};
 use mproxy_common::stats::{human_bytes, LogLimiter};
+use mproxy_common::wire::{classify, Datagram};
 use mproxy_common::{Endpoint, SocketOptions};
 
 /// Command line of `mproxy-server`
@@ -92,6 +95,13 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_streams: usize,
 
+    /// mpx: report per-path reception (frames, bytes, echoed probe time)
+    /// to senders on unicast listen addresses, at most 10 reports/s per
+    /// path and sender, so multipath senders can detect dead paths
+    #[arg(long, value_name = "on|off", default_value = "on",
+          value_parser = mproxy_common::cli::parse_on_off, action = clap::ArgAction::Set)]
+    pub feedback: bool,
+
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: CommonArgs,
@@ -124,6 +134,8 @@ pub struct Config {
     pub accept: Accept,
     /// mpx reassembly settings
     pub mpx: ReceiverConfig,
+    /// Send path feedback to mpx senders on unicast listeners
+    pub feedback: bool,
     /// Multicast and buffer options
     pub socket: SocketOptions,
 }
@@ -138,6 +150,7 @@ impl Config {
             stats_interval: None,
             accept: Accept::Auto,
             mpx: ReceiverConfig::default(),
+            feedback: true,
             socket: SocketOptions::default(),
         }
     }
@@ -187,6 +200,7 @@ impl TryFrom<Cli> for Config {
                 max_streams: cli.max_streams,
                 ..ReceiverConfig::default()
             },
+            feedback: cli.feedback,
             socket: cli.common.socket_options(),
         })
     }
@@ -224,6 +238,10 @@ pub struct Summary {
     pub mpx_streams: StreamStats,
     /// Raw datagrams dropped because `--accept mpx`
     pub raw_dropped: u64,
+    /// Feedback reports sent to mpx senders
+    pub feedback_sent: u64,
+    /// Feedback reports that could not be sent
+    pub feedback_errors: u64,
     /// Wall time of the run
     pub elapsed: Duration,
 }
@@ -275,6 +293,13 @@ impl fmt::Display for Summary {
                 m.streams_evicted
             )?;
         }
+        if self.feedback_sent + self.feedback_errors > 0 {
+            write!(
+                f,
+                "; {} feedback reports sent ({} failed)",
+                self.feedback_sent, self.feedback_errors
+            )?;
+        }
         if self.raw_dropped > 0 {
             write!(
                 f,
@@ -297,17 +322,27 @@ struct Listener {
 struct Core {
     accept: Accept,
     receiver: Receiver,
+    /// Per-path reception reports (only for unicast listeners)
+    feedback: Option<FeedbackTracker>,
+    feedback_sent: u64,
+    feedback_errors: u64,
     sink: Sink,
     closed_totals: StreamStats,
     raw_dropped: u64,
 }
 
 impl Core {
-    fn handle(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+    fn handle(&mut self, now: Instant, from: SocketAddr, listener: Option<usize>, data: &[u8]) {
         match self.accept {
             Accept::Raw => self.sink.write(None, data),
             Accept::Auto | Accept::Mpx => {
-                if let Some(raw) = self.receiver.handle_datagram(now, from, data) {
+                let datagram = classify(data);
+                if let (Datagram::Mpx(repr, payload), Some(fb), Some(l)) =
+                    (&datagram, self.feedback.as_mut(), listener)
+                {
+                    fb.on_frame(now, PathKey { listener: l, from }, repr, payload);
+                }
+                if let Some(raw) = self.receiver.handle_classified(now, from, datagram) {
                     if self.accept == Accept::Mpx {
                         self.raw_dropped += 1;
                     } else {
@@ -400,6 +435,10 @@ impl Server {
         let core = Core {
             accept: config.accept,
             receiver: Receiver::new(config.mpx.clone()),
+            feedback: (config.feedback && config.accept != Accept::Raw)
+                .then(|| FeedbackTracker::new(FEEDBACK_INTERVAL, 4096)),
+            feedback_sent: 0,
+            feedback_errors: 0,
             sink,
             closed_totals: StreamStats::default(),
             raw_dropped: 0,
@@ -444,10 +483,15 @@ impl Server {
         loop {
             let stopping = shutdown.is_set();
             if !stopping {
-                let timeout = self
+                let feedback_due = self
                     .core
-                    .receiver
-                    .poll_timeout()
+                    .feedback
+                    .as_ref()
+                    .and_then(FeedbackTracker::poll_timeout);
+                let timeout = [self.core.receiver.poll_timeout(), feedback_due]
+                    .into_iter()
+                    .flatten()
+                    .min()
                     .map_or(POLL_TICK, |t| t.saturating_duration_since(Instant::now()))
                     .min(POLL_TICK);
                 match poll.poll(&mut events, Some(timeout)) {
@@ -458,10 +502,11 @@ impl Server {
             }
             // Drain every socket on each round: cheap, and on shutdown it
             // collects what is already queued before we exit.
-            for l in &mut self.listeners {
-                drain(l, &mut buf, &mut self.core, &recv_log);
+            for (i, l) in self.listeners.iter_mut().enumerate() {
+                drain(l, i, &mut buf, &mut self.core, &recv_log);
             }
             let now = Instant::now();
+            self.send_feedback(now, &mut buf);
             if self.core.receiver.poll_timeout().is_some_and(|t| t <= now) {
                 self.core.receiver.handle_timeout(now);
                 self.core.drain_events();
@@ -481,6 +526,23 @@ impl Server {
             }
         }
         Ok(self.summary(start))
+    }
+
+    /// Send the feedback reports that are due, from the socket the
+    /// reported frames arrived on
+    fn send_feedback(&mut self, now: Instant, buf: &mut [u8]) {
+        let Some(fb) = self.core.feedback.as_mut() else {
+            return;
+        };
+        while let Some((path, len)) = fb.poll_transmit(now, buf) {
+            let Some(l) = self.listeners.get(path.listener) else {
+                continue;
+            };
+            match l.sock.send_to(&buf[..len], path.from) {
+                Ok(_) => self.core.feedback_sent += 1,
+                Err(_) => self.core.feedback_errors += 1,
+            }
+        }
     }
 
     fn log_stats(&self, start: Instant) {
@@ -508,16 +570,22 @@ impl Server {
             mpx: self.core.receiver.stats(),
             mpx_streams: self.core.closed_totals,
             raw_dropped: self.core.raw_dropped,
+            feedback_sent: self.core.feedback_sent,
+            feedback_errors: self.core.feedback_errors,
             elapsed: start.elapsed(),
         }
     }
 }
 
+/// Smallest spacing of feedback reports per path and sender
+const FEEDBACK_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest wait in the poll loop before timers and signals are checked
 const POLL_TICK: Duration = Duration::from_millis(200);
 
 /// Receive everything queued on one socket
-fn drain(l: &mut Listener, buf: &mut [u8], core: &mut Core, log: &LogLimiter) {
+fn drain(l: &mut Listener, index: usize, buf: &mut [u8], core: &mut Core, log: &LogLimiter) {
+    // feedback only goes back over unicast paths; multicast receivers stay silent
+    let listener = (!l.addr.ip().is_multicast()).then_some(index);
     loop {
         let meta = match recv_meta(&l.sock, buf) {
             Ok(m) => m,
@@ -555,6 +623,6 @@ fn drain(l: &mut Listener, buf: &mut [u8], core: &mut Core, log: &LogLimiter) {
                 }
             }
         }
-        core.handle(Instant::now(), meta.from, &buf[..meta.len]);
+        core.handle(Instant::now(), meta.from, listener, &buf[..meta.len]);
     }
 }

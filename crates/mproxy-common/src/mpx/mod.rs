@@ -12,8 +12,13 @@
 //! 3. sleep until [`Sender::poll_timeout`] / [`Receiver::poll_timeout`]
 //!    (or new input), then call `handle_timeout(now)` and go to 2.
 
+mod feedback;
 mod receiver;
+mod scheduler;
 mod sender;
+
+pub use feedback::{FeedbackTracker, PathKey, REPORT_LEN};
+pub use scheduler::{PathConfig, PathState, PathStats, Scheduler, SchedulerConfig};
 
 pub use receiver::{
     CloseReason, Event, Receiver, ReceiverConfig, ReceiverStats, StreamKey, StreamStats,

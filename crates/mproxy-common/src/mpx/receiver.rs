@@ -281,18 +281,15 @@ impl Receiver {
         }
     }
 
-    /// Handle one received datagram
-    ///
-    /// Returns the datagram back as `Some` if it is raw (not mpx), for the
-    /// caller to deliver as is; mpx frames are consumed (see
-    /// [`Receiver::poll_event`]) and invalid ones counted and dropped.
-    pub fn handle_datagram<'a>(
+    /// Handle a datagram the caller already classified (see
+    /// [`Receiver::handle_datagram`]); returns raw payloads back
+    pub fn handle_classified<'a>(
         &mut self,
         now: Instant,
         from: SocketAddr,
-        bytes: &'a [u8],
+        datagram: Datagram<'a>,
     ) -> Option<&'a [u8]> {
-        match classify(bytes) {
+        match datagram {
             Datagram::Raw(raw) => {
                 self.stats.raw += 1;
                 Some(raw)
@@ -310,6 +307,20 @@ impl Receiver {
                 None
             }
         }
+    }
+
+    /// Handle one received datagram
+    ///
+    /// Returns the datagram back as `Some` if it is raw (not mpx), for the
+    /// caller to deliver as is; mpx frames are consumed (see
+    /// [`Receiver::poll_event`]) and invalid ones counted and dropped.
+    pub fn handle_datagram<'a>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        bytes: &'a [u8],
+    ) -> Option<&'a [u8]> {
+        self.handle_classified(now, from, classify(bytes))
     }
 
     /// Handle one parsed frame

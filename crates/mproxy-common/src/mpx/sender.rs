@@ -179,6 +179,33 @@ impl Sender {
         Some(self.last_sent? + self.heartbeat_interval)
     }
 
+    /// Use `epoch` as time zero of heartbeat timestamps (so probes and the
+    /// multipath scheduler's RTT clock agree)
+    pub fn set_epoch(&mut self, epoch: Instant) {
+        self.epoch = Some(epoch);
+    }
+
+    /// Emit a heartbeat now, whatever the idle timer says (a path probe)
+    pub fn probe(&mut self, now: Instant, mut emit: impl FnMut(&[u8])) {
+        let epoch = *self.epoch.get_or_insert(now);
+        let micros = now.saturating_duration_since(epoch).as_micros() as u64;
+        let repr = Repr {
+            frame_type: FrameType::Heartbeat,
+            flags: if self.finished {
+                Flags::FIN
+            } else {
+                Flags::NONE
+            },
+            session: self.session,
+            stream: self.stream,
+            seq: self.next_seq,
+        };
+        if let Ok(len) = repr.emit_with_payload(&mut self.frame, &micros.to_be_bytes()) {
+            self.stats.heartbeats += 1;
+            emit(&self.frame[..len]);
+        }
+    }
+
     /// Send a heartbeat if the stream has been idle for the interval
     /// (after FIN: one of the closing heartbeats, flagged FIN)
     pub fn handle_timeout(&mut self, now: Instant, mut emit: impl FnMut(&[u8])) {

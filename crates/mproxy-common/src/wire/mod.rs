@@ -27,7 +27,10 @@
 //! assert_eq!(frame.payload(), b"hello");
 //! ```
 
+mod feedback;
 mod frame;
+
+pub use feedback::{FeedbackReport, FEEDBACK_LEN};
 
 pub use frame::{
     classify, field, Datagram, Error, Flags, Frame, FrameType, Repr, HEADER_LEN, MAGIC, VERSION,
