@@ -5,7 +5,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use mproxy_common::mpx::{PathConfig, Scheduler, SchedulerConfig, Sender};
+use mproxy_common::mpx::{PathConfig, PathState, Scheduler, SchedulerConfig, Sender};
 use mproxy_common::net::bind_sender;
 use mproxy_common::rate::Rate;
 use mproxy_common::stats::LogLimiter;
@@ -105,14 +105,19 @@ impl Multipath {
             .unwrap_or(now)
     }
 
-    fn send_on(&mut self, i: usize, frame: &[u8]) {
+    /// Send on path `i`; false if the path failed locally (network down,
+    /// no route), which also marks it dead in the scheduler
+    fn send_on(&mut self, i: usize, frame: &[u8]) -> bool {
         let Some(p) = self.paths.get_mut(i) else {
-            return;
+            return false;
         };
         let mut tries = 0;
         loop {
             match p.sock.send_to(frame, p.addr) {
-                Ok(_) => return,
+                Ok(_) => {
+                    self.sched.on_send_success(i);
+                    return true;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e)
                     if tries < 200
@@ -127,7 +132,20 @@ impl Multipath {
                     if let Some(n) = p.log.allow() {
                         tracing::warn!(path = %p.spec, suppressed = n, "send failed: {e}");
                     }
-                    return;
+                    let local_failure = matches!(
+                        e.raw_os_error(),
+                        Some(
+                            libc::ENETDOWN
+                                | libc::ENETUNREACH
+                                | libc::EHOSTUNREACH
+                                | libc::EADDRNOTAVAIL
+                        )
+                    );
+                    if local_failure && self.sched.state(i) == Some(PathState::Up) {
+                        self.sched.on_send_failure(i);
+                        tracing::warn!(path = %p.spec, "path is now Dead (local send failure)");
+                    }
+                    return false;
                 }
             }
         }
@@ -137,17 +155,23 @@ impl Multipath {
     pub(crate) fn send(&mut self, frame: &[u8]) {
         match self.mode {
             Mode::Stripe | Mode::Fanout => {
-                let (i, wait) = self.sched.pick(Instant::now(), frame.len());
-                // the pacer keeps the debt, so skipping short sleeps only
-                // batches them (sleep granularity is ~60 us)
-                if wait >= crate::MIN_SLEEP {
-                    std::thread::sleep(wait);
+                // a frame whose path fails locally is re-sent on another
+                // path (the failed one is dead now); at most once per path
+                for _ in 0..self.paths.len() {
+                    let (i, wait) = self.sched.pick(Instant::now(), frame.len());
+                    // the pacer keeps the debt, so skipping short sleeps
+                    // only batches them (sleep granularity is ~60 us)
+                    if wait >= crate::MIN_SLEEP {
+                        std::thread::sleep(wait);
+                    }
+                    if self.send_on(i, frame) {
+                        break;
+                    }
                 }
-                self.send_on(i, frame);
             }
             Mode::Redundant => {
                 for i in self.sched.pick_all(frame.len()) {
-                    self.send_on(i, frame);
+                    let _ = self.send_on(i, frame);
                 }
             }
         }
@@ -185,14 +209,14 @@ impl Multipath {
         self.sched.handle_timeout(now);
         for (i, was) in before.iter().enumerate() {
             let is = self.sched.state(i);
-            if *was != is {
-                tracing::warn!(path = %self.paths[i].spec, "path is now {:?}", is);
+            if let (true, Some(state)) = (*was != is, is) {
+                tracing::warn!(path = %self.paths[i].spec, "path is now {state:?}");
             }
         }
         while let Some(i) = self.sched.poll_probe(now) {
             let mut probe = Vec::new();
             sender.probe(now, |f| probe.extend_from_slice(f));
-            self.send_on(i, &probe);
+            let _ = self.send_on(i, &probe);
         }
     }
 

@@ -25,6 +25,7 @@
 #![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
 
 mod data;
+mod host;
 mod netns;
 mod peers;
 mod process;
@@ -34,6 +35,7 @@ mod tests;
 mod wait;
 
 pub use data::{assert_files_equal, line_file, random_file, SplitMix64, TempDir};
+pub use host::{Link, PeerHost};
 pub use netns::{current_netns_id, in_netns, netns_available, Netns, VethPair, REEXEC_ENV};
 pub use peers::{mproxy_peer, skip, socat, MPROXY_PEER_VERSION};
 pub use process::{bin, spawn, spawn_with_stdin, ChildGuard};

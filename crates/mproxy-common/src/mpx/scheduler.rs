@@ -276,6 +276,28 @@ impl Scheduler {
         }
     }
 
+    /// The local send on path `i` failed (network down or unreachable):
+    /// the path is dead at once, without waiting for feedback to stop
+    pub fn on_send_failure(&mut self, i: usize) {
+        if let Some(p) = self.paths.get_mut(i) {
+            if p.state == PathState::Up {
+                p.state = PathState::Dead;
+                p.stats.state_changes += 1;
+            }
+        }
+    }
+
+    /// A send (probe) on dead path `i` worked again: a path that never
+    /// had feedback comes back now; one with feedback waits for a report
+    pub fn on_send_success(&mut self, i: usize) {
+        if let Some(p) = self.paths.get_mut(i) {
+            if p.state == PathState::Dead && p.stats.last_feedback.is_none() {
+                p.state = PathState::Up;
+                p.stats.state_changes += 1;
+            }
+        }
+    }
+
     /// Mark paths dead whose feedback stopped; call at [`Scheduler::poll_timeout`]
     pub fn handle_timeout(&mut self, now: Instant) {
         for p in &mut self.paths {
@@ -441,6 +463,25 @@ mod tests {
         let used: std::collections::HashSet<usize> = (0..10).map(|_| s.pick(now, 100).0).collect();
         assert_eq!(used.len(), 2);
         assert_eq!(s.stats()[1].state_changes, 2);
+    }
+
+    #[test]
+    fn test_local_send_failure() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(&cfgs(&[1, 1]), SchedulerConfig::default(), t0);
+        s.on_send_failure(1);
+        assert_eq!(s.state(1), Some(PathState::Dead));
+        assert!((0..10).all(|_| s.pick(t0, 100).0 == 0));
+        // never had feedback: a working send brings it back
+        s.on_send_success(1);
+        assert_eq!(s.state(1), Some(PathState::Up));
+        // with feedback history, only feedback does
+        s.on_feedback(t0, 1, &FeedbackReport::default());
+        s.on_send_failure(1);
+        s.on_send_success(1);
+        assert_eq!(s.state(1), Some(PathState::Dead));
+        s.on_feedback(t0, 1, &FeedbackReport::default());
+        assert_eq!(s.state(1), Some(PathState::Up));
     }
 
     #[test]
