@@ -455,6 +455,8 @@ impl Client {
         encoder.finish(Instant::now(), |d| {
             emit(&mut out, &mut pacer, &mut datagrams, d)
         });
+        // the transfer time: up to the last data frame, not the closing heartbeats
+        summary.elapsed = start.elapsed();
         // mpx: the closing heartbeats (a few tens of milliseconds)
         while let Some(at) = encoder.poll_timeout() {
             std::thread::sleep(at.saturating_duration_since(Instant::now()));
@@ -466,7 +468,6 @@ impl Client {
         summary.bytes_read = bytes_read;
         summary.interrupted = interrupted;
         summary.split_lines = encoder.split_lines();
-        summary.elapsed = start.elapsed();
         match &mut out {
             Out::Fanout(Some(f)) => {
                 summary.send_errors = f.total_errors();
