@@ -110,6 +110,11 @@ pub struct Cli {
     #[arg(long, value_name = "RATE")]
     pub rate: Option<Rate>,
 
+    /// Log per-destination / per-path counters every N seconds (0: only
+    /// in the final summary)
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub stats_interval: u64,
+
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: CommonArgs,
@@ -134,6 +139,8 @@ pub struct Config {
     pub rate: Option<Rate>,
     /// mpx framing: `Some(stream id)`; `None` for raw payloads
     pub mpx_stream: Option<u32>,
+    /// Periodic counter logging
+    pub stats_interval: Option<Duration>,
     /// Multicast and buffer options
     pub socket: SocketOptions,
 }
@@ -150,6 +157,7 @@ impl Config {
             framing: Framing::Lines,
             rate: None,
             mpx_stream: None,
+            stats_interval: None,
             socket: SocketOptions::default(),
         }
     }
@@ -188,6 +196,8 @@ impl TryFrom<Cli> for Config {
             rate: cli.rate,
             // striping and redundancy only make sense with sequence numbers
             mpx_stream: (cli.mpx || multipath).then_some(cli.stream_id),
+            stats_interval: (cli.stats_interval > 0)
+                .then(|| Duration::from_secs(cli.stats_interval)),
             socket: cli.common.socket_options(),
         })
     }
@@ -273,6 +283,14 @@ enum Out {
 }
 
 impl Out {
+    fn summary(&self) -> String {
+        match self {
+            Self::Fanout(Some(f)) => f.summary(),
+            Self::Fanout(None) => String::new(),
+            Self::Multi(m) => m.summary(),
+        }
+    }
+
     fn poll_timeout(&self) -> Option<Instant> {
         match self {
             Self::Fanout(_) => None,
@@ -412,10 +430,22 @@ impl Client {
         let fd = self.input.fd();
         let mut bytes_read = 0u64;
         let mut interrupted = false;
+        let mut next_stats = self.config.stats_interval.map(|d| start + d);
         loop {
             if shutdown.is_set() {
                 interrupted = true;
                 break;
+            }
+            if let (Some(at), Some(every)) = (next_stats, self.config.stats_interval) {
+                if Instant::now() >= at {
+                    tracing::info!(
+                        "{:.1}s, {}: {}",
+                        start.elapsed().as_secs_f64(),
+                        human_bytes(bytes_read),
+                        out.summary()
+                    );
+                    next_stats = Some(at + every);
+                }
             }
             let next_timer = [encoder.poll_timeout(), out.poll_timeout()]
                 .into_iter()
