@@ -39,8 +39,9 @@ use mio::{Events, Interest, Poll, Token};
 use mproxy_common::cli::{CommonArgs, Shutdown, StatsSignal};
 use mproxy_common::mpx::{
     Event, FeedbackTracker, PathKey, Receiver, ReceiverConfig, ReceiverStats, StreamStats,
+    REPORT_LEN,
 };
-use mproxy_common::net::{bind_receiver, kernel_drops, recv_meta, RECV_BUF_LEN};
+use mproxy_common::net::{bind_receiver, kernel_drops, RecvBatch, RECV_BUF_LEN};
 use mproxy_common::stats::{human_bytes, LogLimiter};
 use mproxy_common::wire::{classify, Datagram};
 use mproxy_common::{Endpoint, SocketOptions};
@@ -477,7 +478,8 @@ impl Server {
         }
         let stats_signal = StatsSignal::install();
         let mut events = Events::with_capacity(64);
-        let mut buf = vec![0u8; RECV_BUF_LEN];
+        let mut batch = RecvBatch::new(BATCH, RECV_BUF_LEN);
+        let mut report = vec![0u8; REPORT_LEN];
         let recv_log = LogLimiter::default();
         let mut next_stats = self.config.stats_interval.map(|d| start + d);
         loop {
@@ -503,10 +505,10 @@ impl Server {
             // Drain every socket on each round: cheap, and on shutdown it
             // collects what is already queued before we exit.
             for (i, l) in self.listeners.iter_mut().enumerate() {
-                drain(l, i, &mut buf, &mut self.core, &recv_log);
+                drain(l, i, &mut batch, &mut self.core, &recv_log);
             }
             let now = Instant::now();
-            self.send_feedback(now, &mut buf);
+            self.send_feedback(now, &mut report);
             if self.core.receiver.poll_timeout().is_some_and(|t| t <= now) {
                 self.core.receiver.handle_timeout(now);
                 self.core.drain_events();
@@ -582,13 +584,16 @@ const FEEDBACK_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest wait in the poll loop before timers and signals are checked
 const POLL_TICK: Duration = Duration::from_millis(200);
 
-/// Receive everything queued on one socket
-fn drain(l: &mut Listener, index: usize, buf: &mut [u8], core: &mut Core, log: &LogLimiter) {
+/// Datagrams received per system call
+const BATCH: usize = 32;
+
+/// Receive everything queued on one socket, a batch per system call
+fn drain(l: &mut Listener, index: usize, batch: &mut RecvBatch, core: &mut Core, log: &LogLimiter) {
     // feedback only goes back over unicast paths; multicast receivers stay silent
     let listener = (!l.addr.ip().is_multicast()).then_some(index);
     loop {
-        let meta = match recv_meta(&l.sock, buf) {
-            Ok(m) => m,
+        let n = match batch.recv(&l.sock) {
+            Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -599,30 +604,39 @@ fn drain(l: &mut Listener, index: usize, buf: &mut [u8], core: &mut Core, log: &
                 return;
             }
         };
-        l.stats.datagrams += 1;
-        l.stats.bytes += meta.len as u64;
-        if meta.truncated() {
-            l.stats.truncated += 1;
-            if let Some(n) = log.allow() {
-                tracing::warn!(
-                    listen = %l.stats.spec, from = %meta.from, suppressed = n,
-                    "datagram of {} bytes truncated to {}", meta.wire_len, meta.len
-                );
-            }
-        }
-        if let Some(d) = meta.kernel_drops {
-            if d != l.last_drops {
-                let delta = d.wrapping_sub(l.last_drops);
-                l.stats.kernel_drops += u64::from(delta);
-                l.last_drops = d;
+        let now = Instant::now();
+        for i in 0..n {
+            let Some((data, meta)) = batch.get(i) else {
+                continue;
+            };
+            l.stats.datagrams += 1;
+            l.stats.bytes += meta.len as u64;
+            if meta.truncated() {
+                l.stats.truncated += 1;
                 if let Some(n) = log.allow() {
                     tracing::warn!(
-                        listen = %l.stats.spec, suppressed = n,
-                        "kernel dropped {delta} datagrams (receive queue full); try a larger --rcvbuf"
+                        listen = %l.stats.spec, from = %meta.from, suppressed = n,
+                        "datagram of {} bytes truncated to {}", meta.wire_len, meta.len
                     );
                 }
             }
+            if let Some(d) = meta.kernel_drops {
+                if d != l.last_drops {
+                    let delta = d.wrapping_sub(l.last_drops);
+                    l.stats.kernel_drops += u64::from(delta);
+                    l.last_drops = d;
+                    if let Some(n) = log.allow() {
+                        tracing::warn!(
+                            listen = %l.stats.spec, suppressed = n,
+                            "kernel dropped {delta} datagrams (receive queue full); try a larger --rcvbuf"
+                        );
+                    }
+                }
+            }
+            core.handle(now, meta.from, listener, data);
         }
-        core.handle(Instant::now(), meta.from, listener, &buf[..meta.len]);
+        if n < BATCH {
+            return;
+        }
     }
 }

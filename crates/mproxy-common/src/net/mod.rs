@@ -9,7 +9,9 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use socket::{bind_receiver, bind_sender, kernel_drops, recv_meta, RecvMeta, DEFAULT_RCVBUF};
+pub use socket::{
+    bind_receiver, bind_sender, kernel_drops, recv_meta, RecvBatch, RecvMeta, DEFAULT_RCVBUF,
+};
 
 use crate::addr::{Endpoint, Interface};
 use crate::stats::LogLimiter;

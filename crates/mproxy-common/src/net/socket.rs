@@ -479,3 +479,123 @@ pub fn kernel_drops(sock: &UdpSocket) -> Option<u32> {
     let idx = libc::SK_MEMINFO_DROPS as usize;
     (rc == 0 && (len as usize) > idx * size_of::<u32>()).then(|| info[idx])
 }
+
+/// Receives up to `n` datagrams per system call (recvmmsg), each with its
+/// true size and the kernel drop counter, like [`recv_meta`]
+pub struct RecvBatch {
+    slot: usize,
+    bufs: Vec<u8>,
+    names: Vec<libc::sockaddr_storage>,
+    controls: Vec<[u64; 8]>,
+    metas: Vec<RecvMeta>,
+}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch")
+            .field("slots", &self.names.len())
+            .field("slot", &self.slot)
+            .finish()
+    }
+}
+
+impl RecvBatch {
+    /// Room for `n` datagrams of up to `slot` bytes each
+    pub fn new(n: usize, slot: usize) -> Self {
+        let n = n.max(1);
+        // SAFETY: all-zero sockaddr_storage is a valid value.
+        let zero: libc::sockaddr_storage = unsafe { zeroed() };
+        Self {
+            slot,
+            bufs: vec![0; n * slot],
+            names: vec![zero; n],
+            controls: vec![[0u64; 8]; n],
+            metas: Vec::with_capacity(n),
+        }
+    }
+
+    /// Receive what is queued, up to the batch size; returns how many
+    /// datagrams arrived (see [`RecvBatch::get`])
+    ///
+    /// # Errors
+    /// The OS error (`WouldBlock` when nothing is queued on a
+    /// non-blocking socket).
+    pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+        let n = self.names.len();
+        let mut iovs: Vec<libc::iovec> = self
+            .bufs
+            .chunks_mut(self.slot)
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        let mut hdrs: Vec<libc::mmsghdr> = (0..n)
+            .map(|i| {
+                // SAFETY: an all-zero msghdr is a valid starting value.
+                let mut h: libc::mmsghdr = unsafe { zeroed() };
+                h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+                h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                h.msg_hdr.msg_iov = &mut iovs[i];
+                h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_control = self.controls[i].as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = size_of::<[u64; 8]>() as _;
+                h
+            })
+            .collect();
+        let got = loop {
+            // SAFETY: every header points at live buffers of the recorded
+            // sizes, owned by `self` and `iovs`, for the whole call.
+            let rc = unsafe {
+                libc::recvmmsg(
+                    sock.as_raw_fd(),
+                    hdrs.as_mut_ptr(),
+                    n as libc::c_uint,
+                    libc::MSG_TRUNC,
+                    std::ptr::null_mut(),
+                )
+            };
+            if rc >= 0 {
+                break rc as usize;
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        };
+        self.metas.clear();
+        for h in hdrs.iter().take(got) {
+            let mut kernel_drops = None;
+            // SAFETY: the kernel filled msg_control with well-formed cmsgs.
+            unsafe {
+                let mut cmsg = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+                while !cmsg.is_null() {
+                    let c = &*cmsg;
+                    if c.cmsg_level == libc::SOL_SOCKET && c.cmsg_type == libc::SO_RXQ_OVFL {
+                        kernel_drops =
+                            Some(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const u32));
+                    }
+                    cmsg = libc::CMSG_NXTHDR(&h.msg_hdr, cmsg);
+                }
+            }
+            let idx = self.metas.len();
+            let wire_len = h.msg_len as usize;
+            let from =
+                read_sockaddr(&self.names[idx]).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+            self.metas.push(RecvMeta {
+                len: wire_len.min(self.slot),
+                wire_len,
+                from,
+                kernel_drops,
+            });
+        }
+        Ok(got)
+    }
+
+    /// Datagram `i` of the last [`RecvBatch::recv`]
+    pub fn get(&self, i: usize) -> Option<(&[u8], &RecvMeta)> {
+        let meta = self.metas.get(i)?;
+        let start = i * self.slot;
+        Some((&self.bufs[start..start + meta.len], meta))
+    }
+}
