@@ -5,14 +5,15 @@
 #
 #   bench/multipath.sh [FILE_MB]      (default 48)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+SELF=$(readlink -f "$0")
+cd "$(dirname "$SELF")/.."
 ROOT=$PWD
 MB=${1:-48}
 if [ "${MPROXY_BENCH_IN_NETNS:-}" != 1 ]; then
     cargo build --release -j2 --quiet --bins
     export MPROXY_BENCH_IN_NETNS=1
-    if [ "$(id -u)" = 0 ]; then exec unshare --net "$0" "$@"; fi
-    exec unshare --user --map-root-user --net "$0" "$@"
+    if [ "$(id -u)" = 0 ]; then exec unshare --net "$SELF" "$@"; fi
+    exec unshare --user --map-root-user --net "$SELF" "$@"
 fi
 BIN=$ROOT/target/release
 ip link set lo up

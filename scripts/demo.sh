@@ -9,7 +9,8 @@
 # in a fresh network namespace (as root: unshare --net; otherwise
 # unshare --user --map-root-user --net), where multicast stays on `lo`.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+SELF=$(readlink -f "$0")
+cd "$(dirname "$SELF")/.."
 ROOT=$PWD
 
 if [ "${MPROXY_DEMO_IN_NETNS:-}" != 1 ]; then
@@ -18,9 +19,9 @@ if [ "${MPROXY_DEMO_IN_NETNS:-}" != 1 ]; then
     cargo build -j2 --quiet --bins
     export MPROXY_DEMO_IN_NETNS=1
     if [ "$(id -u)" = 0 ] && unshare --net true 2>/dev/null; then
-        exec unshare --net "$0" "$@"
+        exec unshare --net "$SELF" "$@"
     elif unshare --user --map-root-user --net true 2>/dev/null; then
-        exec unshare --user --map-root-user --net "$0" "$@"
+        exec unshare --user --map-root-user --net "$SELF" "$@"
     else
         echo "demo: cannot create a private network namespace; run as root or enable unprivileged user namespaces" >&2
         exit 2
