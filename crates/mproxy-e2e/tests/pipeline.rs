@@ -438,3 +438,109 @@ fn proxy_mpx_frames_tcp_and_udp_inputs_as_separate_streams() {
         assert_eq!(clean, 2, "both streams close without loss: {text}");
     });
 }
+
+#[test]
+fn source_specific_join_filters_by_sender() {
+    in_netns(|ns| {
+        let pair = ns.veth_pair("ssma", "ssmb");
+        let dir = TempDir::new();
+        let (good, other) = (dir.join("good"), dir.join("other"));
+        let src = pair.a_v4.to_string();
+        // joined for the real sender's address, and for an address nobody uses
+        let s1 = start_server(
+            &[
+                "--listen-addr",
+                "232.1.1.1:9970",
+                "--iface",
+                "ssmb",
+                "--source",
+                &src,
+                "--path",
+                s(&good),
+            ],
+            &[9970],
+        );
+        let s2 = start_server(
+            &[
+                "--listen-addr",
+                "232.1.1.1:9970",
+                "--iface",
+                "ssmb",
+                "--source",
+                "10.200.1.99",
+                "--path",
+                s(&other),
+            ],
+            &[9970],
+        );
+        let input = dir.join("in.txt");
+        line_file(&input, 200_000, 31);
+        run_ok(
+            "mproxy-client",
+            &[
+                "--path",
+                s(&input),
+                "--server-addr",
+                "232.1.1.1:9970",
+                "--iface",
+                "ssma",
+                "--loop",
+                "off",
+                "--rate",
+                "20mbit",
+            ],
+        );
+        wait_for_len(&good, 200_000);
+        stop(s1);
+        let text = stop(s2);
+        assert_files_equal(&input, &good);
+        assert_eq!(std::fs::metadata(&other).unwrap().len(), 0, "{text}");
+        assert!(text.contains(": 0 datagrams"), "{text}");
+    });
+}
+
+#[test]
+fn failing_destination_is_counted_not_fatal() {
+    in_netns(|_| {
+        let dir = TempDir::new();
+        let out = dir.join("out");
+        let server = start_server(
+            &["--listen-addr", "127.0.0.1:9971", "--path", s(&out)],
+            &[9971],
+        );
+        let input = dir.join("in.txt");
+        line_file(&input, 300_000, 32);
+        // 192.0.2.1 (TEST-NET-1) has no route in the private namespace
+        let client = run_ok(
+            "mproxy-client",
+            &[
+                "--path",
+                s(&input),
+                "--server-addr",
+                "192.0.2.1:9",
+                "--server-addr",
+                "127.0.0.1:9971",
+                "--rate",
+                "20mbit",
+            ],
+        );
+        let summary = String::from_utf8_lossy(&client.stderr);
+        wait_for_len(&out, 300_000);
+        stop(server);
+        assert_files_equal(&input, &out);
+        let dead = summary
+            .split("; ")
+            .find(|d| d.starts_with("192.0.2.1:9"))
+            .unwrap_or_else(|| panic!("{summary}"));
+        assert!(
+            dead.contains(": 0 datagrams") && !dead.contains(" 0 errors"),
+            "{dead}"
+        );
+        assert!(
+            summary.contains("127.0.0.1:9971: ") && summary.contains(", 0 errors"),
+            "{summary}"
+        );
+        // logged, rate-limited: one warning line, not one per datagram
+        assert_eq!(summary.matches("send of").count(), 1, "{summary}");
+    });
+}
