@@ -309,22 +309,80 @@ impl Out {
 /// pacer, so sleep granularity does not cap the rate
 pub(crate) const MIN_SLEEP: Duration = Duration::from_micros(250);
 
-/// Send one datagram: pace (fanout), then hand it to the destinations
-fn emit(out: &mut Out, pacer: &mut Option<Pacer>, datagrams: &mut u64, d: &[u8]) {
-    if let Some(p) = pacer.as_mut() {
-        let wait = p.delay(Instant::now(), d.len());
-        if wait >= MIN_SLEEP {
-            std::thread::sleep(wait);
+/// Datagrams handed to the kernel per system call when input is faster
+/// than the socket
+const BATCH: usize = 64;
+
+/// Datagrams waiting to go out together (sendmmsg); its buffers are reused
+#[derive(Default)]
+struct TxBatch {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl TxBatch {
+    fn push(&mut self, d: &[u8]) {
+        self.buf.extend_from_slice(d);
+        self.ends.push(self.buf.len());
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+}
+
+/// The sending side of a run: destinations, pacing, batching, counters
+struct Tx {
+    out: Out,
+    pacer: Option<Pacer>,
+    batch: TxBatch,
+    datagrams: u64,
+}
+
+impl Tx {
+    /// Queue one datagram; sends when the batch is full or pacing says wait
+    fn emit(&mut self, d: &[u8]) {
+        self.datagrams += 1;
+        if let Out::Multi(m) = &mut self.out {
+            m.send(d);
+            return;
+        }
+        if let Some(p) = self.pacer.as_mut() {
+            let wait = p.delay(Instant::now(), d.len());
+            if wait >= MIN_SLEEP {
+                self.flush();
+                std::thread::sleep(wait);
+            }
+        }
+        self.batch.push(d);
+        if self.batch.len() >= BATCH {
+            self.flush();
         }
     }
-    match out {
-        Out::Fanout(Some(f)) => {
-            f.send(d);
+
+    /// Send what is queued (called after each input read, so a line read
+    /// from stdin goes out at once)
+    fn flush(&mut self) {
+        if self.batch.len() == 0 {
+            return;
         }
-        Out::Fanout(None) => {}
-        Out::Multi(m) => m.send(d),
+        if let Out::Fanout(Some(f)) = &self.out {
+            let mut start = 0;
+            let frames: Vec<&[u8]> = self
+                .batch
+                .ends
+                .iter()
+                .map(|&end| {
+                    let f = &self.batch.buf[start..end];
+                    start = end;
+                    f
+                })
+                .collect();
+            f.send_many(&frames);
+        }
+        self.batch.buf.clear();
+        self.batch.ends.clear();
     }
-    *datagrams += 1;
 }
 
 /// A client with its input open and its sockets bound
@@ -399,7 +457,7 @@ impl Client {
             self.config.max_datagram,
             HEARTBEAT_INTERVAL,
         );
-        let mut out = match (self.config.mode, session) {
+        let out = match (self.config.mode, session) {
             (Mode::Fanout, _) | (_, None) => Out::Fanout(self.fanout.take()),
             (mode, Some((s, _))) => {
                 let m = Multipath::new(
@@ -417,16 +475,21 @@ impl Client {
             }
         };
         // fanout paces the whole stream; stripe paces per path (scheduler)
-        let mut pacer = match out {
+        let pacer = match out {
             Out::Fanout(_) => self
                 .config
                 .rate
                 .map(|r| Pacer::new(r, 4 * self.config.max_datagram)),
             Out::Multi(_) => None,
         };
+        let mut tx = Tx {
+            out,
+            pacer,
+            batch: TxBatch::default(),
+            datagrams: 0,
+        };
         let tee = Tee::new(self.config.tee);
         let mut buf = vec![0u8; 64 * 1024];
-        let mut datagrams = 0u64;
         let fd = self.input.fd();
         let mut bytes_read = 0u64;
         let mut interrupted = false;
@@ -442,12 +505,12 @@ impl Client {
                         "{:.1}s, {}: {}",
                         start.elapsed().as_secs_f64(),
                         human_bytes(bytes_read),
-                        out.summary()
+                        tx.out.summary()
                     );
                     next_stats = Some(at + every);
                 }
             }
-            let next_timer = [encoder.poll_timeout(), out.poll_timeout()]
+            let next_timer = [encoder.poll_timeout(), tx.out.poll_timeout()]
                 .into_iter()
                 .flatten()
                 .min();
@@ -458,8 +521,9 @@ impl Client {
                 .with_context(|| format!("waiting for --path {}", self.config.path))?;
             if !readable {
                 let now = Instant::now();
-                encoder.handle_timeout(now, |d| emit(&mut out, &mut pacer, &mut datagrams, d));
-                out.handle_timeout(now, &mut encoder);
+                encoder.handle_timeout(now, |d| tx.emit(d));
+                tx.out.handle_timeout(now, &mut encoder);
+                tx.flush();
                 continue;
             }
             let n = match self.input.read(&mut buf) {
@@ -473,32 +537,29 @@ impl Client {
             };
             bytes_read += n as u64;
             tee.write(&buf[..n]);
-            encoder.push(Instant::now(), &buf[..n], |d| {
-                emit(&mut out, &mut pacer, &mut datagrams, d)
-            });
+            encoder.push(Instant::now(), &buf[..n], |d| tx.emit(d));
             if next_timer.is_some_and(|t| t <= Instant::now()) {
                 let now = Instant::now();
-                encoder.handle_timeout(now, |d| emit(&mut out, &mut pacer, &mut datagrams, d));
-                out.handle_timeout(now, &mut encoder);
+                encoder.handle_timeout(now, |d| tx.emit(d));
+                tx.out.handle_timeout(now, &mut encoder);
             }
+            tx.flush();
         }
-        encoder.finish(Instant::now(), |d| {
-            emit(&mut out, &mut pacer, &mut datagrams, d)
-        });
+        encoder.finish(Instant::now(), |d| tx.emit(d));
+        tx.flush();
         // the transfer time: up to the last data frame, not the closing heartbeats
         summary.elapsed = start.elapsed();
         // mpx: the closing heartbeats (a few tens of milliseconds)
         while let Some(at) = encoder.poll_timeout() {
             std::thread::sleep(at.saturating_duration_since(Instant::now()));
-            encoder.handle_timeout(Instant::now(), |d| {
-                emit(&mut out, &mut pacer, &mut datagrams, d)
-            });
+            encoder.handle_timeout(Instant::now(), |d| tx.emit(d));
+            tx.flush();
         }
-        summary.datagrams = datagrams;
+        summary.datagrams = tx.datagrams;
         summary.bytes_read = bytes_read;
         summary.interrupted = interrupted;
         summary.split_lines = encoder.split_lines();
-        match &mut out {
+        match &mut tx.out {
             Out::Fanout(Some(f)) => {
                 summary.send_errors = f.total_errors();
                 summary.destinations = f.summary();

@@ -10,7 +10,8 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use socket::{
-    bind_receiver, bind_sender, kernel_drops, recv_meta, RecvBatch, RecvMeta, DEFAULT_RCVBUF,
+    bind_receiver, bind_sender, kernel_drops, recv_meta, send_batch, RecvBatch, RecvMeta,
+    DEFAULT_RCVBUF,
 };
 
 use crate::addr::{Endpoint, Interface};
@@ -199,6 +200,59 @@ impl Fanout {
                             "send of {} bytes failed: {e}",
                             payload.len()
                         );
+                    }
+                }
+            }
+        }
+        ok
+    }
+
+    /// Send every datagram of `frames` to every destination, batching them
+    /// into as few system calls as the kernel accepts (sendmmsg); returns
+    /// the number of successful datagram sends
+    pub fn send_many(&self, frames: &[&[u8]]) -> usize {
+        let mut ok = 0;
+        let mut items: Vec<(&[u8], SocketAddr)> = Vec::with_capacity(frames.len());
+        for d in &self.dests {
+            let sock = if d.addr.is_ipv4() {
+                self.v4.as_ref()
+            } else {
+                self.v6.as_ref()
+            };
+            let Some(sock) = sock else { continue };
+            items.clear();
+            items.extend(frames.iter().map(|f| (*f, d.addr)));
+            let mut done = 0;
+            let mut retries = 0;
+            while done < items.len() {
+                match send_batch(sock, &items[done..]) {
+                    Ok(k) => {
+                        let bytes: usize = items[done..done + k].iter().map(|(f, _)| f.len()).sum();
+                        d.stats.datagrams.fetch_add(k as u64, Ordering::Relaxed);
+                        d.stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                        ok += k;
+                        done += k.max(1);
+                    }
+                    Err(e)
+                        if retries < 50
+                            && (e.kind() == io::ErrorKind::WouldBlock
+                                || e.raw_os_error() == Some(libc::ENOBUFS)) =>
+                    {
+                        retries += 1;
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                    }
+                    Err(e) => {
+                        // the first datagram of the rest failed: count it, go on
+                        d.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        if let Some(suppressed) = d.log.allow() {
+                            tracing::warn!(
+                                dest = %d.spec,
+                                suppressed,
+                                "send of {} bytes failed: {e}",
+                                items[done].0.len()
+                            );
+                        }
+                        done += 1;
                     }
                 }
             }

@@ -599,3 +599,54 @@ impl RecvBatch {
         Some((&self.bufs[start..start + meta.len], meta))
     }
 }
+
+/// Send several datagrams with one system call (sendmmsg)
+///
+/// Returns how many of `items` the kernel took, in order; the caller
+/// retries the rest (for example after a `WouldBlock`).
+///
+/// # Errors
+/// The OS error if not even the first datagram could be sent.
+pub fn send_batch(sock: &UdpSocket, items: &[(&[u8], SocketAddr)]) -> io::Result<usize> {
+    if items.is_empty() {
+        return Ok(0);
+    }
+    let n = items.len().min(1024);
+    // SAFETY: all-zero sockaddr_storage values are valid.
+    let mut names: Vec<libc::sockaddr_storage> = (0..n).map(|_| unsafe { zeroed() }).collect();
+    let mut iovs: Vec<libc::iovec> = Vec::with_capacity(n);
+    for (i, (data, addr)) in items.iter().take(n).enumerate() {
+        write_sockaddr(&mut names[i], *addr);
+        iovs.push(libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        });
+    }
+    let mut hdrs: Vec<libc::mmsghdr> = (0..n)
+        .map(|i| {
+            // SAFETY: an all-zero mmsghdr is a valid starting value.
+            let mut h: libc::mmsghdr = unsafe { zeroed() };
+            h.msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = match items[i].1 {
+                SocketAddr::V4(_) => size_of::<libc::sockaddr_in>(),
+                SocketAddr::V6(_) => size_of::<libc::sockaddr_in6>(),
+            } as libc::socklen_t;
+            h.msg_hdr.msg_iov = &mut iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h
+        })
+        .collect();
+    loop {
+        // SAFETY: every header points at live buffers for the whole call;
+        // the kernel only reads the payloads.
+        let rc =
+            unsafe { libc::sendmmsg(sock.as_raw_fd(), hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
+        if rc >= 0 {
+            return Ok(rc as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
