@@ -19,6 +19,7 @@ fn frames(n: usize, payload: usize) -> Vec<Vec<u8>> {
         max_datagram: 24 + payload,
         framing: Framing::Bytes,
         heartbeat_interval: Duration::from_secs(1),
+        repair_buffer: 0,
     };
     let mut s = Sender::new(1, 1, &cfg);
     let data = vec![b'x'; n * payload];

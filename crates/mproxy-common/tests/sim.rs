@@ -118,6 +118,7 @@ fn run(
         max_datagram: 24 + 200,
         framing: Framing::Lines,
         heartbeat_interval: Duration::from_millis(100),
+        ..SenderConfig::default()
     };
     let mut senders: Vec<Sender> = (0..inputs.len())
         .map(|i| Sender::new(0x5eed_0000 + i as u64, i as u32 + 1, &scfg))
@@ -359,6 +360,7 @@ fn tail_loss_is_detected_by_closing_heartbeats() {
         max_datagram: 24 + 200,
         framing: Framing::Lines,
         heartbeat_interval: Duration::from_millis(100),
+        ..SenderConfig::default()
     };
     let mut s = Sender::new(7, 1, &scfg);
     let mut rx = Receiver::new(ReceiverConfig {
@@ -477,4 +479,236 @@ fn garbage_is_counted_never_panics() {
         50_000
     );
     assert_eq!(st.frames, 0, "random bytes never pass the CRC32C");
+}
+
+/// NACK repair over a link that loses 5% each way (NACKs and repairs
+/// included): the receiver gets everything, and the sender re-sends at
+/// most 1.5 times what the link lost
+#[test]
+fn nack_repair_recovers_losses_both_ways() {
+    for seed in [41u64, 42, 43] {
+        let input = lines(seed, 400_000);
+        let mut rng = SplitMix64::new(seed);
+        let mut chance = |p: f64| (rng.next_u64() as f64 / u64::MAX as f64) < p;
+        let scfg = SenderConfig {
+            max_datagram: 24 + 400,
+            framing: Framing::Lines,
+            heartbeat_interval: Duration::from_millis(100),
+            repair_buffer: 4 << 20,
+        };
+        let mut tx = Sender::new(0xabc, 1, &scfg);
+        let rcfg = ReceiverConfig {
+            nack: true,
+            reorder_timeout: Duration::from_millis(400),
+            ..ReceiverConfig::default()
+        };
+        let mut rx = Receiver::new(rcfg);
+        let from: SocketAddr = "192.0.2.1:9".parse().unwrap();
+        let t0 = Instant::now();
+        let delay = |r: u64| Duration::from_millis(10) + Duration::from_micros(r % 5000);
+        // (arrival, tiebreak, to_receiver, bytes)
+        let mut queue: BinaryHeap<Reverse<InFlight>> = BinaryHeap::new();
+        let mut n = 0u64;
+        let mut lost_bytes = 0u64;
+        let mut now = t0;
+        let mut offset = 0;
+        let mut got = Vec::new();
+        let mut closed = None;
+        let mut next_push = t0;
+        loop {
+            let mut out = Vec::new();
+            if offset < input.len() && now >= next_push {
+                next_push = now + Duration::from_micros(500);
+                let end = (offset + 2000).min(input.len());
+                tx.push(now, &input[offset..end], |f| out.push(f.to_vec()));
+                offset = end;
+                if offset == input.len() {
+                    tx.finish(now, |f| out.push(f.to_vec()));
+                }
+            }
+            if tx.poll_timeout().is_some_and(|t| t <= now) {
+                tx.handle_timeout(now, |f| out.push(f.to_vec()));
+            }
+            while let Some(Reverse((at, _, to_rx, d))) = queue.peek().cloned() {
+                if at > now {
+                    break;
+                }
+                queue.pop();
+                if to_rx {
+                    if std::env::var_os("SIM_TRACE").is_some() {
+                        if let Datagram::Mpx(r, _) = classify(&d) {
+                            eprintln!(
+                                "{:?} rx {} seq {} flags {:?}",
+                                now - t0,
+                                r.frame_type,
+                                r.seq,
+                                r.flags
+                            );
+                        }
+                    }
+                    rx.handle_datagram(now, from, &d);
+                } else if let Datagram::Mpx(r, p) = classify(&d) {
+                    if std::env::var_os("SIM_TRACE").is_some() {
+                        let v: Vec<_> = mproxy_common::wire::parse_nack(p).collect();
+                        eprintln!("{:?} tx nack {:?}", now - t0, v);
+                    }
+                    assert_eq!(r.frame_type, FrameType::Nack);
+                    tx.handle_nack(now, p, |f| out.push(f.to_vec()));
+                }
+            }
+            if rx.poll_timeout().is_some_and(|t| t <= now) {
+                rx.handle_timeout(now);
+            }
+            for f in out {
+                if chance(0.05) {
+                    if matches!(classify(&f), Datagram::Mpx(r, _) if r.frame_type == FrameType::Data)
+                    {
+                        lost_bytes += f.len() as u64;
+                    }
+                    continue;
+                }
+                n += 1;
+                let r = rng_delay(n, seed);
+                queue.push(Reverse((now + delay(r), n, true, f)));
+            }
+            while let Some(t) = rx.poll_transmit() {
+                if chance(0.05) {
+                    continue;
+                }
+                n += 1;
+                let r = rng_delay(n, seed);
+                queue.push(Reverse((now + delay(r), n, false, t.bytes)));
+            }
+            while let Some(ev) = rx.poll_event() {
+                match ev {
+                    Event::Data { payload, .. } => got.extend_from_slice(&payload),
+                    Event::Closed { reason, stats, .. } => closed = Some((reason, stats)),
+                    Event::Gap { first, count, .. } if std::env::var_os("SIM_TRACE").is_some() => {
+                        eprintln!("{:?} GAP {first} +{count}", now - t0)
+                    }
+                    _ => {}
+                }
+            }
+            let next = [
+                (offset < input.len()).then_some(next_push),
+                tx.poll_timeout(),
+                queue.peek().map(|Reverse((at, ..))| *at),
+                rx.poll_timeout(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            match next {
+                Some(t) if closed.is_none() => now = t.max(now + Duration::from_nanos(1)),
+                _ => break,
+            }
+            assert!(now - t0 < Duration::from_secs(120));
+        }
+        let (reason, stats) = closed.expect("stream closed");
+        eprintln!(
+            "seed {seed}: rx {:?} tx {:?} lost_bytes {lost_bytes}",
+            rx.stats(),
+            tx.stats()
+        );
+        assert_eq!(reason, CloseReason::Fin, "seed {seed}");
+        assert_eq!(stats.lost, 0, "seed {seed}: {stats}");
+        assert!(
+            got == input,
+            "seed {seed}: {} of {} bytes",
+            got.len(),
+            input.len()
+        );
+        let st = tx.stats();
+        assert!(stats.repaired > 0 && st.retransmitted > 0, "{stats} {st:?}");
+        assert!(
+            st.retransmitted_bytes as f64 <= 1.5 * lost_bytes as f64,
+            "seed {seed}: re-sent {} bytes for {lost_bytes} lost",
+            st.retransmitted_bytes
+        );
+        assert_eq!(st.unrecoverable, 0);
+    }
+}
+
+/// A datagram on the simulated link: (arrival, tiebreak, towards the receiver?, bytes)
+type InFlight = (Instant, u64, bool, Vec<u8>);
+
+fn rng_delay(n: u64, seed: u64) -> u64 {
+    let mut r = SplitMix64::new(seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    r.next_u64()
+}
+
+/// Each gap times out on its own clock: with a frame lost every 10 ms and
+/// a 100 ms reorder timeout, every loss is declared about 100 ms after it
+/// was noticed and the stream closes on FIN soon after the end, instead
+/// of gaps queueing one timeout behind another
+#[test]
+fn gaps_time_out_independently() {
+    let scfg = SenderConfig {
+        max_datagram: 24 + 100,
+        framing: Framing::Bytes,
+        heartbeat_interval: Duration::from_millis(100),
+        ..SenderConfig::default()
+    };
+    let mut tx = Sender::new(5, 1, &scfg);
+    let mut rx = Receiver::new(ReceiverConfig {
+        reorder_timeout: Duration::from_millis(100),
+        ..ReceiverConfig::default()
+    });
+    let from: SocketAddr = "192.0.2.1:9".parse().unwrap();
+    let t0 = Instant::now();
+    let mut frames = Vec::new();
+    for i in 0..200u64 {
+        let now = t0 + Duration::from_millis(i);
+        tx.push(now, &[b'x'; 100], |f| frames.push((now, f.to_vec())));
+    }
+    tx.finish(t0 + Duration::from_millis(200), |f| {
+        frames.push((t0 + Duration::from_millis(200), f.to_vec()))
+    });
+    while let Some(at) = tx.poll_timeout() {
+        tx.handle_timeout(at, |f| frames.push((at, f.to_vec())));
+    }
+    let mut closed_at = None;
+    let mut gaps = Vec::new();
+    let mut i = 0;
+    let mut clock = t0;
+    while clock < t0 + Duration::from_secs(3) && closed_at.is_none() {
+        while i < frames.len() && frames[i].0 <= clock {
+            let Datagram::Mpx(r, _) = classify(&frames[i].1) else {
+                panic!()
+            };
+            let dropped = r.frame_type == FrameType::Data && r.seq % 10 == 5;
+            if !dropped {
+                rx.handle_datagram(clock, from, &frames[i].1);
+            }
+            i += 1;
+        }
+        if rx.poll_timeout().is_some_and(|t| t <= clock) {
+            rx.handle_timeout(clock);
+        }
+        while let Some(ev) = rx.poll_event() {
+            match ev {
+                Event::Gap { first, .. } => gaps.push((first, clock - t0)),
+                Event::Closed { reason, .. } => {
+                    assert_eq!(reason, CloseReason::Fin);
+                    closed_at = Some(clock - t0);
+                }
+                _ => {}
+            }
+        }
+        clock += Duration::from_millis(1);
+    }
+    assert_eq!(gaps.len(), 20);
+    for (first, at) in &gaps {
+        // frame n was noticed missing at about n + 1 ms, declared 100 ms later
+        let expect = Duration::from_millis(first + 101);
+        assert!(
+            at.abs_diff(expect) <= Duration::from_millis(2),
+            "gap {first} declared at {at:?}"
+        );
+    }
+    let closed_at = closed_at.expect("closed");
+    assert!(
+        closed_at < Duration::from_millis(350),
+        "closed at {closed_at:?}"
+    );
 }

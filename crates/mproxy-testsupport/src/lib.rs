@@ -14,6 +14,9 @@
 //!   make and compare deterministic test data.
 //! * [`set_multicast_if_v4`] / [`set_multicast_if_v6`] pick the interface
 //!   multicast leaves through.
+//! * [`LossyRelay`] relays UDP datagrams with seeded drop / duplicate /
+//!   reorder ([`RelayConfig`]) and records, per mpx stream, what an mpx
+//!   receiver should deliver and count ([`RelayRecord`], [`StreamRecord`]).
 //! * [`socat`] and [`mproxy_peer`] locate external peers for interoperability
 //!   tests; [`skip`] reports a skipped test visibly.
 //!
@@ -29,6 +32,7 @@ mod host;
 mod netns;
 mod peers;
 mod process;
+mod relay;
 mod sock;
 #[cfg(test)]
 mod tests;
@@ -36,9 +40,13 @@ mod wait;
 
 pub use data::{assert_files_equal, line_file, random_file, SplitMix64, TempDir};
 pub use host::{Link, PeerHost};
+pub use mproxy_common::mpx::StreamKey;
 pub use netns::{current_netns_id, in_netns, netns_available, Netns, VethPair, REEXEC_ENV};
 pub use peers::{mproxy_peer, skip, socat, MPROXY_PEER_VERSION};
 pub use process::{bin, spawn, spawn_with_stdin, ChildGuard};
+pub use relay::{
+    Decision, FrameRecord, Impairment, LossyRelay, RelayConfig, RelayRecord, StreamRecord,
+};
 pub use sock::{set_multicast_if_v4, set_multicast_if_v6};
 pub use wait::{
     is_tcp_listening, is_udp_bound, wait_for_tcp_bound, wait_for_tcp_listen, wait_for_udp_bound,

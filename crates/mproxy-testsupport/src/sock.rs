@@ -4,7 +4,8 @@ use std::io;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::AsRawFd;
 
-fn setsockopt<T>(
+/// `setsockopt(2)` with a typed value.
+pub(crate) fn setsockopt<T>(
     sock: &UdpSocket,
     level: libc::c_int,
     name: libc::c_int,

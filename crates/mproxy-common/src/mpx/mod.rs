@@ -14,14 +14,16 @@
 
 mod feedback;
 mod receiver;
+mod repair;
 mod scheduler;
 mod sender;
 
 pub use feedback::{FeedbackTracker, PathKey, REPORT_LEN};
+pub use repair::{RepairBuffer, RepairOutcome};
 pub use scheduler::{PathConfig, PathState, PathStats, Scheduler, SchedulerConfig};
 
 pub use receiver::{
-    CloseReason, Event, Receiver, ReceiverConfig, ReceiverStats, StreamKey, StreamStats,
+    CloseReason, Event, Receiver, ReceiverConfig, ReceiverStats, StreamKey, StreamStats, Transmit,
 };
 pub use sender::{Sender, SenderConfig, SenderStats};
 
@@ -34,7 +36,7 @@ pub enum Encoder {
     /// Raw payloads, wire-compatible with mproxy 0.1.x
     Raw(crate::pack::Packer),
     /// mpx frames of one stream
-    Mpx(Sender),
+    Mpx(Box<Sender>),
 }
 
 impl Encoder {
@@ -47,15 +49,16 @@ impl Encoder {
     ) -> Self {
         match mpx {
             None => Self::Raw(crate::pack::Packer::new(framing, max_datagram)),
-            Some((session, stream)) => Self::Mpx(Sender::new(
+            Some((session, stream)) => Self::Mpx(Box::new(Sender::new(
                 session,
                 stream,
                 &SenderConfig {
                     max_datagram,
                     framing,
                     heartbeat_interval,
+                    repair_buffer: 0,
                 },
-            )),
+            ))),
         }
     }
 
@@ -88,6 +91,25 @@ impl Encoder {
     pub fn handle_timeout(&mut self, now: std::time::Instant, emit: impl FnMut(&[u8])) {
         if let Self::Mpx(s) = self {
             s.handle_timeout(now, emit);
+        }
+    }
+
+    /// Keep `bytes` of recent frames to answer NACKs (mpx only; 0: off)
+    pub fn enable_repair(&mut self, bytes: usize) {
+        if let Self::Mpx(s) = self {
+            s.enable_repair(bytes);
+        }
+    }
+
+    /// Answer a NACK for this stream (mpx only)
+    pub fn handle_nack(
+        &mut self,
+        now: std::time::Instant,
+        payload: &[u8],
+        emit: impl FnMut(&[u8]),
+    ) {
+        if let Self::Mpx(s) = self {
+            s.handle_nack(now, payload, emit);
         }
     }
 

@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::extend_seq;
-use crate::wire::{classify, Datagram, Error as WireError, Flags, FrameType, Repr};
+use crate::wire::{
+    classify, emit_nack, parse_nack, Datagram, Error as WireError, Flags, FrameType, NackRange,
+    Repr, HEADER_LEN, NACK_MAX_RANGES, NACK_RANGE_LEN,
+};
 
 /// Settings of a [`Receiver`]
 #[derive(Debug, Clone)]
@@ -23,6 +26,15 @@ pub struct ReceiverConfig {
     pub max_streams: usize,
     /// Most payload bytes held for reordering over all streams
     pub memory_limit: usize,
+    /// Ask senders to re-send missing frames (NACK frames, [`Receiver::poll_transmit`])
+    pub nack: bool,
+    /// Wait this long (plus a random part up to as long again, so
+    /// receivers of a group do not all ask at once) before asking
+    pub nack_delay: Duration,
+    /// Ask again after this long if the frames are still missing
+    pub nack_interval: Duration,
+    /// Ask at most this many times per gap
+    pub nack_tries: u32,
 }
 
 impl Default for ReceiverConfig {
@@ -34,6 +46,10 @@ impl Default for ReceiverConfig {
             idle_timeout: Duration::from_secs(10),
             max_streams: 1024,
             memory_limit: 64 << 20,
+            nack: false,
+            nack_delay: Duration::from_millis(5),
+            nack_interval: Duration::from_millis(50),
+            nack_tries: 5,
         }
     }
 }
@@ -72,20 +88,23 @@ pub struct StreamStats {
     pub reordered: u64,
     /// Frames that arrived after they had been declared lost (dropped)
     pub late: u64,
+    /// Missing frames that arrived as retransmissions and were used
+    pub repaired: u64,
 }
 
 impl fmt::Display for StreamStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} bytes, {} datagrams, {} gaps ({} lost), {} dups, {} reordered, {} late",
+            "{} bytes, {} datagrams, {} gaps ({} lost), {} dups, {} reordered, {} late, {} repaired",
             self.bytes,
             self.datagrams,
             self.gaps,
             self.lost,
             self.duplicates,
             self.reordered,
-            self.late
+            self.late,
+            self.repaired
         )
     }
 }
@@ -171,6 +190,21 @@ pub struct ReceiverStats {
     pub streams_evicted: u64,
     /// Frames for a stream that already closed (late duplicates, closing heartbeats)
     pub after_close: u64,
+    /// NACK frames sent
+    pub nacks_sent: u64,
+    /// NACKs not sent because another receiver's NACK covered them
+    pub nacks_suppressed: u64,
+}
+
+/// A datagram the receiver wants sent (a NACK)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Index of the receiving socket the stream arrived on (send from it)
+    pub listener: usize,
+    /// The sender's address
+    pub to: SocketAddr,
+    /// The whole frame
+    pub bytes: Vec<u8>,
 }
 
 /// Streams idle for this long may be evicted when the stream table is full
@@ -191,16 +225,58 @@ struct Stream {
     ring: VecDeque<Option<Vec<u8>>>,
     buffered_frames: usize,
     buffered_bytes: usize,
-    /// Since when a missing frame has been awaited
+    /// Since when the frame at `next` has been awaited
     gap_since: Option<Instant>,
+    /// When runs of missing frames were first noticed: `(start, time)`
+    /// means the frames missing from `start` (up to the next entry) were
+    /// noticed missing at `time`; pruned as `next` advances
+    holes: VecDeque<(u64, Instant)>,
     last_active: Instant,
     lost_ranges: VecDeque<(u64, u64)>,
+    /// Where the stream's frames come from, and on which socket
+    from: SocketAddr,
+    listener: usize,
+    /// When to (re)send a NACK for what is missing
+    nack_at: Option<Instant>,
+    nack_tries: u32,
+    /// `next` when the tries were last reset: progress earns fresh tries
+    nack_base: u64,
+    /// Missing frames below this were seen missing at the previous check
+    seen_upto: u64,
+    /// Frames below this have been asked for at least once...
+    nacked_upto: u64,
+    /// ...the last time at this moment
+    nacked_at: Option<Instant>,
     stats: StreamStats,
 }
 
 impl Stream {
     fn is_lost(&self, seq: u64) -> bool {
         self.lost_ranges.iter().any(|&(a, b)| (a..b).contains(&seq))
+    }
+
+    /// Runs of missing sequence numbers as (first, count), oldest first
+    fn missing(&self, limit: usize) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let push = |seq: u64, n: u64, out: &mut Vec<(u64, u64)>| match out.last_mut() {
+            Some((a, c)) if *a + *c == seq => *c += n,
+            _ => out.push((seq, n)),
+        };
+        for (i, slot) in self.ring.iter().enumerate() {
+            if slot.is_none() {
+                push(self.next + i as u64, 1, &mut out);
+                if out.len() > limit {
+                    out.truncate(limit);
+                    return out;
+                }
+            }
+        }
+        let tail = self.next + self.ring.len() as u64;
+        if self.high > tail {
+            push(tail, self.high - tail, &mut out);
+        }
+        out.truncate(limit);
+        out
     }
 }
 
@@ -218,6 +294,9 @@ pub struct Receiver {
     closed: HashSet<StreamKey>,
     closed_order: VecDeque<StreamKey>,
     events: VecDeque<Event>,
+    transmits: VecDeque<Transmit>,
+    listener: usize,
+    rng: u64,
     pool: Vec<Vec<u8>>,
     buffered_bytes: usize,
     stats: ReceiverStats,
@@ -245,6 +324,9 @@ impl Receiver {
             closed: HashSet::new(),
             closed_order: VecDeque::new(),
             events: VecDeque::new(),
+            transmits: VecDeque::new(),
+            listener: 0,
+            rng: super::new_session_id() | 1,
             pool: Vec::new(),
             buffered_bytes: 0,
             stats: ReceiverStats::default(),
@@ -279,6 +361,19 @@ impl Receiver {
             buf.clear();
             self.pool.push(buf);
         }
+    }
+
+    /// Like [`Receiver::handle_classified`], for a datagram that arrived
+    /// on receiving socket `listener` (NACKs for its streams go out there)
+    pub fn handle_classified_on<'a>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        listener: usize,
+        datagram: Datagram<'a>,
+    ) -> Option<&'a [u8]> {
+        self.listener = listener;
+        self.handle_classified(now, from, datagram)
     }
 
     /// Handle a datagram the caller already classified (see
@@ -332,6 +427,10 @@ impl Receiver {
         };
         match repr.frame_type {
             FrameType::Data | FrameType::Heartbeat => {}
+            FrameType::Nack => {
+                self.overhear_nack(now, key, payload);
+                return;
+            }
             _ => {
                 self.stats.unknown_type += 1;
                 return;
@@ -350,6 +449,8 @@ impl Receiver {
             return;
         };
         stream.last_active = now;
+        stream.from = from;
+        stream.listener = self.listener;
         let Some(seq) = extend_seq(repr.seq, stream.next) else {
             self.stats.out_of_range += 1;
             return;
@@ -358,6 +459,9 @@ impl Receiver {
             // seq is the next sequence number the sender will use; with
             // FIN it is also the end of the stream
             if seq <= stream.next + (1 << 30) {
+                if seq > stream.high {
+                    stream.holes.push_back((stream.high, now));
+                }
                 stream.high = stream.high.max(seq);
                 if repr.flags.contains(Flags::FIN) && stream.end.is_none() && seq >= stream.next {
                     stream.end = Some(seq);
@@ -379,7 +483,16 @@ impl Receiver {
                 }
                 return;
             }
+            if seq > stream.high {
+                stream.holes.push_back((stream.high, now));
+            }
             stream.high = stream.high.max(seq + 1);
+            if repr.flags.contains(Flags::RETRANSMIT) {
+                let offset = (seq - stream.next) as usize;
+                if stream.ring.get(offset).is_none_or(Option::is_none) {
+                    stream.stats.repaired += 1;
+                }
+            }
             if seq >= stream.next + window {
                 // Too far ahead: frames must be given up so it fits in the
                 // window. Skip to the first frame that did arrive at or
@@ -438,8 +551,17 @@ impl Receiver {
                 buffered_frames: 0,
                 buffered_bytes: 0,
                 gap_since: None,
+                holes: VecDeque::new(),
                 last_active: now,
                 lost_ranges: VecDeque::new(),
+                from,
+                listener: self.listener,
+                nack_at: None,
+                nack_tries: 0,
+                nack_base: first,
+                seen_upto: first,
+                nacked_upto: first,
+                nacked_at: None,
                 stats: StreamStats {
                     first_seq: first,
                     ..StreamStats::default()
@@ -599,10 +721,145 @@ impl Receiver {
         }
         let waiting = stream.buffered_frames > 0 || stream.next < stream.high;
         if waiting {
-            stream.gap_since.get_or_insert(now);
+            if stream.next != stream.nack_base {
+                // the head moved: fresh NACK tries for what is missing now
+                stream.nack_base = stream.next;
+                stream.nack_tries = 0;
+            }
+            // the frame at `next` has been awaited since its hole was
+            // noticed, so each gap times out on its own clock, not behind
+            // the gaps before it
+            while stream.holes.len() >= 2 && stream.holes[1].0 <= stream.next {
+                stream.holes.pop_front();
+            }
+            let noticed = stream
+                .holes
+                .front()
+                .filter(|(start, _)| *start <= stream.next)
+                .map_or(now, |(_, t)| *t);
+            stream.gap_since = Some(noticed);
+            if self.config.nack && stream.nack_at.is_none() {
+                // a random part so receivers of one group do not all ask at once
+                self.rng ^= self.rng << 13;
+                self.rng ^= self.rng >> 7;
+                self.rng ^= self.rng << 17;
+                let jitter_us = self.config.nack_delay.as_micros() as u64;
+                let jitter = Duration::from_micros(self.rng % (jitter_us + 1));
+                stream.nack_at = Some(now + self.config.nack_delay + jitter);
+            }
         } else {
             stream.gap_since = None;
+            stream.holes.clear();
+            stream.nack_at = None;
+            stream.nack_tries = 0;
         }
+    }
+
+    /// Another receiver's NACK for a stream we also miss frames of: if it
+    /// asks for everything we miss, ours is not needed now
+    fn overhear_nack(&mut self, now: Instant, key: StreamKey, payload: &[u8]) {
+        let interval = self.config.nack_interval;
+        let Some(stream) = self.streams.get_mut(&key) else {
+            return;
+        };
+        if stream.nack_at.is_none() {
+            return;
+        }
+        let asked: Vec<(u64, u64)> = parse_nack(payload)
+            .filter_map(|r| Some((extend_seq(r.start, stream.next)?, u64::from(r.count))))
+            .collect();
+        let covered = stream.missing(NACK_MAX_RANGES).iter().all(|&(first, n)| {
+            (first..first + n).all(|q| asked.iter().any(|&(a, c)| (a..a + c).contains(&q)))
+        });
+        if covered {
+            stream.nack_at = Some(now + interval);
+            self.stats.nacks_suppressed += 1;
+        }
+    }
+
+    /// Build and queue NACKs that are due
+    ///
+    /// A frame is asked for once it has been seen missing at two checks
+    /// `nack_delay` apart (so mere reordering is not mistaken for loss),
+    /// and asked for again every `nack_interval` (at most `nack_tries`
+    /// times while the head of the stream makes no progress).
+    fn send_nacks(&mut self, now: Instant) {
+        let tries = self.config.nack_tries;
+        let interval = self.config.nack_interval;
+        let delay = self.config.nack_delay;
+        for (key, stream) in self.streams.iter_mut() {
+            if stream.nack_at.is_none_or(|t| now < t) {
+                continue;
+            }
+            let missing = stream.missing(NACK_MAX_RANGES);
+            let reask =
+                stream.nacked_at.is_some_and(|t| now >= t + interval) && stream.nack_tries < tries;
+            let mut ranges: Vec<(u64, u64)> = Vec::new();
+            let mut asked_new_upto = stream.nacked_upto;
+            for &(first, n) in &missing {
+                let end = first + n;
+                // asked before: again only when it is time to re-ask
+                let old_end = end.min(stream.nacked_upto);
+                if reask && first < old_end {
+                    ranges.push((first, old_end - first));
+                }
+                // seen missing at the previous check, never asked: ask now
+                let new_start = first.max(stream.nacked_upto);
+                let new_end = end.min(stream.seen_upto);
+                if new_start < new_end {
+                    ranges.push((new_start, new_end - new_start));
+                    asked_new_upto = asked_new_upto.max(new_end);
+                }
+            }
+            stream.seen_upto = missing.last().map_or(stream.next, |&(f, n)| f + n);
+            stream.nack_at = (!missing.is_empty()).then_some(now + delay);
+            if ranges.is_empty() {
+                continue;
+            }
+            if reask || stream.nacked_at.is_none() {
+                stream.nacked_at = Some(now);
+            }
+            if reask {
+                stream.nack_tries += 1;
+            }
+            stream.nacked_upto = asked_new_upto;
+            let mut wire = Vec::with_capacity(ranges.len());
+            for (mut first, mut n) in ranges {
+                while n > 0 && wire.len() < NACK_MAX_RANGES {
+                    let c = n.min(u64::from(u16::MAX));
+                    wire.push(NackRange {
+                        start: first as u32,
+                        count: c as u16,
+                    });
+                    first += c;
+                    n -= c;
+                }
+            }
+            let repr = Repr {
+                frame_type: FrameType::Nack,
+                flags: Flags::NONE,
+                session: key.session,
+                stream: key.stream,
+                seq: stream.next as u32,
+            };
+            let mut payload = Vec::with_capacity(wire.len() * NACK_RANGE_LEN);
+            emit_nack(&wire, &mut payload);
+            let mut bytes = vec![0u8; HEADER_LEN + payload.len()];
+            if repr.emit_with_payload(&mut bytes, &payload).is_ok() {
+                self.stats.nacks_sent += 1;
+                self.transmits.push_back(Transmit {
+                    listener: stream.listener,
+                    to: stream.from,
+                    bytes,
+                });
+            }
+        }
+    }
+
+    /// Next datagram to send (NACKs), if any
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
     }
 
     fn close(&mut self, key: StreamKey, reason: CloseReason) {
@@ -639,16 +896,21 @@ impl Receiver {
             .values()
             .map(|s| {
                 let idle = s.last_active + self.config.idle_timeout;
-                match s.gap_since {
-                    Some(g) => idle.min(g + self.config.reorder_timeout),
-                    None => idle,
-                }
+                let gap = s.gap_since.map(|g| g + self.config.reorder_timeout);
+                [Some(idle), gap, s.nack_at]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(idle)
             })
             .min()
     }
 
-    /// Skip gaps that waited `reorder_timeout`, close idle streams
+    /// Send due NACKs, skip gaps that waited `reorder_timeout`, close idle streams
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.config.nack {
+            self.send_nacks(now);
+        }
         let due: Vec<StreamKey> = self
             .streams
             .iter()
@@ -677,6 +939,8 @@ impl Receiver {
             self.skip_to(key, target);
             if let Some(s) = self.streams.get_mut(&key) {
                 s.gap_since = None;
+                s.nack_at = None;
+                s.nack_tries = 0;
             }
             self.settle(now, key);
         }

@@ -2,8 +2,9 @@
 
 use std::time::{Duration, Instant};
 
+use super::repair::{RepairBuffer, RepairOutcome};
 use crate::pack::{Framing, Packer};
-use crate::wire::{Flags, FrameType, Repr, HEADER_LEN};
+use crate::wire::{parse_nack, Flags, FrameType, Repr, HEADER_LEN};
 
 /// Settings of a [`Sender`]
 #[derive(Debug, Clone)]
@@ -14,6 +15,8 @@ pub struct SenderConfig {
     pub framing: Framing,
     /// Send a heartbeat after this long without any frame
     pub heartbeat_interval: Duration,
+    /// Bytes of recent frames kept for NACK repair (0: no repair)
+    pub repair_buffer: usize,
 }
 
 impl Default for SenderConfig {
@@ -22,6 +25,7 @@ impl Default for SenderConfig {
             max_datagram: 1472,
             framing: Framing::Lines,
             heartbeat_interval: Duration::from_secs(1),
+            repair_buffer: 0,
         }
     }
 }
@@ -35,6 +39,16 @@ pub struct SenderStats {
     pub bytes: u64,
     /// Heartbeats emitted
     pub heartbeats: u64,
+    /// NACK frames received
+    pub nacks: u64,
+    /// Frames re-sent in answer to NACKs
+    pub retransmitted: u64,
+    /// Bytes of those frames (headers included)
+    pub retransmitted_bytes: u64,
+    /// Requested frames no longer in the repair buffer
+    pub unrecoverable: u64,
+    /// Requests for a frame re-sent moments ago (several receivers asked)
+    pub repair_suppressed: u64,
 }
 
 /// Turns a byte stream into sequenced mpx frames
@@ -56,8 +70,13 @@ pub struct Sender {
     /// Heartbeats still to send after FIN (they carry FIN, so a receiver
     /// that lost the FIN frame or the frames before it learns the end)
     linger: u8,
+    repair: Option<RepairBuffer>,
     stats: SenderStats,
 }
+
+/// A frame re-sent less than this long ago is not re-sent again for
+/// another request (several multicast receivers asking for the same)
+const REPAIR_MIN_GAP: Duration = Duration::from_millis(10);
 
 /// Heartbeats sent after FIN, and their spacing
 const LINGER_COUNT: u8 = 3;
@@ -78,6 +97,7 @@ impl Sender {
             last_sent: None,
             finished: false,
             linger: 0,
+            repair: (config.repair_buffer > 0).then(|| RepairBuffer::new(config.repair_buffer)),
             stats: SenderStats::default(),
         }
     }
@@ -124,14 +144,19 @@ impl Sender {
             stream,
             next_seq,
             stats,
+            repair,
             ..
         } = self;
         let mut sent = false;
         packer.push(data, |payload| {
+            let seq = *next_seq;
             let len = data_frame(frame, *session, *stream, next_seq, Flags::NONE, payload);
             stats.frames += 1;
             stats.bytes += payload.len() as u64;
             sent = true;
+            if let Some(r) = repair.as_mut() {
+                r.store(seq, &frame[..len]);
+            }
             emit(&frame[..len]);
         });
         if sent {
@@ -151,16 +176,25 @@ impl Sender {
             stream,
             next_seq,
             stats,
+            repair,
             ..
         } = self;
         packer.finish(|payload| {
+            let seq = *next_seq;
             let len = data_frame(frame, *session, *stream, next_seq, Flags::NONE, payload);
             stats.frames += 1;
             stats.bytes += payload.len() as u64;
+            if let Some(r) = repair.as_mut() {
+                r.store(seq, &frame[..len]);
+            }
             emit(&frame[..len]);
         });
+        let seq = *next_seq;
         let len = data_frame(frame, *session, *stream, next_seq, Flags::FIN, &[]);
         stats.frames += 1;
+        if let Some(r) = repair.as_mut() {
+            r.store(seq, &frame[..len]);
+        }
         emit(&frame[..len]);
         self.finished = true;
         self.linger = LINGER_COUNT;
@@ -177,6 +211,47 @@ impl Sender {
             return (self.linger > 0).then_some(self.last_sent? + LINGER_INTERVAL);
         }
         Some(self.last_sent? + self.heartbeat_interval)
+    }
+
+    /// Keep the last `bytes` of frames for NACK repair (0 turns repair off)
+    pub fn enable_repair(&mut self, bytes: usize) {
+        self.repair = (bytes > 0).then(|| RepairBuffer::new(bytes));
+    }
+
+    /// Answer a NACK frame's payload: re-send every requested frame still
+    /// in the repair buffer (flagged RETRANSMIT) through `emit`
+    ///
+    /// Requests for frames that were never sent (ahead of the stream) are
+    /// ignored; at most 4096 frames are re-sent per NACK.
+    pub fn handle_nack(&mut self, now: Instant, payload: &[u8], mut emit: impl FnMut(&[u8])) {
+        self.stats.nacks += 1;
+        let Some(repair) = self.repair.as_mut() else {
+            return;
+        };
+        let mut budget = 4096u32;
+        for range in parse_nack(payload) {
+            for i in 0..u32::from(range.count) {
+                let seq = range.start.wrapping_add(i);
+                // only what was already sent: (next_seq - seq) in 1..2^31
+                let behind = self.next_seq.wrapping_sub(seq);
+                if behind == 0 || behind > (1 << 31) || budget == 0 {
+                    continue;
+                }
+                budget -= 1;
+                let mut len = 0usize;
+                match repair.resend(now, seq, REPAIR_MIN_GAP, &mut |f: &[u8]| {
+                    len = f.len();
+                    emit(f);
+                }) {
+                    RepairOutcome::Resent => {
+                        self.stats.retransmitted += 1;
+                        self.stats.retransmitted_bytes += len as u64;
+                    }
+                    RepairOutcome::Suppressed => self.stats.repair_suppressed += 1,
+                    RepairOutcome::Unavailable => self.stats.unrecoverable += 1,
+                }
+            }
+        }
     }
 
     /// Use `epoch` as time zero of heartbeat timestamps (so probes and the
