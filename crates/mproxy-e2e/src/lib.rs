@@ -20,9 +20,14 @@ pub fn start(name: &str, args: &[&str]) -> ChildGuard {
 
 /// Start `mproxy-server` and wait until its UDP ports are bound
 pub fn start_server(args: &[&str], ports: &[u16]) -> ChildGuard {
+    // Count first: another receiver may already hold a shared group port.
+    let before: Vec<usize> = ports
+        .iter()
+        .map(|p| mproxy_testsupport::udp_bound_count(*p))
+        .collect();
     let guard = start("mproxy-server", args);
-    for p in ports {
-        mproxy_testsupport::wait_for_udp_bound(*p, TIMEOUT);
+    for (p, n) in ports.iter().zip(before) {
+        mproxy_testsupport::wait_for_udp_bound_more(*p, n, TIMEOUT);
     }
     guard
 }

@@ -475,7 +475,7 @@ fn source_specific_join_filters_by_sender() {
         );
         let input = dir.join("in.txt");
         line_file(&input, 200_000, 31);
-        run_ok(
+        let client = run_ok(
             "mproxy-client",
             &[
                 "--path",
@@ -490,9 +490,15 @@ fn source_specific_join_filters_by_sender() {
                 "20mbit",
             ],
         );
-        wait_for_len(&good, 200_000);
-        stop(s1);
+        let complete = reached_len(&good, 200_000, Duration::from_secs(20));
+        let good_text = stop(s1);
         let text = stop(s2);
+        assert!(
+            complete,
+            "client: {}\nserver: {good_text}\nlinks: {}",
+            String::from_utf8_lossy(&client.stderr),
+            ns.run("ip", &["-s", "link"])
+        );
         assert_files_equal(&input, &good);
         assert_eq!(std::fs::metadata(&other).unwrap().len(), 0, "{text}");
         assert!(text.contains(": 0 datagrams"), "{text}");

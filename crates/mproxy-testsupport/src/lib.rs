@@ -49,6 +49,6 @@ pub use relay::{
 };
 pub use sock::{set_multicast_if_v4, set_multicast_if_v6};
 pub use wait::{
-    is_tcp_listening, is_udp_bound, wait_for_tcp_bound, wait_for_tcp_listen, wait_for_udp_bound,
-    wait_until,
+    is_tcp_listening, is_udp_bound, udp_bound_count, wait_for_tcp_bound, wait_for_tcp_listen,
+    wait_for_udp_bound, wait_for_udp_bound_more, wait_until,
 };

@@ -49,7 +49,28 @@ pub fn wait_for_tcp_bound(port: u16, timeout: Duration) {
 /// Whether a UDP socket of the calling thread's network namespace is bound
 /// to local `port` (from `/proc/thread-self/net/udp` and `udp6`).
 pub fn is_udp_bound(port: u16) -> bool {
-    ["udp", "udp6"].iter().any(|f| proc_net_has(f, port, None))
+    udp_bound_count(port) > 0
+}
+
+/// How many UDP sockets (IPv4 and IPv6) of the calling thread's network
+/// namespace are bound to local `port`. Several receivers may share a
+/// multicast group's port, so "a second receiver is ready" is "the count
+/// went up", not "the port is bound".
+pub fn udp_bound_count(port: u16) -> usize {
+    ["udp", "udp6"]
+        .iter()
+        .map(|f| proc_net_count(f, port, None))
+        .sum()
+}
+
+/// Waits until more than `before` UDP sockets are bound to local `port`
+/// (see [`udp_bound_count`]); panics after `timeout`.
+pub fn wait_for_udp_bound_more(port: u16, before: usize, timeout: Duration) {
+    wait_until(
+        timeout,
+        &format!("more than {before} UDP sockets bound to port {port}"),
+        || udp_bound_count(port) > before,
+    );
 }
 
 /// Whether a TCP socket of the calling thread's network namespace is in
@@ -64,12 +85,16 @@ pub fn is_tcp_listening(port: u16) -> bool {
 /// Scans `/proc/thread-self/net/<file>` for a socket whose local port is
 /// `port` (and whose state is `state`, if given).
 fn proc_net_has(file: &str, port: u16, state: Option<&str>) -> bool {
+    proc_net_count(file, port, state) > 0
+}
+
+fn proc_net_count(file: &str, port: u16, state: Option<&str>) -> usize {
     // thread-self, not self: the namespace is per thread.
     let path = format!("/proc/thread-self/net/{file}");
     let Ok(text) = std::fs::read_to_string(&path) else {
-        return false; // e.g. no IPv6 in this kernel
+        return 0; // e.g. no IPv6 in this kernel
     };
-    text.lines().skip(1).any(|line| {
+    text.lines().skip(1).filter(|line| {
         let mut fields = line.split_whitespace();
         let local = fields.nth(1).unwrap_or("");
         let st = fields.nth(1).unwrap_or("");
@@ -78,4 +103,5 @@ fn proc_net_has(file: &str, port: u16, state: Option<&str>) -> bool {
             .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
         local_port == Some(port) && state.is_none_or(|s| s == st)
     })
+    .count()
 }

