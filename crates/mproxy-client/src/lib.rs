@@ -37,10 +37,11 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use mproxy_common::cli::{parse_max_datagram, CommonArgs, Shutdown};
 use mproxy_common::io::{wait_readable, Tee};
-use mproxy_common::mpx::{new_session_id, Encoder};
+use mproxy_common::mpx::{new_session_id, Encoder, SenderStats};
 use mproxy_common::pack::Framing;
 use mproxy_common::rate::{Pacer, Rate};
 use mproxy_common::stats::{human_bytes, human_rate};
+use mproxy_common::wire::{classify, Datagram, FrameType};
 use mproxy_common::{Endpoint, Fanout, PathSpec, SocketOptions};
 
 /// Default datagram payload limit: fits a 1500-byte Ethernet MTU over IPv4
@@ -49,6 +50,8 @@ pub const DEFAULT_MAX_DATAGRAM: usize = 1472;
 
 /// Heartbeat interval of an idle mpx stream
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// After the end of input, stop lingering once no repair request came for this long
+const LINGER_QUIET: Duration = Duration::from_millis(300);
 /// Longest wait for input before checking timers and signals
 const POLL_TICK: Duration = Duration::from_millis(200);
 
@@ -110,6 +113,17 @@ pub struct Cli {
     #[arg(long, value_name = "RATE")]
     pub rate: Option<Rate>,
 
+    /// mpx: bytes of recent frames kept to re-send what receivers report
+    /// missing (NACK); 0 turns repair off
+    #[arg(long, value_name = "BYTES", default_value = "16MiB",
+          value_parser = mproxy_common::cli::parse_size_or_zero)]
+    pub repair_buffer: usize,
+
+    /// mpx: after the end of input, keep answering repair requests until
+    /// none came for 300 ms, for at most this many milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pub linger: u64,
+
     /// Log per-destination / per-path counters every N seconds (0: only
     /// in the final summary)
     #[arg(long, value_name = "SECS", default_value_t = 0)]
@@ -141,6 +155,10 @@ pub struct Config {
     pub mpx_stream: Option<u32>,
     /// Periodic counter logging
     pub stats_interval: Option<Duration>,
+    /// mpx repair buffer in bytes (0: no repair)
+    pub repair_buffer: usize,
+    /// Longest wait for repair requests after the end of input
+    pub linger: Duration,
     /// Multicast and buffer options
     pub socket: SocketOptions,
 }
@@ -158,6 +176,8 @@ impl Config {
             rate: None,
             mpx_stream: None,
             stats_interval: None,
+            repair_buffer: 16 << 20,
+            linger: Duration::from_secs(2),
             socket: SocketOptions::default(),
         }
     }
@@ -198,6 +218,8 @@ impl TryFrom<Cli> for Config {
             mpx_stream: (cli.mpx || multipath).then_some(cli.stream_id),
             stats_interval: (cli.stats_interval > 0)
                 .then(|| Duration::from_secs(cli.stats_interval)),
+            repair_buffer: cli.repair_buffer,
+            linger: Duration::from_millis(cli.linger),
             socket: cli.common.socket_options(),
         })
     }
@@ -239,6 +261,8 @@ pub struct Summary {
     pub destinations: String,
     /// mpx session id, if framing was on
     pub session: Option<u64>,
+    /// mpx sender counters (repairs included), if framing was on
+    pub mpx: Option<SenderStats>,
     /// Wall time of the run
     pub elapsed: Duration,
     /// True if the run ended on a shutdown request rather than EOF
@@ -259,9 +283,14 @@ impl fmt::Display for Summary {
             self.elapsed.as_secs_f64(),
             human_rate(self.bytes_read, self.elapsed),
             self.datagrams,
-            self.session
-                .map(|s| format!(" (mpx session {s:016x})"))
-                .unwrap_or_default(),
+            match (self.session, self.mpx) {
+                (Some(s), Some(m)) => format!(
+                    " (mpx session {s:016x}; {} NACKs, {} frames re-sent, {} unrecoverable)",
+                    m.nacks, m.retransmitted, m.unrecoverable
+                ),
+                (Some(s), None) => format!(" (mpx session {s:016x})"),
+                _ => String::new(),
+            },
             self.split_lines,
             self.send_errors,
             if self.destinations.is_empty() {
@@ -340,6 +369,31 @@ struct Tx {
 }
 
 impl Tx {
+    /// NACK payloads for `session` that arrived on our sockets
+    fn take_nacks(&mut self, session: u64, buf: &mut [u8]) -> Vec<Vec<u8>> {
+        match &mut self.out {
+            Out::Fanout(Some(f)) => {
+                let mut nacks = Vec::new();
+                while let Some((n, _)) = f.recv_control(buf) {
+                    if let Datagram::Mpx(r, p) = classify(&buf[..n]) {
+                        if r.frame_type == FrameType::Nack
+                            && r.session == session
+                            && nacks.len() < 64
+                        {
+                            nacks.push(p.to_vec());
+                        }
+                    }
+                }
+                nacks
+            }
+            Out::Fanout(None) => Vec::new(),
+            Out::Multi(m) => {
+                m.poll_feedback();
+                m.take_nacks()
+            }
+        }
+    }
+
     /// Queue one datagram; sends when the batch is full or pacing says wait
     fn emit(&mut self, d: &[u8]) {
         self.datagrams += 1;
@@ -457,6 +511,9 @@ impl Client {
             self.config.max_datagram,
             HEARTBEAT_INTERVAL,
         );
+        encoder.enable_repair(self.config.repair_buffer);
+        let repairing = session.is_some() && self.config.repair_buffer > 0;
+        let mut control = vec![0u8; 2048];
         let out = match (self.config.mode, session) {
             (Mode::Fanout, _) | (_, None) => Out::Fanout(self.fanout.take()),
             (mode, Some((s, _))) => {
@@ -538,6 +595,11 @@ impl Client {
             bytes_read += n as u64;
             tee.write(&buf[..n]);
             encoder.push(Instant::now(), &buf[..n], |d| tx.emit(d));
+            if let (true, Some((s, _))) = (repairing, session) {
+                for nack in tx.take_nacks(s, &mut control) {
+                    encoder.handle_nack(Instant::now(), &nack, |d| tx.emit(d));
+                }
+            }
             if next_timer.is_some_and(|t| t <= Instant::now()) {
                 let now = Instant::now();
                 encoder.handle_timeout(now, |d| tx.emit(d));
@@ -549,11 +611,35 @@ impl Client {
         tx.flush();
         // the transfer time: up to the last data frame, not the closing heartbeats
         summary.elapsed = start.elapsed();
-        // mpx: the closing heartbeats (a few tens of milliseconds)
-        while let Some(at) = encoder.poll_timeout() {
-            std::thread::sleep(at.saturating_duration_since(Instant::now()));
-            encoder.handle_timeout(Instant::now(), |d| tx.emit(d));
+        // mpx: the closing heartbeats (a few tens of milliseconds), then
+        // repairs until receivers stop asking (bounded by --linger)
+        let end = Instant::now();
+        let mut last_nack = end;
+        loop {
+            let now = Instant::now();
+            if let (true, Some((s, _))) = (repairing, session) {
+                let nacks = tx.take_nacks(s, &mut control);
+                if !nacks.is_empty() {
+                    last_nack = now;
+                }
+                for nack in nacks {
+                    encoder.handle_nack(now, &nack, |d| tx.emit(d));
+                }
+            }
+            encoder.handle_timeout(now, |d| tx.emit(d));
             tx.flush();
+            let heartbeats_done = encoder.poll_timeout().is_none();
+            let quiet = !repairing || now.saturating_duration_since(last_nack) >= LINGER_QUIET;
+            if (heartbeats_done && quiet)
+                || now.saturating_duration_since(end) >= self.config.linger
+                || shutdown.is_set()
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if let Encoder::Mpx(sender) = &encoder {
+            summary.mpx = Some(sender.stats());
         }
         summary.datagrams = tx.datagrams;
         summary.bytes_read = bytes_read;

@@ -42,6 +42,7 @@ pub(crate) struct Multipath {
     pub(crate) bad_feedback: u64,
     session: u64,
     sent_since_poll: u32,
+    nacks: Vec<Vec<u8>>,
 }
 
 impl Multipath {
@@ -96,6 +97,7 @@ impl Multipath {
             bad_feedback: 0,
             session,
             sent_since_poll: 0,
+            nacks: Vec::new(),
         })
     }
 
@@ -196,10 +198,22 @@ impl Multipath {
                             None => self.bad_feedback += 1,
                         }
                     }
+                    Datagram::Mpx(r, p)
+                        if r.frame_type == FrameType::Nack && r.session == self.session =>
+                    {
+                        if self.nacks.len() < 64 {
+                            self.nacks.push(p.to_vec());
+                        }
+                    }
                     _ => self.bad_feedback += 1,
                 }
             }
         }
+    }
+
+    /// NACK payloads received since the last call
+    pub(crate) fn take_nacks(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.nacks)
     }
 
     /// Probes and health checks; call when [`Multipath::poll_timeout`] is due

@@ -138,6 +138,18 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(bad)
 }
 
+/// Like [`parse_size`], but `0` is allowed (meaning "off")
+///
+/// # Errors
+/// Anything that is not a size below 4 GiB.
+pub fn parse_size_or_zero(s: &str) -> Result<usize, String> {
+    if s.trim() == "0" {
+        Ok(0)
+    } else {
+        parse_size(s)
+    }
+}
+
 /// Parse a datagram payload limit: 1 to 65507 bytes (the IPv4 UDP maximum)
 ///
 /// # Errors

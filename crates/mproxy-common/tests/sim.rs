@@ -486,7 +486,11 @@ fn garbage_is_counted_never_panics() {
 /// most 1.5 times what the link lost
 #[test]
 fn nack_repair_recovers_losses_both_ways() {
-    for seed in [41u64, 42, 43] {
+    let seeds: Vec<u64> = match std::env::var("SIM_SEEDS") {
+        Ok(v) => v.split(',').filter_map(|s| s.parse().ok()).collect(),
+        Err(_) => vec![41, 42, 43],
+    };
+    for seed in seeds {
         let input = lines(seed, 400_000);
         let mut rng = SplitMix64::new(seed);
         let mut chance = |p: f64| (rng.next_u64() as f64 / u64::MAX as f64) < p;
@@ -500,6 +504,12 @@ fn nack_repair_recovers_losses_both_ways() {
         let rcfg = ReceiverConfig {
             nack: true,
             reorder_timeout: Duration::from_millis(400),
+            // The window must hold what arrives while a repair is on its
+            // way: ~10k frames/s here × up to 5 tries 50 ms apart. The
+            // default 1024 frames forced gap 55 out 0.1 ms before its
+            // second repair arrived (jitter seed 49).
+            reorder_window: 8192,
+            jitter_seed: seed,
             ..ReceiverConfig::default()
         };
         let mut rx = Receiver::new(rcfg);

@@ -96,6 +96,13 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_streams: usize,
 
+    /// mpx: ask senders to re-send missing frames (NACK) before the
+    /// reorder timeout gives them up; senders without a repair buffer
+    /// ignore the requests
+    #[arg(long, value_name = "on|off", default_value = "on",
+          value_parser = mproxy_common::cli::parse_on_off, action = clap::ArgAction::Set)]
+    pub nack: bool,
+
     /// mpx: report per-path reception (frames, bytes, echoed probe time)
     /// to senders on unicast listen addresses, at most 10 reports/s per
     /// path and sender, so multipath senders can detect dead paths
@@ -199,6 +206,7 @@ impl TryFrom<Cli> for Config {
                 reorder_window: cli.reorder_window,
                 reorder_timeout: Duration::from_millis(cli.reorder_timeout),
                 max_streams: cli.max_streams,
+                nack: cli.nack,
                 ..ReceiverConfig::default()
             },
             feedback: cli.feedback,
@@ -243,6 +251,8 @@ pub struct Summary {
     pub feedback_sent: u64,
     /// Feedback reports that could not be sent
     pub feedback_errors: u64,
+    /// NACKs that could not be sent
+    pub nack_errors: u64,
     /// Wall time of the run
     pub elapsed: Duration,
 }
@@ -294,6 +304,13 @@ impl fmt::Display for Summary {
                 m.streams_evicted
             )?;
         }
+        if m.nacks_sent + m.nacks_suppressed + self.nack_errors > 0 {
+            write!(
+                f,
+                "; {} NACKs sent ({} failed), {} held back for another receiver's",
+                m.nacks_sent, self.nack_errors, m.nacks_suppressed
+            )?;
+        }
         if self.feedback_sent + self.feedback_errors > 0 {
             write!(
                 f,
@@ -327,13 +344,21 @@ struct Core {
     feedback: Option<FeedbackTracker>,
     feedback_sent: u64,
     feedback_errors: u64,
+    nack_errors: u64,
     sink: Sink,
     closed_totals: StreamStats,
     raw_dropped: u64,
 }
 
 impl Core {
-    fn handle(&mut self, now: Instant, from: SocketAddr, listener: Option<usize>, data: &[u8]) {
+    fn handle(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        index: usize,
+        listener: Option<usize>,
+        data: &[u8],
+    ) {
         match self.accept {
             Accept::Raw => self.sink.write(None, data),
             Accept::Auto | Accept::Mpx => {
@@ -343,7 +368,10 @@ impl Core {
                 {
                     fb.on_frame(now, PathKey { listener: l, from }, repr, payload);
                 }
-                if let Some(raw) = self.receiver.handle_classified(now, from, datagram) {
+                if let Some(raw) = self
+                    .receiver
+                    .handle_classified_on(now, from, index, datagram)
+                {
                     if self.accept == Accept::Mpx {
                         self.raw_dropped += 1;
                     } else {
@@ -440,6 +468,7 @@ impl Server {
                 .then(|| FeedbackTracker::new(FEEDBACK_INTERVAL, 4096)),
             feedback_sent: 0,
             feedback_errors: 0,
+            nack_errors: 0,
             sink,
             closed_totals: StreamStats::default(),
             raw_dropped: 0,
@@ -513,6 +542,7 @@ impl Server {
                 self.core.receiver.handle_timeout(now);
                 self.core.drain_events();
             }
+            self.send_nacks();
             if stopping {
                 self.core.receiver.close_all();
                 self.core.drain_events();
@@ -528,6 +558,23 @@ impl Server {
             }
         }
         Ok(self.summary(start))
+    }
+
+    /// Send queued NACKs from the socket their stream arrived on; on a
+    /// multicast listener also to the group, so the other receivers can
+    /// hold back their own request for the same frames
+    fn send_nacks(&mut self) {
+        while let Some(t) = self.core.receiver.poll_transmit() {
+            let Some(l) = self.listeners.get(t.listener) else {
+                continue;
+            };
+            if l.sock.send_to(&t.bytes, t.to).is_err() {
+                self.core.nack_errors += 1;
+            }
+            if l.addr.ip().is_multicast() && l.sock.send_to(&t.bytes, l.addr).is_err() {
+                self.core.nack_errors += 1;
+            }
+        }
     }
 
     /// Send the feedback reports that are due, from the socket the
@@ -574,6 +621,7 @@ impl Server {
             raw_dropped: self.core.raw_dropped,
             feedback_sent: self.core.feedback_sent,
             feedback_errors: self.core.feedback_errors,
+            nack_errors: self.core.nack_errors,
             elapsed: start.elapsed(),
         }
     }
@@ -633,7 +681,7 @@ fn drain(l: &mut Listener, index: usize, batch: &mut RecvBatch, core: &mut Core,
                     }
                 }
             }
-            core.handle(now, meta.from, listener, data);
+            core.handle(now, meta.from, index, listener, data);
         }
         if n < BATCH {
             return;

@@ -77,6 +77,11 @@ pub struct RelayConfig {
     pub reorder_depth: usize,
     /// Longest a datagram is held, whatever the traffic.
     pub max_hold: Duration,
+    /// Relay replies (the receiver's NACKs and feedback) back to the
+    /// sender that last sent through the relay; off by default
+    pub return_path: bool,
+    /// Probability that a reply is dropped on the way back (seeded too)
+    pub return_drop: f64,
 }
 
 impl Default for RelayConfig {
@@ -88,6 +93,8 @@ impl Default for RelayConfig {
             reorder: 0.0,
             reorder_depth: 0,
             max_hold: Duration::from_millis(20),
+            return_path: false,
+            return_drop: 0.0,
         }
     }
 }
@@ -337,6 +344,10 @@ pub struct RelayRecord {
     pub send_errors: u64,
     /// Receive errors on the listening socket.
     pub recv_errors: u64,
+    /// Replies relayed back to the sender (with `return_path`)
+    pub returned: u64,
+    /// Replies dropped on the way back
+    pub returns_dropped: u64,
     /// Datagrams the kernel dropped on the listening socket because its
     /// receive queue was full (they never reached the relay; from the
     /// `drops` column of `/proc/net/udp`).
@@ -485,6 +496,11 @@ struct Worker {
     shared: Arc<Mutex<RelayRecord>>,
     stop: Arc<AtomicBool>,
     sock_inode: Option<u64>,
+    /// Where replies go: the last address that sent through the relay
+    sender: Option<SocketAddr>,
+    return_path: bool,
+    return_drop: f64,
+    return_rng: SplitMix64,
 }
 
 fn lock(m: &Mutex<RelayRecord>) -> MutexGuard<'_, RelayRecord> {
@@ -500,7 +516,10 @@ impl Worker {
                 break;
             }
             match self.sock.recv_from(&mut buf) {
-                Ok((n, _)) => self.arrive(&buf[..n]),
+                Ok((n, from)) => {
+                    self.sender = Some(from);
+                    self.arrive(&buf[..n]);
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -512,6 +531,9 @@ impl Worker {
                     lock(&self.shared).recv_errors += 1;
                     std::thread::sleep(POLL);
                 }
+            }
+            if self.return_path {
+                self.relay_replies(&mut buf);
             }
             let now = Instant::now();
             self.release(|h| h.deadline <= now);
@@ -568,6 +590,22 @@ impl Worker {
             match sent {
                 Ok(_) => rec.on_forwarded(kind),
                 Err(_) => rec.send_errors += 1,
+            }
+        }
+    }
+
+    /// Replies that came back to the outgoing socket go to the sender
+    fn relay_replies(&mut self, buf: &mut [u8]) {
+        let Some(sender) = self.sender else {
+            return;
+        };
+        while let Ok((n, _)) = self.out.recv_from(buf) {
+            let p = self.return_rng.next_u64() as f64 / u64::MAX as f64;
+            let mut rec = lock(&self.shared);
+            if p < self.return_drop {
+                rec.returns_dropped += 1;
+            } else if self.sock.send_to(&buf[..n], sender).is_ok() {
+                rec.returned += 1;
             }
         }
     }
@@ -655,6 +693,8 @@ impl LossyRelay {
         };
         let out = UdpSocket::bind(out_bind)
             .unwrap_or_else(|e| panic!("relay: cannot bind {out_bind}: {e}"));
+        out.set_nonblocking(true)
+            .unwrap_or_else(|e| panic!("relay: non-blocking reply socket: {e}"));
         let sock_inode = std::fs::metadata(format!("/proc/self/fd/{}", sock.as_raw_fd()))
             .ok()
             .map(|m| m.ino());
@@ -671,6 +711,10 @@ impl LossyRelay {
             shared: Arc::clone(&shared),
             stop: Arc::clone(&stop),
             sock_inode,
+            sender: None,
+            return_path: config.return_path,
+            return_drop: config.return_drop,
+            return_rng: SplitMix64::new(config.seed ^ 0x5eed_5eed),
         };
         let thread = std::thread::Builder::new()
             .name(format!("lossy-relay-{}", addr.port()))
@@ -756,6 +800,7 @@ mod tests {
             reorder: 0.2,
             reorder_depth: 7,
             max_hold: Duration::from_secs(10),
+            ..RelayConfig::default()
         }
     }
 

@@ -35,6 +35,9 @@ pub struct ReceiverConfig {
     pub nack_interval: Duration,
     /// Ask at most this many times per gap
     pub nack_tries: u32,
+    /// Seed of the NACK-delay jitter; 0 picks a random one. Simulations
+    /// set it so a run can be replayed exactly.
+    pub jitter_seed: u64,
 }
 
 impl Default for ReceiverConfig {
@@ -50,6 +53,7 @@ impl Default for ReceiverConfig {
             nack_delay: Duration::from_millis(5),
             nack_interval: Duration::from_millis(50),
             nack_tries: 5,
+            jitter_seed: 0,
         }
     }
 }
@@ -318,6 +322,10 @@ impl Receiver {
         let mut config = config;
         config.reorder_window = config.reorder_window.clamp(1, 1 << 20);
         config.max_streams = config.max_streams.max(1);
+        let rng = match config.jitter_seed {
+            0 => super::new_session_id(),
+            seed => seed,
+        } | 1;
         Self {
             config,
             streams: HashMap::new(),
@@ -326,7 +334,7 @@ impl Receiver {
             events: VecDeque::new(),
             transmits: VecDeque::new(),
             listener: 0,
-            rng: super::new_session_id() | 1,
+            rng,
             pool: Vec::new(),
             buffered_bytes: 0,
             stats: ReceiverStats::default(),

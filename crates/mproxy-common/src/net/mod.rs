@@ -260,6 +260,17 @@ impl Fanout {
         ok
     }
 
+    /// Read one datagram that arrived on a sending socket (receivers'
+    /// NACKs and feedback), without blocking; its length and source
+    pub fn recv_control(&self, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+        for sock in [self.v4.as_ref(), self.v6.as_ref()].into_iter().flatten() {
+            if let Ok(got) = socket::recv_nonblocking(sock, buf) {
+                return Some(got);
+            }
+        }
+        None
+    }
+
     /// Per destination: (spec as given, resolved address, counters)
     pub fn stats(&self) -> impl Iterator<Item = (&str, SocketAddr, &DestStats)> {
         self.dests
