@@ -24,6 +24,23 @@ pub const DEFAULT_CLIENT_QUEUE: usize = 4096;
 /// Default connection limit per TCP listener
 pub const DEFAULT_MAX_CLIENTS: usize = 256;
 
+/// Which datagrams of the group the outputs accept (`--accept`)
+///
+/// Applies where payloads are delivered: TCP outputs, and UDP outputs with
+/// `--udp-output-strip`. A plain UDP output forwards every datagram as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Accept {
+    /// Raw payloads and mpx frames, told apart by the mpx magic; frames are
+    /// reassembled per stream and their headers stripped
+    #[default]
+    Auto,
+    /// Everything is a raw payload (for binary raw feeds, which start with
+    /// the mpx magic once in 65536 datagrams)
+    Raw,
+    /// Only mpx frames; raw datagrams are dropped and counted
+    Mpx,
+}
+
 const EXAMPLES: &str = "\
 EXAMPLES:
   # TCP feed in, any number of TCP readers out (same host: --loop stays on)
@@ -36,6 +53,12 @@ EXAMPLES:
   # two hosts: inputs on A, outputs on B, joined by the group on eth0
   A$ mproxy-reverseproxy --iface eth0 --tcp-listen-addr 0.0.0.0:9000
   B$ mproxy-reverseproxy --iface eth0 --tcp-output-addr 0.0.0.0:9100
+
+  # mpx: every input connection is its own stream; TCP readers get each
+  # stream's bytes in order, a downstream mproxy-server one file per stream
+  mproxy-reverseproxy --mpx --framing lines --tcp-listen-addr 0.0.0.0:9000 \\
+      --tcp-output-addr 0.0.0.0:9100 --udp-output-addr 10.0.0.5:9930
+  mproxy-server --listen-addr 10.0.0.5:9930 --path 'out/{session}-{stream}.log'
 
 Inputs send to the group with multicast loopback on (--loop on, the
 default), so outputs on the same host receive them; --loop off only makes
@@ -74,13 +97,23 @@ pub struct Cli {
     pub multicast_addr: Endpoint,
 
     /// TCP address to accept readers on; every connected client receives
-    /// the payloads of the group's datagrams, concatenated. Repeatable
+    /// the payloads of the group's datagrams, concatenated (mpx frames are
+    /// reassembled in order per stream and their headers stripped, see
+    /// --accept). Repeatable
     #[arg(long = "tcp-output-addr", value_name = "HOST:PORT")]
     pub tcp_output_addr: Vec<Endpoint>,
 
-    /// UDP address to forward every datagram of the group to. Repeatable
+    /// UDP address to forward every datagram of the group to, as is (mpx
+    /// frames included, so a downstream mproxy-server can reassemble them).
+    /// Repeatable
     #[arg(long = "udp-output-addr", value_name = "HOST:PORT")]
     pub udp_output_addr: Vec<Endpoint>,
+
+    /// Send the --udp-output-addr destinations the reassembled payloads
+    /// instead of the frames: one datagram per in-order mpx payload, raw
+    /// datagrams as they are (see --accept)
+    #[arg(long)]
+    pub udp_output_strip: bool,
 
     /// How TCP input is cut into datagrams: `bytes` (chunks of up to
     /// --max-datagram, cut anywhere) or `lines` (whole lines per datagram)
@@ -88,10 +121,40 @@ pub struct Cli {
     pub framing: Framing,
 
     /// Largest datagram payload made from TCP input (UDP input is relayed
-    /// as received)
+    /// as received). With --mpx the limit includes the 24-byte frame header
+    /// and also applies to raw UDP input: a raw datagram larger than
+    /// --max-datagram minus 24 is split over several frames (counted)
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_DATAGRAM,
           value_parser = parse_max_datagram)]
     pub max_datagram: usize,
+
+    /// Frame the inputs with mpx: every --tcp-listen-addr connection, and
+    /// the raw datagrams of every --udp-listen-addr, becomes its own stream
+    /// of this process's session (sequence numbers, checksums, heartbeats
+    /// while idle, FIN at the end). UDP datagrams that already are mpx
+    /// frames are forwarded untouched. Default: raw payloads, compatible
+    /// with mproxy 0.1.x
+    #[arg(long)]
+    pub mpx: bool,
+
+    /// Which datagrams the TCP outputs (and UDP outputs with
+    /// --udp-output-strip) accept: 'auto' takes raw payloads and mpx frames
+    /// (told apart by the mpx magic), 'raw' treats everything as raw (for
+    /// binary raw feeds), 'mpx' drops raw datagrams (counted)
+    #[arg(long, value_name = "auto|raw|mpx", default_value = "auto")]
+    pub accept: Accept,
+
+    /// mpx: most frames a stream may hold while waiting for a missing one
+    #[arg(long, value_name = "FRAMES", default_value_t = 1024)]
+    pub reorder_window: usize,
+
+    /// mpx: how long to wait for a missing frame before counting it lost
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    pub reorder_timeout: u64,
+
+    /// mpx: most streams each output tracks at once
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_streams: usize,
 
     /// Datagrams queued per TCP output client; when a client's queue is
     /// full, datagrams are dropped for that client only, and counted
@@ -105,7 +168,8 @@ pub struct Cli {
           value_parser = parse_count)]
     pub max_clients: usize,
 
-    /// Copy everything the inputs send to the group to stdout
+    /// Copy everything the inputs send to the group to stdout (with --mpx:
+    /// the payloads of the data frames, without headers)
     #[arg(short, long)]
     pub tee: bool,
 
@@ -137,6 +201,12 @@ mod tests {
         assert_eq!(cli.max_clients, 256);
         assert!(cli.common.multicast_loop);
         assert!(!cli.tee);
+        assert!(!cli.mpx && !cli.udp_output_strip);
+        assert_eq!(cli.accept, Accept::Auto);
+        assert_eq!(
+            (cli.reorder_window, cli.reorder_timeout, cli.max_streams),
+            (1024, 200, 1024)
+        );
     }
 
     #[test]
@@ -181,6 +251,8 @@ mod tests {
             &["x", "--client-queue", "0"],
             &["x", "--max-clients", "x"],
             &["x", "--framing", "words"],
+            &["x", "--accept", "mixed"],
+            &["x", "--reorder-window", "-1"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }

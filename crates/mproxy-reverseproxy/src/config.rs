@@ -3,14 +3,17 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use mproxy_common::mpx::ReceiverConfig;
 use mproxy_common::net::MAX_UDP_PAYLOAD;
 use mproxy_common::pack::Framing;
+use mproxy_common::wire::HEADER_LEN;
 use mproxy_common::{AddrError, Endpoint, SocketOptions};
 
 use crate::cli::DEFAULT_MAX_DATAGRAM;
-use crate::cli::{Cli, DEFAULT_CLIENT_QUEUE, DEFAULT_GROUP, DEFAULT_MAX_CLIENTS};
+use crate::cli::{Accept, Cli, DEFAULT_CLIENT_QUEUE, DEFAULT_GROUP, DEFAULT_MAX_CLIENTS};
 
 /// An address as the user wrote it, with what it resolved to
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,10 +81,21 @@ pub struct Config {
     pub tcp_outputs: Vec<Addr>,
     /// UDP destinations the group's datagrams are forwarded to
     pub udp_outputs: Vec<Addr>,
+    /// Send the UDP outputs the reassembled payloads instead of the frames
+    pub udp_output_strip: bool,
     /// How TCP input is cut into datagrams
     pub framing: Framing,
-    /// Largest payload made from TCP input
+    /// Largest payload made from TCP input (with `mpx`: largest frame,
+    /// header included, made from TCP input or a raw UDP datagram)
     pub max_datagram: usize,
+    /// Frame the inputs with mpx, one stream per TCP connection and per
+    /// UDP listener, all in one session of this process
+    pub mpx: bool,
+    /// Which datagrams the TCP outputs (and stripping UDP outputs) accept
+    pub accept: Accept,
+    /// Reassembly of mpx streams in the outputs; `reorder_window`,
+    /// `reorder_timeout` and `max_streams` come from the command line
+    pub receiver: ReceiverConfig,
     /// Datagrams queued per TCP output client before it loses datagrams
     pub client_queue: usize,
     /// Connections per TCP listener
@@ -104,8 +118,12 @@ impl Default for Config {
             tcp_inputs: Vec::new(),
             tcp_outputs: Vec::new(),
             udp_outputs: Vec::new(),
+            udp_output_strip: false,
             framing: Framing::Bytes,
             max_datagram: DEFAULT_MAX_DATAGRAM,
+            mpx: false,
+            accept: Accept::Auto,
+            receiver: ReceiverConfig::default(),
             client_queue: DEFAULT_CLIENT_QUEUE,
             max_clients: DEFAULT_MAX_CLIENTS,
             tee: false,
@@ -132,8 +150,17 @@ impl TryFrom<Cli> for Config {
             tcp_inputs: resolve_all("tcp-listen-addr", cli.tcp_listen_addr)?,
             tcp_outputs: resolve_all("tcp-output-addr", cli.tcp_output_addr)?,
             udp_outputs: resolve_all("udp-output-addr", cli.udp_output_addr)?,
+            udp_output_strip: cli.udp_output_strip,
             framing: cli.framing,
             max_datagram: cli.max_datagram,
+            mpx: cli.mpx,
+            accept: cli.accept,
+            receiver: ReceiverConfig {
+                reorder_window: cli.reorder_window,
+                reorder_timeout: Duration::from_millis(cli.reorder_timeout),
+                max_streams: cli.max_streams,
+                ..ReceiverConfig::default()
+            },
             client_queue: cli.client_queue,
             max_clients: cli.max_clients,
             tee: cli.tee,
@@ -160,7 +187,9 @@ impl Config {
     /// # Errors
     /// No input or output at all; a group that is not multicast; an
     /// address given twice; a setup that would send the group's traffic
-    /// back into the group (a loop); limits out of range.
+    /// back into the group (a loop); limits out of range; mpx settings
+    /// that cannot work (`mpx` without inputs or with a `max_datagram` no
+    /// larger than the header, `udp_output_strip` without UDP outputs).
     pub fn validate(&self) -> anyhow::Result<()> {
         if !self.has_inputs() && !self.has_outputs() {
             bail!(
@@ -190,6 +219,7 @@ impl Config {
         if self.max_clients == 0 {
             bail!("--max-clients must be at least 1");
         }
+        self.validate_mpx()?;
         for out in &self.udp_outputs {
             if out.addr.port() == 0 || out.addr.ip().is_unspecified() {
                 bail!("--udp-output-addr {out}: not a destination address");
@@ -230,6 +260,41 @@ impl Config {
             tracing::warn!(
                 "--loop off: outputs on this host will not receive what this host's inputs send"
             );
+        }
+        Ok(())
+    }
+
+    /// The mpx part of [`Config::validate`]
+    fn validate_mpx(&self) -> anyhow::Result<()> {
+        if self.mpx && !self.has_inputs() {
+            bail!(
+                "--mpx frames what the inputs send, and there are no inputs \
+                 (outputs take mpx frames anyway, see --accept)"
+            );
+        }
+        if self.mpx && self.max_datagram <= HEADER_LEN {
+            bail!(
+                "--max-datagram {}: with --mpx it must be larger than the \
+                 {HEADER_LEN}-byte frame header",
+                self.max_datagram
+            );
+        }
+        if self.udp_output_strip && self.udp_outputs.is_empty() {
+            bail!("--udp-output-strip applies to --udp-output-addr, and there is none");
+        }
+        let r = &self.receiver;
+        if !(1..=65536).contains(&r.reorder_window) {
+            bail!(
+                "--reorder-window {} out of range (1 to 65536 frames)",
+                r.reorder_window
+            );
+        }
+        let timeout = r.reorder_timeout.as_millis();
+        if !(1..=60_000).contains(&timeout) {
+            bail!("--reorder-timeout {timeout} out of range (1 to 60000 ms)");
+        }
+        if !(1..=65536).contains(&r.max_streams) {
+            bail!("--max-streams {} out of range (1 to 65536)", r.max_streams);
         }
         Ok(())
     }
@@ -430,6 +495,71 @@ mod tests {
     }
 
     #[test]
+    fn test_mpx_settings() {
+        let c = config(&[
+            "--mpx",
+            "--tcp-listen-addr",
+            "127.0.0.1:9000",
+            "--udp-output-addr",
+            "127.0.0.1:9200",
+            "--udp-output-strip",
+            "--accept",
+            "mpx",
+            "--reorder-window",
+            "64",
+            "--reorder-timeout",
+            "50",
+            "--max-streams",
+            "8",
+        ])
+        .unwrap();
+        assert!(c.mpx && c.udp_output_strip);
+        assert_eq!(c.accept, Accept::Mpx);
+        assert_eq!(c.receiver.reorder_window, 64);
+        assert_eq!(c.receiver.reorder_timeout, Duration::from_millis(50));
+        assert_eq!(c.receiver.max_streams, 8);
+
+        let out = ["--tcp-output-addr", "127.0.0.1:9100"];
+        for (extra, want) in [
+            (
+                &["--reorder-window", "0"][..],
+                "--reorder-window 0 out of range",
+            ),
+            (&["--reorder-window", "65537"], "--reorder-window 65537"),
+            (
+                &["--reorder-timeout", "0"],
+                "--reorder-timeout 0 out of range",
+            ),
+            (&["--reorder-timeout", "60001"], "--reorder-timeout 60001"),
+            (&["--max-streams", "0"], "--max-streams 0 out of range"),
+            (&["--max-streams", "70000"], "--max-streams 70000"),
+            (&["--mpx"], "there are no inputs"),
+            (&["--udp-output-strip"], "--udp-output-strip"),
+        ] {
+            let mut args = out.to_vec();
+            args.extend_from_slice(extra);
+            let e = err(&args);
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+        let e = err(&[
+            "--mpx",
+            "--tcp-listen-addr",
+            "127.0.0.1:9000",
+            "--max-datagram",
+            "24",
+        ]);
+        assert!(e.contains("larger than the 24-byte frame header"), "{e}");
+        config(&[
+            "--mpx",
+            "--udp-listen-addr",
+            "127.0.0.1:9000",
+            "--max-datagram",
+            "25",
+        ])
+        .unwrap();
+    }
+
+    #[test]
     fn test_library_defaults() {
         let c = Config {
             tcp_inputs: vec!["127.0.0.1:9000".parse().unwrap()],
@@ -438,6 +568,8 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.group.to_string(), DEFAULT_GROUP);
         assert_eq!(c.framing, Framing::Bytes);
+        assert!(!c.mpx && !c.udp_output_strip);
+        assert_eq!(c.accept, Accept::Auto);
         Config::default().validate().unwrap_err();
     }
 }

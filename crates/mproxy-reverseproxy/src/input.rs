@@ -1,35 +1,121 @@
 //! Inputs: UDP sockets and TCP listeners whose data goes to the group
+//!
+//! With `--mpx` every TCP connection, and the raw datagrams of every UDP
+//! listener, is one mpx stream of this process's [`Session`]: its bytes go
+//! out as sequenced frames, an idle stream sends a heartbeat every second,
+//! and a connection that ends sends FIN and then its closing heartbeats
+//! (about 150 ms, at most [`CLOSING_LIMIT`]) although the socket is gone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read as _};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd as _;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{anyhow, Context as _};
 use mio::{Events, Poll, Token};
 use mproxy_common::cli::Shutdown;
 use mproxy_common::io::Tee;
+use mproxy_common::mpx::{new_session_id, Encoder};
 use mproxy_common::net::{bind_receiver, RECV_BUF_LEN};
-use mproxy_common::pack::{Framing, Packer};
+use mproxy_common::pack::Framing;
 use mproxy_common::stats::LogLimiter;
+use mproxy_common::wire::{classify, Datagram, Frame, FrameType, HEADER_LEN};
 use mproxy_common::{Fanout, SocketOptions};
 
 use crate::config::{Addr, Config};
-use crate::poller::{drain_udp, register, wait, RecvLogs, TICK};
+use crate::poller::{drain_udp, register, timeout_until, wait, RecvLogs};
 use crate::stats::{TcpInputStats, UdpInputStats};
 
+/// Heartbeat interval of an idle mpx stream
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Longest an ended mpx stream may take to send its closing heartbeats
+/// (the sender spaces its three closing heartbeats 50 ms apart)
+const CLOSING_LIMIT: Duration = Duration::from_millis(500);
+
+/// The mpx session of this process: its random id, and the stream ids in use
+#[derive(Debug)]
+pub(crate) struct Session {
+    id: u64,
+    ids: Mutex<StreamIds>,
+}
+
+#[derive(Debug)]
+struct StreamIds {
+    /// Next candidate: ids increase from 1 and wrap past `u32::MAX` to 1
+    next: u32,
+    /// Ids of streams not yet finished (closing heartbeats included)
+    live: HashSet<u32>,
+}
+
+impl Session {
+    fn new(id: u64) -> Self {
+        Self {
+            id,
+            ids: Mutex::new(StreamIds {
+                next: 1,
+                live: HashSet::new(),
+            }),
+        }
+    }
+
+    /// A stream id that no live stream of the session uses; `None` only if
+    /// all 2^32 - 1 are live
+    pub(crate) fn lease(self: &Arc<Self>) -> Option<StreamLease> {
+        let mut ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
+        // among live + 1 consecutive candidates at least one is free
+        for _ in 0..=ids.live.len() {
+            let id = ids.next;
+            ids.next = ids.next.wrapping_add(1).max(1);
+            if ids.live.insert(id) {
+                return Some(StreamLease {
+                    session: Arc::clone(self),
+                    id,
+                });
+            }
+        }
+        None
+    }
+}
+
+/// A stream id in use; given back when dropped
+#[derive(Debug)]
+pub(crate) struct StreamLease {
+    session: Arc<Session>,
+    id: u32,
+}
+
+impl StreamLease {
+    /// `(session, stream)` for [`Encoder::new`]
+    fn key(&self) -> (u64, u32) {
+        (self.session.id, self.id)
+    }
+}
+
+impl Drop for StreamLease {
+    fn drop(&mut self) {
+        self.session
+            .ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .live
+            .remove(&self.id);
+    }
+}
+
 /// The group as the inputs see it: one sending socket shared by all input
-/// threads, plus the `--tee` copy
+/// threads, plus the `--tee` copy and, with `--mpx`, the session
 #[derive(Debug)]
 pub(crate) struct GroupTx {
     fanout: Fanout,
     tee: Tee,
+    session: Option<Arc<Session>>,
 }
 
 impl GroupTx {
-    /// Open the sending socket (multicast TTL, loopback and interface from `config.socket`)
+    /// Open the sending socket (multicast TTL, loopback and interface from
+    /// `config.socket`); with `config.mpx`, start a session
     pub(crate) fn open(config: &Config) -> anyhow::Result<Self> {
         let fanout = Fanout::new(std::slice::from_ref(&config.group.spec), &config.socket)
             .with_context(|| {
@@ -38,31 +124,88 @@ impl GroupTx {
                     config.group
                 )
             })?;
+        let session = config.mpx.then(|| Arc::new(Session::new(new_session_id())));
+        if let Some(s) = &session {
+            tracing::info!(
+                session = format_args!("{:016x}", s.id),
+                "mpx framing of the inputs on"
+            );
+        }
         Ok(Self {
             fanout,
             tee: Tee::new(config.tee),
+            session,
         })
     }
 
-    /// Send one payload to the group (and to stdout with `--tee`); false if
-    /// the send failed (counted and logged by the fan-out)
-    fn send(&self, payload: &[u8]) -> bool {
-        if payload.is_empty() {
+    /// A fresh stream id, with `--mpx`
+    fn lease(&self) -> Option<anyhow::Result<StreamLease>> {
+        let session = self.session.as_ref()?;
+        Some(
+            session
+                .lease()
+                .ok_or_else(|| anyhow!("every mpx stream id is in use")),
+        )
+    }
+
+    /// Send one datagram to the group (and to stdout with `--tee`: with
+    /// `--mpx` only the payloads of DATA frames); false if the send failed
+    /// (counted and logged by the fan-out)
+    fn send(&self, datagram: &[u8]) -> bool {
+        if datagram.is_empty() {
             // nothing to send, and an empty datagram would only wake receivers
             return true;
         }
-        self.tee.write(payload);
-        self.fanout.send(payload) == 1
+        if self.tee.enabled() {
+            if self.session.is_none() {
+                self.tee.write(datagram);
+            } else if let Some(payload) = data_payload(datagram) {
+                self.tee.write(payload);
+            }
+        }
+        self.fanout.send(datagram) == 1
     }
 }
 
+/// The payload of a DATA frame (not checksummed: only our own frames and
+/// frames forwarded anyway get here)
+fn data_payload(datagram: &[u8]) -> Option<&[u8]> {
+    let frame = Frame::new_checked(datagram).ok()?;
+    (frame.frame_type() == FrameType::Data && datagram.len() > HEADER_LEN)
+        .then(|| &datagram[HEADER_LEN..])
+}
+
+/// Send the closing heartbeats of ended streams, for at most [`CLOSING_LIMIT`]
+fn linger(encoders: &mut [&mut Encoder], mut emit: impl FnMut(&[u8])) {
+    let until = Instant::now() + CLOSING_LIMIT;
+    while let Some(at) = encoders.iter().filter_map(|e| e.poll_timeout()).min() {
+        if at > until {
+            break;
+        }
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        let now = Instant::now();
+        for e in encoders.iter_mut() {
+            e.handle_timeout(now, &mut emit);
+        }
+    }
+}
+
+/// The mpx stream of a UDP input's raw datagrams
+#[derive(Debug)]
+struct UdpStream {
+    encoder: Encoder,
+    lease: StreamLease,
+}
+
 /// One `--udp-listen-addr`: every datagram received goes to the group
+/// (with `--mpx`, raw ones framed as the listener's stream)
 #[derive(Debug)]
 pub(crate) struct UdpInput {
     sock: UdpSocket,
     poll: Poll,
     group: Arc<GroupTx>,
     stats: Arc<UdpInputStats>,
+    stream: Option<UdpStream>,
     shutdown: Shutdown,
 }
 
@@ -70,7 +213,7 @@ impl UdpInput {
     /// Bind (and join, for a multicast address) the socket
     pub(crate) fn bind(
         addr: &Addr,
-        opts: &SocketOptions,
+        config: &Config,
         group: Arc<GroupTx>,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
@@ -78,7 +221,7 @@ impl UdpInput {
         // --source belongs to the group's joins, not to the inputs
         let opts = SocketOptions {
             sources: Vec::new(),
-            ..opts.clone()
+            ..config.socket.clone()
         };
         let sock = bind_receiver(addr.addr, &opts)
             .map_err(anyhow::Error::from)
@@ -86,11 +229,33 @@ impl UdpInput {
         let local = sock.local_addr().with_context(context)?;
         let poll = Poll::new().context("creating a poll instance")?;
         register(&poll, sock.as_raw_fd(), Token(0)).with_context(context)?;
+        let stream = group
+            .lease()
+            .transpose()
+            .with_context(|| format!("--udp-listen-addr {addr}"))?
+            .map(|lease| {
+                tracing::info!(
+                    stream = lease.id,
+                    "--udp-listen-addr {addr}: raw datagrams framed as mpx stream"
+                );
+                UdpStream {
+                    // one raw datagram per frame whenever it fits
+                    encoder: Encoder::new(
+                        Some(lease.key()),
+                        Framing::Bytes,
+                        config.max_datagram,
+                        HEARTBEAT,
+                    ),
+                    lease,
+                }
+            });
+        let stream_id = stream.as_ref().map(|s| s.lease.id);
         Ok(Self {
             sock,
             poll,
             group,
-            stats: Arc::new(UdpInputStats::new(addr.to_string(), local)),
+            stats: Arc::new(UdpInputStats::new(addr.to_string(), local, stream_id)),
+            stream,
             shutdown,
         })
     }
@@ -109,26 +274,69 @@ impl UdpInput {
         let logs = RecvLogs::default();
         let mut more = false;
         while !self.shutdown.is_set() {
-            let timeout = if more { Duration::ZERO } else { TICK };
+            let timeout = if more {
+                Duration::ZERO
+            } else {
+                timeout_until(self.stream.as_ref().and_then(|s| s.encoder.poll_timeout()))
+            };
             wait(&mut self.poll, &mut events, timeout).context("waiting for datagrams")?;
             let (group, stats) = (&self.group, &self.stats);
+            let mut stream = self.stream.as_mut();
             more = drain_udp(
                 &self.sock,
                 &mut buf,
                 &stats.recv,
                 &logs,
                 &self.shutdown,
-                |d| {
-                    if group.send(d) {
-                        stats.datagrams.inc();
-                        stats.bytes.add(d.len() as u64);
-                    } else {
-                        stats.send_errors.inc();
+                |_, d| match stream.as_deref_mut() {
+                    // frames (valid or not) pass untouched; only raw payloads are framed
+                    Some(s) if matches!(classify(d), Datagram::Raw(_)) => {
+                        stats.framed.inc();
+                        let mut frames = 0u32;
+                        s.encoder.push(Instant::now(), d, |f| {
+                            frames += 1;
+                            udp_send(group, stats, f);
+                        });
+                        if frames > 1 {
+                            stats.split.inc();
+                        }
                     }
+                    Some(_) => {
+                        stats.passed.inc();
+                        udp_send(group, stats, d);
+                    }
+                    None => udp_send(group, stats, d),
                 },
             );
+            if let Some(s) = self.stream.as_mut() {
+                s.encoder.handle_timeout(Instant::now(), |f| {
+                    stats.heartbeats.inc();
+                    udp_send(group, stats, f);
+                });
+            }
+        }
+        // end the stream, if it ever started: FIN, then the closing heartbeats
+        let (group, stats) = (&self.group, &self.stats);
+        if let Some(s) = self.stream.as_mut() {
+            if stats.framed.get() > 0 {
+                s.encoder
+                    .finish(Instant::now(), |f| udp_send(group, stats, f));
+                linger(&mut [&mut s.encoder], |f| {
+                    stats.heartbeats.inc();
+                    udp_send(group, stats, f);
+                });
+            }
         }
         Ok(())
+    }
+}
+
+fn udp_send(group: &GroupTx, stats: &UdpInputStats, d: &[u8]) {
+    if group.send(d) {
+        stats.datagrams.inc();
+        stats.bytes.add(d.len() as u64);
+    } else {
+        stats.send_errors.inc();
     }
 }
 
@@ -142,12 +350,22 @@ const LISTENER: Token = Token(0);
 struct Conn {
     stream: TcpStream,
     peer: SocketAddr,
-    packer: Packer,
+    /// Raw, or mpx with `--mpx`
+    encoder: Encoder,
+    /// Its mpx stream id, with `--mpx`
+    lease: Option<StreamLease>,
     /// Not yet read to `WouldBlock` since the last readiness event
     readable: bool,
     bytes_in: u64,
     datagrams: u64,
     split_lines: u64,
+}
+
+/// An ended connection's mpx stream, still sending its closing heartbeats
+struct Closing {
+    encoder: Encoder,
+    _lease: Option<StreamLease>,
+    until: Instant,
 }
 
 /// Why an input connection ended
@@ -192,7 +410,7 @@ impl TcpInput {
             listener,
             poll,
             group,
-            stats: Arc::new(TcpInputStats::new(addr.to_string(), local)),
+            stats: Arc::new(TcpInputStats::new(addr.to_string(), local, config.mpx)),
             framing: config.framing,
             max_datagram: config.max_datagram,
             max_clients: config.max_clients,
@@ -215,10 +433,17 @@ impl TcpInput {
         let mut events = Events::with_capacity(64);
         let mut buf = vec![0u8; READ_BUF_LEN];
         let mut conns: HashMap<Token, Conn> = HashMap::new();
+        let mut closing: Vec<Closing> = Vec::new();
         let mut next_token = 1usize;
         while !self.shutdown.is_set() {
             let busy = conns.values().any(|c| c.readable);
-            let timeout = if busy { Duration::ZERO } else { TICK };
+            let timeout = if busy {
+                Duration::ZERO
+            } else {
+                let timers = conns.values().map(|c| &c.encoder);
+                let timers = timers.chain(closing.iter().map(|c| &c.encoder));
+                timeout_until(timers.filter_map(Encoder::poll_timeout).min())
+            };
             wait(&mut self.poll, &mut events, timeout).context("waiting for connections")?;
             for ev in events.iter() {
                 if let Some(c) = conns.get_mut(&ev.token()) {
@@ -236,14 +461,37 @@ impl TcpInput {
             }
             for (token, end) in ended {
                 if let Some(conn) = conns.remove(&token) {
-                    self.close(conn, end);
+                    closing.extend(self.close(conn, end));
                 }
             }
+            self.heartbeats(&mut conns, &mut closing);
         }
         for (_, conn) in conns.drain() {
-            self.close(conn, End::Shutdown);
+            closing.extend(self.close(conn, End::Shutdown));
         }
+        let mut ending: Vec<&mut Encoder> = closing.iter_mut().map(|c| &mut c.encoder).collect();
+        linger(&mut ending, |d| self.send_heartbeat(d));
         Ok(())
+    }
+
+    /// Heartbeats of idle streams and closing heartbeats of ended ones;
+    /// forget ended streams that are done (or out of time)
+    fn heartbeats(&self, conns: &mut HashMap<Token, Conn>, closing: &mut Vec<Closing>) {
+        let now = Instant::now();
+        let due = |e: &Encoder| e.poll_timeout().is_some_and(|at| at <= now);
+        for c in conns.values_mut().filter(|c| due(&c.encoder)) {
+            c.encoder.handle_timeout(now, |d| self.send_heartbeat(d));
+        }
+        for c in closing.iter_mut().filter(|c| due(&c.encoder)) {
+            c.encoder.handle_timeout(now, |d| self.send_heartbeat(d));
+        }
+        closing.retain(|c| c.encoder.poll_timeout().is_some() && now < c.until);
+    }
+
+    fn send_heartbeat(&self, d: &[u8]) {
+        self.stats.heartbeats.inc();
+        let mut sent = 0;
+        send(&self.group, &self.stats, &mut sent, d);
     }
 
     fn accept_all(&self, conns: &mut HashMap<Token, Conn>, next_token: &mut usize) {
@@ -278,6 +526,16 @@ impl TcpInput {
                 }
                 continue; // dropping the stream closes it
             }
+            let lease = match self.group.lease().transpose() {
+                Ok(lease) => lease,
+                Err(e) => {
+                    self.stats.rejected.inc();
+                    if let Some(suppressed) = self.log_reject.allow() {
+                        tracing::warn!(suppressed, "closed connection from {peer}: {e:#}");
+                    }
+                    continue;
+                }
+            };
             let token = Token(*next_token);
             *next_token = next_token.wrapping_add(1).max(1);
             let setup = stream
@@ -291,13 +549,22 @@ impl TcpInput {
                 continue;
             }
             self.stats.accepted.inc();
-            tracing::debug!(%peer, "connection opened");
+            match &lease {
+                Some(l) => tracing::debug!(%peer, stream = l.id, "connection opened"),
+                None => tracing::debug!(%peer, "connection opened"),
+            }
             conns.insert(
                 token,
                 Conn {
                     stream,
                     peer,
-                    packer: Packer::new(self.framing, self.max_datagram),
+                    encoder: Encoder::new(
+                        lease.as_ref().map(StreamLease::key),
+                        self.framing,
+                        self.max_datagram,
+                        HEARTBEAT,
+                    ),
+                    lease,
                     readable: true,
                     bytes_in: 0,
                     datagrams: 0,
@@ -316,10 +583,10 @@ impl TcpInput {
                 Ok(n) => {
                     conn.bytes_in += n as u64;
                     self.stats.bytes_in.add(n as u64);
-                    conn.packer.push(&buf[..n], |d| {
+                    conn.encoder.push(Instant::now(), &buf[..n], |d| {
                         send(&self.group, &self.stats, &mut conn.datagrams, d)
                     });
-                    let split = conn.packer.split_lines();
+                    let split = conn.encoder.split_lines();
                     self.stats.split_lines.add(split - conn.split_lines);
                     conn.split_lines = split;
                 }
@@ -334,10 +601,14 @@ impl TcpInput {
         None
     }
 
-    /// Send what the packer holds back (an unfinished line) and forget the connection
-    fn close(&self, mut conn: Conn, end: End) {
-        conn.packer
-            .finish(|d| send(&self.group, &self.stats, &mut conn.datagrams, d));
+    /// Send what the encoder holds back (an unfinished line) and, with
+    /// `--mpx`, FIN; forget the connection. Returns its stream if it still
+    /// has closing heartbeats to send
+    fn close(&self, mut conn: Conn, end: End) -> Option<Closing> {
+        let now = Instant::now();
+        conn.encoder.finish(now, |d| {
+            send(&self.group, &self.stats, &mut conn.datagrams, d)
+        });
         let _ = self
             .poll
             .registry()
@@ -351,8 +622,13 @@ impl TcpInput {
             }
             End::Shutdown => "closed at shutdown".to_string(),
         };
+        let stream = conn
+            .lease
+            .as_ref()
+            .map(|l| format!(" (mpx stream {})", l.id))
+            .unwrap_or_default();
         let line = format!(
-            "connection from {} {how}: {} bytes read, {} datagrams to the group",
+            "connection from {}{stream} {how}: {} bytes read, {} datagrams to the group",
             conn.peer, conn.bytes_in, conn.datagrams
         );
         match end {
@@ -365,6 +641,11 @@ impl TcpInput {
                 }
             }
         }
+        conn.encoder.poll_timeout().is_some().then(|| Closing {
+            encoder: conn.encoder,
+            _lease: conn.lease,
+            until: now + CLOSING_LIMIT,
+        })
     }
 }
 
@@ -378,5 +659,42 @@ fn send(group: &GroupTx, stats: &TcpInputStats, datagrams: &mut u64, d: &[u8]) {
         stats.bytes.add(d.len() as u64);
     } else {
         stats.send_errors.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_stream_ids_increase_wrap_and_skip_live() {
+        let s = Arc::new(Session::new(7));
+        let a = s.lease().unwrap();
+        let b = s.lease().unwrap();
+        assert_eq!((a.id, b.id), (1, 2));
+        drop(a);
+        assert_eq!(s.lease().unwrap().id, 3, "increasing, not the freed id");
+        // wraps past u32::MAX to 1 (never 0), skipping ids still live
+        s.ids.lock().unwrap().next = u32::MAX;
+        let c = s.lease().unwrap();
+        let d = s.lease().unwrap();
+        let e = s.lease().unwrap();
+        assert_eq!((c.id, d.id, e.id), (u32::MAX, 1, 3), "2 is live");
+        assert_eq!(e.key(), (7, 3));
+        drop((b, c, d, e));
+        assert!(s.ids.lock().unwrap().live.is_empty());
+    }
+
+    #[test]
+    fn test_data_payload() {
+        let mut s = mproxy_common::mpx::Sender::new(1, 1, &Default::default());
+        let mut frames = Vec::new();
+        let t = Instant::now();
+        s.push(t, b"hello\n", |f| frames.push(f.to_vec()));
+        s.finish(t, |f| frames.push(f.to_vec()));
+        s.handle_timeout(t + CLOSING_LIMIT, |f| frames.push(f.to_vec()));
+        let payloads: Vec<_> = frames.iter().map(|f| data_payload(f)).collect();
+        assert_eq!(payloads, [Some(&b"hello\n"[..]), None, None]);
+        assert_eq!(data_payload(b"raw"), None);
     }
 }

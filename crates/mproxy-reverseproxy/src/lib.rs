@@ -31,6 +31,33 @@
 //! because until then it may only have half-closed (`ncat < /dev/null`
 //! does) and still be reading.
 //!
+//! ## mpx
+//!
+//! With `--mpx` the inputs frame what they send with the mpx header of
+//! [`mproxy_common::wire`]: the process picks one random session id at
+//! start, and every accepted TCP connection becomes its own stream (ids
+//! from 1 up, never one that is still in use), cut by `--framing` into
+//! frames of at most `--max-datagram` bytes *including* the 24-byte
+//! header. An idle stream sends a heartbeat every second; a connection
+//! that ends (EOF, reset or shutdown) sends FIN and then three closing
+//! heartbeats over about 150 ms, so receivers learn the end even if the
+//! FIN frame is lost. Every UDP listener is a stream too: each raw datagram
+//! becomes one frame (`--framing bytes`; a datagram larger than
+//! `--max-datagram` - 24 is split over several, and counted), while a
+//! datagram that already is an mpx frame is forwarded untouched.
+//!
+//! The outputs take both kinds whatever the inputs do (`--accept auto`, the
+//! default; `raw` and `mpx` restrict it). A TCP output reassembles every
+//! stream with an [`mproxy_common::mpx::Receiver`] (`--reorder-window`,
+//! `--reorder-timeout`, `--max-streams`) and hands its clients the payloads
+//! in order, without headers; streams are interleaved frame by frame, so
+//! with `--framing lines` a client sees whole lines of each. A UDP output
+//! forwards frames untouched, so a downstream `mproxy-server` can sort the
+//! streams out (`--path 'out/{session}-{stream}.log'`); with
+//! `--udp-output-strip` it sends the reassembled payloads instead, one
+//! datagram per frame. Every output logs each stream's close with its
+//! counters (bytes, gaps, lost, duplicates) and sums them in the summary.
+//!
 //! Runtime faults (send and receive errors, resets, full queues, truncated
 //! datagrams, kernel receive-queue overflows) are counted in [`Stats`] and
 //! logged at most once per 5 s each, never fatal.
@@ -69,6 +96,7 @@ mod config;
 mod input;
 mod output;
 mod poller;
+mod reassembly;
 pub mod stats;
 
 use std::sync::Arc;
@@ -79,7 +107,7 @@ use anyhow::Context as _;
 use mproxy_common::cli::Shutdown;
 
 pub use crate::cli::{
-    Cli, DEFAULT_CLIENT_QUEUE, DEFAULT_GROUP, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_DATAGRAM,
+    Accept, Cli, DEFAULT_CLIENT_QUEUE, DEFAULT_GROUP, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_DATAGRAM,
 };
 pub use crate::config::{Addr, Config};
 use crate::input::{GroupTx, TcpInput, UdpInput};
@@ -114,7 +142,7 @@ impl ReverseProxy {
         if config.has_inputs() {
             let group = Arc::new(GroupTx::open(&config)?);
             for addr in &config.udp_inputs {
-                let c = UdpInput::bind(addr, &config.socket, Arc::clone(&group), shutdown.clone())?;
+                let c = UdpInput::bind(addr, &config, Arc::clone(&group), shutdown.clone())?;
                 stats.udp_inputs.push(Arc::clone(c.stats()));
                 jobs.push((format!("udp input {addr}"), Box::new(move || c.run())));
             }
@@ -151,6 +179,7 @@ impl ReverseProxy {
         }
         tracing::info!(
             group = %config.group,
+            mpx = config.mpx,
             "started: {} udp inputs, {} tcp inputs, {} tcp outputs, {} udp outputs",
             config.udp_inputs.len(),
             config.tcp_inputs.len(),

@@ -1,8 +1,14 @@
 //! Outputs: TCP listeners whose clients get the group's payloads, and UDP
 //! destinations the group's datagrams are forwarded to
 //!
-//! Each output has its own receive socket on the group (SO_REUSEPORT lets
+//! Each output has its own receive socket on the group (SO_REUSEADDR lets
 //! them share group:port; the kernel gives every one of them a copy).
+//!
+//! Delivering outputs (TCP outputs, and UDP outputs with
+//! `--udp-output-strip`) pass each datagram through a [`Reassembly`]: raw
+//! payloads go on as they are, mpx frames are put back in order per
+//! stream and delivered without their headers. A plain UDP output
+//! forwards every datagram untouched, frames included.
 //!
 //! A TCP output is one hub thread plus one writer thread per client. The
 //! hub receives from the group and hands each payload to every client's
@@ -18,17 +24,20 @@ use std::os::fd::AsRawFd as _;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use mio::{Events, Poll, Token};
 use mproxy_common::cli::Shutdown;
+use mproxy_common::mpx::ReceiverConfig;
 use mproxy_common::net::{bind_receiver, RECV_BUF_LEN};
 use mproxy_common::stats::{Counter, LogLimiter};
 use mproxy_common::Fanout;
 
+use crate::cli::Accept;
 use crate::config::{Addr, Config};
-use crate::poller::{drain_udp, register, wait, RecvLogs, TICK};
+use crate::poller::{drain_udp, register, timeout_until, wait, RecvLogs, TICK};
+use crate::reassembly::Reassembly;
 use crate::stats::{ClientStats, TcpOutputStats, UdpOutputStats};
 
 const GROUP: Token = Token(0);
@@ -88,6 +97,8 @@ pub(crate) struct TcpOutput {
     stats: Arc<TcpOutputStats>,
     client_queue: usize,
     max_clients: usize,
+    accept: Accept,
+    receiver: ReceiverConfig,
     shutdown: Shutdown,
     log_accept: LogLimiter,
     log_reject: LogLimiter,
@@ -111,6 +122,8 @@ impl TcpOutput {
             stats: Arc::new(TcpOutputStats::new(addr.to_string(), local)),
             client_queue: config.client_queue,
             max_clients: config.max_clients,
+            accept: config.accept,
+            receiver: config.receiver.clone(),
             shutdown,
             log_accept: LogLimiter::default(),
             log_reject: LogLimiter::default(),
@@ -130,22 +143,33 @@ impl TcpOutput {
         let mut buf = vec![0u8; RECV_BUF_LEN];
         let logs = RecvLogs::default();
         let mut clients: Vec<Client> = Vec::new();
+        let mut reassembly = Reassembly::new(self.accept, &self.receiver);
+        let queue = self.client_queue;
         let mut more = false;
         while !self.shutdown.is_set() {
-            let timeout = if more { Duration::ZERO } else { TICK };
+            let timeout = if more {
+                Duration::ZERO
+            } else {
+                timeout_until(reassembly.poll_timeout())
+            };
             wait(&mut self.poll, &mut events, timeout).context("waiting for datagrams")?;
-            let queue = self.client_queue;
+            let now = Instant::now();
             more = drain_udp(
                 &self.sock,
                 &mut buf,
                 &self.stats.recv,
                 &logs,
                 &self.shutdown,
-                |d| fan_out(&clients, d, queue),
+                |from, d| reassembly.handle(now, from, d, |p| fan_out(&clients, p, queue)),
             );
+            reassembly.handle_timeout(Instant::now(), |p| fan_out(&clients, p, queue));
+            reassembly.publish(&self.stats.mpx);
             self.reap(&mut clients);
             self.accept_all(&mut clients);
         }
+        // what the streams still hold goes to the clients still here
+        reassembly.close_all(|p| fan_out(&clients, p, queue));
+        reassembly.publish(&self.stats.mpx);
         // let go of every queue first, so all writers wind down in parallel
         let ending: Vec<_> = clients
             .into_iter()
@@ -392,13 +416,16 @@ fn peer_state(stream: &TcpStream) -> Peer {
     Peer::Open
 }
 
-/// One `--udp-output-addr`: every datagram of the group is sent there
+/// One `--udp-output-addr`: every datagram of the group is sent there (or,
+/// with `--udp-output-strip`, every reassembled payload)
 #[derive(Debug)]
 pub(crate) struct UdpOutput {
     sock: UdpSocket,
     poll: Poll,
     fanout: Fanout,
     stats: Arc<UdpOutputStats>,
+    /// `Some` with `--udp-output-strip`
+    strip: Option<(Accept, ReceiverConfig)>,
     shutdown: Shutdown,
 }
 
@@ -416,6 +443,9 @@ impl UdpOutput {
             poll,
             fanout,
             stats: Arc::new(UdpOutputStats::new(dest.to_string(), dest.addr)),
+            strip: config
+                .udp_output_strip
+                .then(|| (config.accept, config.receiver.clone())),
             shutdown,
         })
     }
@@ -431,27 +461,51 @@ impl UdpOutput {
         let mut events = Events::with_capacity(8);
         let mut buf = vec![0u8; RECV_BUF_LEN];
         let logs = RecvLogs::default();
+        let mut reassembly = self
+            .strip
+            .as_ref()
+            .map(|(accept, config)| Reassembly::new(*accept, config));
         let mut more = false;
         while !self.shutdown.is_set() {
-            let timeout = if more { Duration::ZERO } else { TICK };
+            let timeout = if more {
+                Duration::ZERO
+            } else {
+                timeout_until(reassembly.as_ref().and_then(Reassembly::poll_timeout))
+            };
             wait(&mut self.poll, &mut events, timeout).context("waiting for datagrams")?;
             let (fanout, stats) = (&self.fanout, &self.stats);
+            let forward = |d: &[u8]| forward(fanout, stats, d);
+            let now = Instant::now();
             more = drain_udp(
                 &self.sock,
                 &mut buf,
                 &stats.recv,
                 &logs,
                 &self.shutdown,
-                |d| {
-                    if fanout.send(d) == 1 {
-                        stats.datagrams.inc();
-                        stats.bytes.add(d.len() as u64);
-                    } else {
-                        stats.send_errors.inc();
-                    }
+                |from, d| match reassembly.as_mut() {
+                    Some(r) => r.handle(now, from, d, forward),
+                    None => forward(d),
                 },
             );
+            if let Some(r) = reassembly.as_mut() {
+                r.handle_timeout(Instant::now(), forward);
+                r.publish(&stats.mpx);
+            }
+        }
+        if let Some(r) = reassembly.as_mut() {
+            r.close_all(|d| forward(&self.fanout, &self.stats, d));
+            r.publish(&self.stats.mpx);
         }
         Ok(())
+    }
+}
+
+/// Send one datagram to a UDP output's destination, counting it
+fn forward(fanout: &Fanout, stats: &UdpOutputStats, d: &[u8]) {
+    if fanout.send(d) == 1 {
+        stats.datagrams.inc();
+        stats.bytes.add(d.len() as u64);
+    } else {
+        stats.send_errors.inc();
     }
 }

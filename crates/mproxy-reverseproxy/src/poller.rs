@@ -2,9 +2,9 @@
 //! least every [`TICK`] to look at the shutdown flag, and UDP draining
 
 use std::io;
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::RawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -24,6 +24,14 @@ pub(crate) const BUDGET: usize = 256;
 pub(crate) fn register(poll: &Poll, fd: RawFd, token: Token) -> io::Result<()> {
     poll.registry()
         .register(&mut SourceFd(&fd), token, Interest::READABLE)
+}
+
+/// How long to wait for a timer due at `deadline`: at most [`TICK`], zero
+/// if it is already due, [`TICK`] if there is none
+pub(crate) fn timeout_until(deadline: Option<Instant>) -> Duration {
+    deadline.map_or(TICK, |at| {
+        at.saturating_duration_since(Instant::now()).min(TICK)
+    })
 }
 
 /// Wait at most `timeout` for events; a signal counts as a wake-up without events
@@ -47,7 +55,8 @@ pub(crate) struct RecvLogs {
 }
 
 /// Receive up to [`BUDGET`] datagrams waiting on `sock`, counting
-/// everything into `stats`; `f` gets each non-empty, complete payload
+/// everything into `stats`; `f` gets the sender and each non-empty,
+/// complete payload
 ///
 /// Returns true if the budget ran out before the socket was empty (call
 /// again without waiting). Truncated and empty datagrams are counted and
@@ -59,7 +68,7 @@ pub(crate) fn drain_udp(
     stats: &RecvStats,
     logs: &RecvLogs,
     shutdown: &Shutdown,
-    mut f: impl FnMut(&[u8]),
+    mut f: impl FnMut(SocketAddr, &[u8]),
 ) -> bool {
     for _ in 0..BUDGET {
         if shutdown.is_set() {
@@ -107,7 +116,7 @@ pub(crate) fn drain_udp(
             stats.empty.inc();
             continue;
         }
-        f(&buf[..meta.len]);
+        f(meta.from, &buf[..meta.len]);
     }
     true
 }

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use mproxy_common::mpx::{ReceiverStats, StreamStats};
 use mproxy_common::stats::{human_bytes, Counter};
 
 /// Counters of a UDP receive socket: an input's, or an output's on the group
@@ -56,10 +57,21 @@ pub struct UdpInputStats {
     pub bytes: Counter,
     /// Failed sends to the group
     pub send_errors: Counter,
+    /// With `--mpx`: the stream raw datagrams are framed into
+    pub stream: Option<u32>,
+    /// With `--mpx`: raw datagrams framed into the stream
+    pub framed: Counter,
+    /// With `--mpx`: raw datagrams too large for one frame, split over several
+    pub split: Counter,
+    /// With `--mpx`: datagrams that already were mpx frames (valid or not),
+    /// forwarded untouched
+    pub passed: Counter,
+    /// With `--mpx`: heartbeats of the stream (counted in `datagrams` too)
+    pub heartbeats: Counter,
 }
 
 impl UdpInputStats {
-    pub(crate) fn new(spec: String, local: SocketAddr) -> Self {
+    pub(crate) fn new(spec: String, local: SocketAddr, stream: Option<u32>) -> Self {
         Self {
             spec,
             local,
@@ -67,13 +79,28 @@ impl UdpInputStats {
             datagrams: Counter::default(),
             bytes: Counter::default(),
             send_errors: Counter::default(),
+            stream,
+            framed: Counter::default(),
+            split: Counter::default(),
+            passed: Counter::default(),
+            heartbeats: Counter::default(),
         }
     }
 
     fn summary(&self) -> String {
+        let mpx = self.stream.map_or_else(String::new, |id| {
+            format!(
+                "; mpx stream {id}: {} raw datagrams framed ({} split), {} frames passed \
+                 through, {} heartbeats",
+                self.framed.get(),
+                self.split.get(),
+                self.passed.get(),
+                self.heartbeats.get()
+            )
+        });
         format!(
             "udp input {}: {} datagrams received, {} datagrams ({}) sent to the group, \
-             {} send errors; {}",
+             {} send errors{mpx}; {}",
             self.spec,
             self.recv.datagrams.get(),
             self.datagrams.get(),
@@ -112,10 +139,14 @@ pub struct TcpInputStats {
     pub read_errors: Counter,
     /// Failed accepts (out of descriptors, aborted handshakes)
     pub accept_errors: Counter,
+    /// Connections are framed as mpx streams (`--mpx`)
+    pub mpx: bool,
+    /// With `--mpx`: heartbeats sent (counted in `datagrams` too)
+    pub heartbeats: Counter,
 }
 
 impl TcpInputStats {
-    pub(crate) fn new(spec: String, local: SocketAddr) -> Self {
+    pub(crate) fn new(spec: String, local: SocketAddr, mpx: bool) -> Self {
         Self {
             spec,
             local,
@@ -129,13 +160,23 @@ impl TcpInputStats {
             send_errors: Counter::default(),
             read_errors: Counter::default(),
             accept_errors: Counter::default(),
+            mpx,
+            heartbeats: Counter::default(),
         }
     }
 
     fn summary(&self) -> String {
+        let mpx = if self.mpx {
+            format!(
+                "; mpx: one stream per connection, {} heartbeats",
+                self.heartbeats.get()
+            )
+        } else {
+            String::new()
+        };
         format!(
             "tcp input {}: {} connections ({} rejected), {} read, {} datagrams ({}) to the group; \
-             {} split lines, {} read errors, {} send errors, {} accept errors",
+             {} split lines, {} read errors, {} send errors, {} accept errors{mpx}",
             self.spec,
             self.accepted.get(),
             self.rejected.get(),
@@ -216,6 +257,8 @@ pub struct TcpOutputStats {
     pub accept_errors: Counter,
     /// Clients that went away (their counters are in the totals)
     pub departed: Counter,
+    /// Reassembly of mpx streams
+    pub mpx: MpxStats,
     past: ClientTotals,
     clients: Mutex<Vec<Arc<ClientStats>>>,
 }
@@ -230,6 +273,7 @@ impl TcpOutputStats {
             rejected: Counter::default(),
             accept_errors: Counter::default(),
             departed: Counter::default(),
+            mpx: MpxStats::default(),
             past: ClientTotals::default(),
             clients: Mutex::new(Vec::new()),
         }
@@ -285,7 +329,7 @@ impl TcpOutputStats {
         format!(
             "tcp output {}: {} datagrams ({}) from the group, {} clients ({} rejected, \
              {} accept errors), {} datagrams ({}) written, {} dropped for slow or departed \
-             clients; {}",
+             clients; {}{}",
             self.spec,
             self.recv.datagrams.get(),
             human_bytes(self.recv.bytes.get()),
@@ -295,7 +339,8 @@ impl TcpOutputStats {
             self.datagrams(),
             human_bytes(self.bytes()),
             self.drops(),
-            self.recv.summary()
+            self.recv.summary(),
+            self.mpx.get().summary()
         )
     }
 }
@@ -316,6 +361,8 @@ pub struct UdpOutputStats {
     pub bytes: Counter,
     /// Failed sends to the destination
     pub send_errors: Counter,
+    /// Reassembly of mpx streams (`--udp-output-strip`)
+    pub mpx: MpxStats,
 }
 
 impl UdpOutputStats {
@@ -327,20 +374,89 @@ impl UdpOutputStats {
             datagrams: Counter::default(),
             bytes: Counter::default(),
             send_errors: Counter::default(),
+            mpx: MpxStats::default(),
         }
     }
 
     fn summary(&self) -> String {
         format!(
             "udp output {}: {} datagrams from the group, {} datagrams ({}) forwarded, \
-             {} send errors; {}",
+             {} send errors; {}{}",
             self.spec,
             self.recv.datagrams.get(),
             self.datagrams.get(),
             human_bytes(self.bytes.get()),
             self.send_errors.get(),
-            self.recv.summary()
+            self.recv.summary(),
+            self.mpx.get().summary()
         )
+    }
+}
+
+/// mpx counters of one output at one moment
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MpxSnapshot {
+    /// Receiver-wide counters: frames, invalid frames by cause, streams
+    /// opened, refused (`--max-streams`) and evicted
+    pub receiver: ReceiverStats,
+    /// Counters summed over every stream that has closed: bytes, frames,
+    /// gaps, lost frames, duplicates, reordered and late frames
+    pub closed: StreamStats,
+    /// Raw datagrams dropped because of `--accept mpx`
+    pub raw_dropped: u64,
+}
+
+impl MpxSnapshot {
+    /// `"; mpx: ..."`, or nothing if no frame (valid or not) and no raw
+    /// datagram was dropped
+    fn summary(&self) -> String {
+        let r = &self.receiver;
+        let invalid = r.truncated + r.unknown_version + r.checksum_errors;
+        if r.frames + invalid + self.raw_dropped == 0 {
+            return String::new();
+        }
+        let c = &self.closed;
+        format!(
+            "; mpx: {} frames, {} streams ({} refused, {} evicted), closed streams: \
+             {} bytes, {} gaps ({} lost), {} dups, {} reordered, {} late; invalid: \
+             {} truncated, {} unknown version, {} bad checksum, {} unknown type, \
+             {} out of range; {} raw datagrams dropped (--accept mpx)",
+            r.frames,
+            r.streams_opened,
+            r.streams_rejected,
+            r.streams_evicted,
+            c.bytes,
+            c.gaps,
+            c.lost,
+            c.duplicates,
+            c.reordered,
+            c.late,
+            r.truncated,
+            r.unknown_version,
+            r.checksum_errors,
+            r.unknown_type,
+            r.out_of_range,
+            self.raw_dropped
+        )
+    }
+}
+
+/// mpx counters of one output, published by its thread as it runs
+#[derive(Debug, Default)]
+pub struct MpxStats {
+    now: Mutex<MpxSnapshot>,
+}
+
+impl MpxStats {
+    /// The counters as last published (at least once per 100 ms while
+    /// the output runs, and once more when it stops)
+    pub fn get(&self) -> MpxSnapshot {
+        *self.now.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn set(&self, s: MpxSnapshot) {
+        *self.now.lock().unwrap_or_else(PoisonError::into_inner) = s;
     }
 }
 
@@ -403,11 +519,34 @@ mod tests {
             udp_inputs: vec![Arc::new(UdpInputStats::new(
                 "127.0.0.1:9000".into(),
                 "127.0.0.1:9000".parse().unwrap(),
+                None,
             ))],
             ..Stats::default()
         };
         let lines = stats.summary_lines();
         assert_eq!(lines.len(), 1);
         assert!(lines[0].starts_with("udp input 127.0.0.1:9000: 0 datagrams received"));
+        assert!(!lines[0].contains("mpx"));
+    }
+
+    #[test]
+    fn test_mpx_summary() {
+        assert_eq!(MpxSnapshot::default().summary(), "");
+        let stats = MpxStats::default();
+        let mut s = MpxSnapshot::default();
+        s.receiver.frames = 7;
+        s.receiver.streams_opened = 2;
+        s.receiver.checksum_errors = 1;
+        s.closed.lost = 3;
+        stats.set(s);
+        let line = stats.get().summary();
+        assert!(
+            line.starts_with("; mpx: 7 frames, 2 streams (0 refused"),
+            "{line}"
+        );
+        assert!(
+            line.contains("(3 lost)") && line.contains("1 bad checksum"),
+            "{line}"
+        );
     }
 }
