@@ -1,4 +1,4 @@
-//! Bridge TCP and UDP (unicast or multicast) inputs to downstream UDP
+//! Bridge TCP, TLS and UDP (unicast or multicast) inputs to downstream UDP
 //!
 //! Every datagram received on a `--udp-listen-addr` is sent as-is to every
 //! `--udp-downstream-addr`. Every `--tcp-connect-addr` upstream is dialled
@@ -8,13 +8,51 @@
 //! resolving its name again each time, so a feed provider's DNS change or
 //! restart needs no manual action.
 //!
+//! ## TLS upstreams
+//!
+//! `tls://host:port` (or `--tls` for every upstream written without a
+//! scheme) reads the feed over TLS 1.2/1.3 with rustls and the *ring*
+//! provider. The server is verified against Mozilla's roots
+//! (webpki-roots), or only against `--ca-file` when given, for the
+//! upstream's host name; an IP literal must be one of the certificate's IP
+//! addresses. `--sni` sets another name, `--client-cert`/`--client-key`
+//! answer servers that require client certificates (mTLS), and
+//! `--insecure-skip-verify` turns verification off (with a warning). All
+//! files are read at start-up: a missing or malformed one is bad input.
+//! Certificate problems (unknown CA, expired, wrong name) and rejections
+//! are logged with the upstream and rustls's reason, counted by cause and
+//! retried with the same backoff: never fatal, since a feed provider may
+//! fix its certificate at any time.
+//!
+//! ## Dead and silent upstreams
+//!
+//! Upstream sockets use TCP keepalive (`--tcp-keepalive`, 30 s by default),
+//! so a peer that vanished without closing is noticed in about a minute.
+//! `--idle-timeout SECS` goes further: a connection that delivered no data
+//! for that long (a stuck feed behind a live TCP session) is dropped and
+//! redialled, and counted as an idle reconnect.
+//!
+//! ## Lines and datagrams
+//!
+//! With `--framing lines` a datagram carries as many *whole* lines as fit
+//! in the payload limit; only a line longer than the limit is split, into
+//! pieces of that size, and each split is counted. So the limit is both the
+//! largest datagram and the longest line kept whole: `--max-line N` is the
+//! lines-mode name of `--max-datagram N` (it implies `--framing lines` and
+//! cannot be combined with `--max-datagram`). With `--mpx` the 24-byte
+//! frame header comes off that limit.
+//!
 //! ```no_run
 //! use mproxy_proxy::{Config, Proxy};
 //! use mproxy_common::cli::Shutdown;
 //!
 //! let mut config = Config::new(vec!["127.0.0.1:9921".parse()?]);
 //! config.udp_listen = vec!["0.0.0.0:9920".parse()?];
-//! config.tcp_connect = vec!["feed.example.org:4001".parse()?];
+//! config.tcp_connect = vec![
+//!     "feed.example.org:4001".parse()?,
+//!     "tls://secure-feed.example.org:4443".parse()?,
+//! ];
+//! config.tls.ca_file = Some("/etc/feeds/ca.pem".into());
 //! let summary = Proxy::bind(config)?.run(&Shutdown::new())?;
 //! eprintln!("{summary}");
 //! # Ok::<(), anyhow::Error>(())
@@ -22,11 +60,15 @@
 
 #![deny(missing_docs)]
 
+mod keepalive;
 mod tcp;
+mod tls;
 mod udp;
+mod upstream;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,19 +84,28 @@ use mproxy_common::stats::{human_bytes, Counter};
 use mproxy_common::{Endpoint, Fanout, SocketOptions};
 
 pub use tcp::UpstreamStats;
+pub use tls::{TlsFailure, TlsOptions};
+pub use upstream::{Transport, UpstreamAddr, UpstreamAddrError};
 
 /// Default datagram payload limit for TCP input (fits a 1500-byte MTU)
 pub const DEFAULT_MAX_DATAGRAM: usize = 1472;
+
+/// Default TCP keepalive idle time of upstream connections
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// Command line of `mproxy-proxy`
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "mproxy-proxy",
     version,
-    about = "Forward TCP, UDP or multicast inputs to downstream UDP addresses",
+    about = "Forward TCP, TLS, UDP or multicast inputs to downstream UDP addresses",
     after_help = "EXAMPLES:\n  \
         mproxy-proxy --udp-listen-addr 0.0.0.0:9920 --udp-downstream-addr '[::1]:9921' --udp-downstream-addr localhost:9922\n  \
-        mproxy-proxy --tcp-connect-addr ais.example.org:4001 --framing lines --udp-downstream-addr 239.255.0.1:9922"
+        mproxy-proxy --tcp-connect-addr ais.example.org:4001 --framing lines --udp-downstream-addr 239.255.0.1:9922\n  \
+        mproxy-proxy --tcp-connect-addr tls://feed.example.org:4443 --ca-file feed-ca.pem --idle-timeout 60 --udp-downstream-addr 239.255.0.1:9922\n  \
+        mproxy-proxy --tls --tcp-connect-addr 192.0.2.10:4443 --client-cert me.pem --client-key me.key --sni feed.example.org --udp-downstream-addr 127.0.0.1:9921\n\n\
+        TLS failures (unknown CA, expired or wrong-name certificates, rejection by the server) are\n\
+        logged, counted by cause in the summary and retried with backoff; they are never fatal."
 )]
 pub struct Cli {
     /// UDP address to receive on, unicast or multicast (joined); repeatable
@@ -65,10 +116,11 @@ pub struct Cli {
     #[arg(long = "udp-downstream-addr", value_name = "HOST:PORT")]
     pub udp_downstream_addr: Vec<Endpoint>,
 
-    /// TCP upstream to connect to and forward; repeatable. Reconnects with
+    /// TCP upstream to connect to and forward: HOST:PORT or tcp://HOST:PORT
+    /// for plain TCP, tls://HOST:PORT for TLS; repeatable. Reconnects with
     /// exponential backoff and jitter, resolving the name again each time
-    #[arg(long = "tcp-connect-addr", value_name = "HOST:PORT")]
-    pub tcp_connect_addr: Vec<Endpoint>,
+    #[arg(long = "tcp-connect-addr", value_name = "[tls://]HOST:PORT")]
+    pub tcp_connect_addr: Vec<UpstreamAddr>,
 
     /// Copy forwarded data to stdout
     #[arg(short, long)]
@@ -76,14 +128,21 @@ pub struct Cli {
 
     /// How TCP input is cut into datagrams: 'bytes' (raw chunks, as the
     /// original) or 'lines' (a datagram never carries half a line unless
-    /// the line exceeds --max-datagram)
-    #[arg(long, value_name = "bytes|lines", default_value = "bytes")]
-    pub framing: Framing,
+    /// the line exceeds --max-datagram) [default: bytes; lines with --max-line]
+    #[arg(long, value_name = "bytes|lines")]
+    pub framing: Option<Framing>,
 
-    /// Largest datagram payload made from TCP input
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_DATAGRAM,
-          value_parser = parse_max_datagram)]
-    pub max_datagram: usize,
+    /// Largest datagram payload made from TCP input [default: 1472]
+    #[arg(long, value_name = "BYTES", value_parser = parse_max_datagram)]
+    pub max_datagram: Option<usize>,
+
+    /// Longest line kept whole with --framing lines (implied); longer lines
+    /// are split and counted. The same limit as --max-datagram under its
+    /// lines-mode name: a datagram carries whole lines up to this many
+    /// bytes. Not combinable with --max-datagram
+    #[arg(long, value_name = "BYTES", value_parser = parse_max_datagram,
+          conflicts_with = "max_datagram")]
+    pub max_line: Option<usize>,
 
     /// Frame raw inputs with mpx (each TCP connection and each UDP listener
     /// becomes its own stream of this proxy's session); datagrams that
@@ -94,6 +153,49 @@ pub struct Cli {
     /// Longest wait between reconnect attempts, in seconds
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub reconnect_max: u64,
+
+    /// Drop and redial an upstream that delivered no data for this many
+    /// seconds (counted as an idle reconnect) [default: never]
+    #[arg(long, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_timeout: Option<u64>,
+
+    /// TCP keepalive on upstream connections: first probe after SECS
+    /// without traffic, then every SECS/3; dead after 3 unanswered probes
+    /// (0: off)
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_KEEPALIVE.as_secs(),
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub tcp_keepalive: u64,
+
+    /// Use TLS for every --tcp-connect-addr written without a scheme
+    /// (an explicit tcp:// stays plaintext)
+    #[arg(long, help_heading = "TLS upstreams")]
+    pub tls: bool,
+
+    /// PEM file of the CA certificate(s) to trust for TLS upstreams,
+    /// instead of the built-in Mozilla roots
+    #[arg(long, value_name = "PEM", help_heading = "TLS upstreams")]
+    pub ca_file: Option<PathBuf>,
+
+    /// PEM certificate (chain) for servers that require client
+    /// authentication (mTLS); needs --client-key
+    #[arg(long, value_name = "PEM", help_heading = "TLS upstreams")]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM private key of --client-cert (PKCS#8, PKCS#1 or SEC1)
+    #[arg(long, value_name = "PEM", help_heading = "TLS upstreams")]
+    pub client_key: Option<PathBuf>,
+
+    /// Server name sent (SNI) and verified for TLS upstreams [default: the
+    /// upstream's host; an IP address is checked against the
+    /// certificate's IP addresses]
+    #[arg(long, value_name = "NAME", help_heading = "TLS upstreams")]
+    pub sni: Option<String>,
+
+    /// DANGEROUS: accept any server certificate (encrypted but not
+    /// authenticated: anyone on the path can impersonate the feed)
+    #[arg(long, help_heading = "TLS upstreams")]
+    pub insecure_skip_verify: bool,
 
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -107,8 +209,10 @@ pub struct Config {
     pub udp_listen: Vec<Endpoint>,
     /// UDP destinations
     pub downstream: Vec<Endpoint>,
-    /// TCP upstreams
-    pub tcp_connect: Vec<Endpoint>,
+    /// TCP and TLS upstreams
+    pub tcp_connect: Vec<UpstreamAddr>,
+    /// Settings of the TLS upstreams
+    pub tls: TlsOptions,
     /// Copy forwarded data to stdout
     pub tee: bool,
     /// Framing of TCP input
@@ -119,6 +223,10 @@ pub struct Config {
     pub reconnect_min: Duration,
     /// Longest reconnect delay
     pub reconnect_max: Duration,
+    /// Redial an upstream silent for this long
+    pub idle_timeout: Option<Duration>,
+    /// TCP keepalive idle time of upstream sockets (`None`: off)
+    pub keepalive: Option<Duration>,
     /// Frame raw inputs with mpx
     pub mpx: bool,
     /// Multicast and buffer options
@@ -132,11 +240,14 @@ impl Config {
             udp_listen: Vec::new(),
             downstream,
             tcp_connect: Vec::new(),
+            tls: TlsOptions::default(),
             tee: false,
             framing: Framing::Bytes,
             max_datagram: DEFAULT_MAX_DATAGRAM,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(30),
+            idle_timeout: None,
+            keepalive: Some(DEFAULT_KEEPALIVE),
             mpx: false,
             socket: SocketOptions::default(),
         }
@@ -157,15 +268,57 @@ impl TryFrom<Cli> for Config {
         if cli.reconnect_max == 0 {
             bail!("--reconnect-max must be at least 1 second");
         }
+        let (framing, max_datagram) = match (cli.max_line, cli.framing) {
+            (Some(n), Some(Framing::Bytes)) => bail!(
+                "--max-line {n} needs --framing lines (with bytes framing the limit is --max-datagram)"
+            ),
+            (Some(n), _) => (Framing::Lines, n),
+            (None, f) => (
+                f.unwrap_or(Framing::Bytes),
+                cli.max_datagram.unwrap_or(DEFAULT_MAX_DATAGRAM),
+            ),
+        };
+        let default = if cli.tls {
+            Transport::Tls
+        } else {
+            Transport::Tcp
+        };
+        let tcp_connect: Vec<UpstreamAddr> = cli
+            .tcp_connect_addr
+            .into_iter()
+            .map(|a| a.with_default_transport(default))
+            .collect();
+        let tls = TlsOptions {
+            ca_file: cli.ca_file,
+            client_cert: cli.client_cert,
+            client_key: cli.client_key,
+            sni: cli.sni,
+            insecure_skip_verify: cli.insecure_skip_verify,
+        };
+        tls.validate()?;
+        if !tcp_connect.iter().any(UpstreamAddr::is_tls) {
+            let set = tls.flags_set();
+            if cli.tls || !set.is_empty() {
+                let flags = if cli.tls { vec!["--tls"] } else { set };
+                bail!(
+                    "{} only applies to TLS upstreams: give --tcp-connect-addr tls://HOST:PORT{}",
+                    flags.join(", "),
+                    if cli.tls { "" } else { " or --tls" }
+                );
+            }
+        }
         Ok(Self {
             udp_listen: cli.udp_listen_addr,
             downstream: cli.udp_downstream_addr,
-            tcp_connect: cli.tcp_connect_addr,
+            tcp_connect,
+            tls,
             tee: cli.tee,
-            framing: cli.framing,
-            max_datagram: cli.max_datagram,
+            framing,
+            max_datagram,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(cli.reconnect_max),
+            idle_timeout: cli.idle_timeout.map(Duration::from_secs),
+            keepalive: (cli.tcp_keepalive > 0).then(|| Duration::from_secs(cli.tcp_keepalive)),
             mpx: cli.mpx,
             socket: cli.common.socket_options(),
         })
@@ -217,6 +370,8 @@ pub struct Proxy {
     config: Config,
     shared: Arc<Shared>,
     udp: Vec<udp::Input>,
+    /// Per `config.tcp_connect` entry: its TLS settings, if it is TLS
+    tls: Vec<Option<tcp::TlsTarget>>,
 }
 
 impl fmt::Debug for Proxy {
@@ -283,11 +438,12 @@ impl Proxy {
         }
         // Fail fast on upstream names that can never resolve (typos);
         // transient DNS failures later are retried.
-        for ep in &config.tcp_connect {
-            if let Err(e) = ep.resolve() {
+        for up in &config.tcp_connect {
+            if let Err(e) = up.endpoint().resolve() {
                 bail!("--tcp-connect-addr: {e}");
             }
         }
+        let tls = tls_targets(&config)?;
         let session = config.mpx.then(new_session_id);
         if let Some(s) = session {
             tracing::info!(
@@ -305,6 +461,7 @@ impl Proxy {
             config,
             shared,
             udp,
+            tls,
         })
     }
 
@@ -316,15 +473,18 @@ impl Proxy {
         let start = Instant::now();
         let mut handles = Vec::new();
         let mut tcp_stats = Vec::new();
-        for (i, ep) in self.config.tcp_connect.iter().enumerate() {
-            let stats = Arc::new(UpstreamStats::new(ep.to_string()));
+        for (i, (up, tls)) in self.config.tcp_connect.iter().zip(&self.tls).enumerate() {
+            let stats = Arc::new(UpstreamStats::new(up.to_string(), up.is_tls()));
             tcp_stats.push(Arc::clone(&stats));
             let upstream = tcp::Upstream {
-                endpoint: ep.clone(),
+                addr: up.clone(),
+                tls: tls.clone(),
                 framing: self.config.framing,
                 max_datagram: self.config.max_datagram,
                 reconnect_min: self.config.reconnect_min,
                 reconnect_max: self.config.reconnect_max,
+                idle_timeout: self.config.idle_timeout,
+                keepalive: self.config.keepalive,
                 shared: Arc::clone(&self.shared),
                 stats,
                 shutdown: shutdown.clone(),
@@ -358,4 +518,34 @@ impl Proxy {
             elapsed: start.elapsed(),
         })
     }
+}
+
+/// Load the TLS files and derive each TLS upstream's server name
+fn tls_targets(config: &Config) -> anyhow::Result<Vec<Option<tcp::TlsTarget>>> {
+    if !config.tcp_connect.iter().any(UpstreamAddr::is_tls) {
+        return Ok(vec![None; config.tcp_connect.len()]);
+    }
+    let client = tls::client_config(&config.tls)?;
+    if config.tls.insecure_skip_verify {
+        tracing::warn!(
+            "--insecure-skip-verify: TLS server certificates are NOT verified; \
+             anyone on the path can impersonate the upstreams and forge their feeds"
+        );
+    }
+    config
+        .tcp_connect
+        .iter()
+        .map(|up| {
+            if !up.is_tls() {
+                return Ok(None);
+            }
+            let server_name = tls::server_name(config.tls.sni.as_deref(), up.endpoint())?;
+            Ok(Some(tcp::TlsTarget {
+                config: Arc::clone(&client),
+                server_name,
+                insecure: config.tls.insecure_skip_verify,
+                client_cert: config.tls.client_cert.is_some(),
+            }))
+        })
+        .collect()
 }
