@@ -94,14 +94,16 @@ fn proc_net_count(file: &str, port: u16, state: Option<&str>) -> usize {
     let Ok(text) = std::fs::read_to_string(&path) else {
         return 0; // e.g. no IPv6 in this kernel
     };
-    text.lines().skip(1).filter(|line| {
-        let mut fields = line.split_whitespace();
-        let local = fields.nth(1).unwrap_or("");
-        let st = fields.nth(1).unwrap_or("");
-        let local_port = local
-            .rsplit_once(':')
-            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-        local_port == Some(port) && state.is_none_or(|s| s == st)
-    })
-    .count()
+    text.lines()
+        .skip(1)
+        .filter(|line| {
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1).unwrap_or("");
+            let st = fields.nth(1).unwrap_or("");
+            let local_port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            local_port == Some(port) && state.is_none_or(|s| s == st)
+        })
+        .count()
 }
