@@ -272,3 +272,140 @@ fn dead_link_is_detected_avoided_and_rejoins() {
         );
     });
 }
+
+/// `--mode redundant` over three paths that each lose 10% (seeded lossy
+/// relays, replies carried back): the receiver keeps the first copy of
+/// every frame, drops the others as duplicates, and loses only frames
+/// that all three paths lost, which it reports exactly. Repair (NACK) is
+/// off so redundancy alone is measured.
+#[test]
+fn redundant_over_three_lossy_paths_loses_at_most_0_2_percent() {
+    use mproxy_e2e::start_server;
+    use mproxy_testsupport::{LossyRelay, RelayConfig};
+
+    in_netns(|_| {
+        let dir = TempDir::new();
+        let input = dir.join("in");
+        line_file(&input, 8 << 20, 77);
+        let out = dir.join("out");
+        let template = out.join("{session}-{stream}.log");
+        let mut args = vec![
+            "--path".to_string(),
+            s(&template).to_string(),
+            "--accept".into(),
+            "mpx".into(),
+            "--nack".into(),
+            "off".into(),
+            // The paths' delays differ (three relay threads on a shared
+            // machine): hold enough (~6k frames/s x 1 s) that a frame still
+            // on its way over a slower path is never given up early.
+            "--reorder-timeout".into(),
+            "1000".into(),
+            "--reorder-window".into(),
+            "8192".into(),
+        ];
+        for p in 9101..=9103 {
+            args.extend(["--listen-addr".into(), format!("127.0.0.1:{p}")]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = start_server(&args, &[9101, 9102, 9103]);
+        let relays: Vec<LossyRelay> = (0..3u16)
+            .map(|i| {
+                LossyRelay::start(
+                    format!("127.0.0.1:{}", 9201 + i).parse().unwrap(),
+                    format!("127.0.0.1:{}", 9101 + i).parse().unwrap(),
+                    RelayConfig {
+                        seed: 1000 + u64::from(i),
+                        drop: 0.10,
+                        return_path: true,
+                        ..RelayConfig::default()
+                    },
+                )
+            })
+            .collect();
+        let client = run_ok(
+            "mproxy-client",
+            &[
+                "--mode",
+                "redundant",
+                "--path",
+                s(&input),
+                "--server-addr",
+                "127.0.0.1:9201",
+                "--server-addr",
+                "127.0.0.1:9202",
+                "--server-addr",
+                "127.0.0.1:9203",
+                "--rate",
+                "50mbit",
+            ],
+        );
+        let summary = String::from_utf8_lossy(&client.stderr).into_owned();
+        assert!(summary.contains(", 0 send errors"), "{summary}");
+        let closed = |log: &str| log.contains("stream closed: ");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // the server logs the close; stop() collects the log
+        while Instant::now() < deadline && std::fs::read_dir(&out).map_or(true, |d| d.count() == 0)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(800));
+        let records: Vec<_> = relays.into_iter().map(LossyRelay::stop).collect();
+        let log = stop(server);
+        assert!(closed(&log), "{log}");
+
+        // what got through on at least one path, from the relays' records
+        let streams: Vec<_> = records.iter().map(|r| r.single_stream().1).collect();
+        let end = streams.iter().map(|s| s.end()).max().unwrap();
+        let mut want = Vec::new();
+        let mut lost = 0u64;
+        let mut frames = 0u64;
+        for seq in 0..end {
+            let copy = streams
+                .iter()
+                .filter_map(|s| s.frames.get(&seq))
+                .find(|f| f.forwarded > 0);
+            frames += 1;
+            match copy {
+                Some(f) => want.extend_from_slice(&f.payload),
+                None => lost += 1,
+            }
+        }
+        let dropped: u64 = records.iter().map(|r| r.dropped).sum();
+        let received: u64 = records.iter().map(|r| r.received).sum();
+        let got = std::fs::read(single_output(&out)).unwrap();
+        let line = log
+            .lines()
+            .find(|l| l.contains("stream closed: "))
+            .unwrap()
+            .to_string();
+        eprintln!(
+            "redundant: {frames} frames, relays dropped {dropped} of {received} datagrams; \
+             lost on all three paths: {lost} ({:.3}%); server: {line}",
+            100.0 * lost as f64 / frames as f64
+        );
+        assert!(
+            dropped as f64 > 0.08 * received as f64,
+            "relays barely dropped"
+        );
+        assert!(
+            got == want,
+            "output != frames that got through on some path"
+        );
+        assert!(
+            line.contains(&format!("({lost} lost)")),
+            "server must count exactly the {lost} frames lost on all paths: {line}"
+        );
+        assert!(
+            (lost as f64) <= 0.002 * frames as f64,
+            "{lost} of {frames} frames lost"
+        );
+        // every frame that got through twice or three times was a duplicate
+        let dups: u64 = line
+            .split(", ")
+            .find_map(|p| p.strip_suffix(" dups"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no dups in {line}"));
+        assert!(dups > frames, "{dups} dups for {frames} frames: {line}");
+    });
+}
