@@ -126,21 +126,11 @@ impl Reassembly {
                 }
                 Event::Closed { key, reason, stats } => {
                     tracing::info!(stream = %key, ?reason, "stream closed: {stats}");
-                    add_stats(&mut self.closed, &stats);
+                    self.closed.add(&stats);
                 }
             }
         }
     }
-}
-
-fn add_stats(total: &mut StreamStats, s: &StreamStats) {
-    total.bytes += s.bytes;
-    total.datagrams += s.datagrams;
-    total.gaps += s.gaps;
-    total.lost += s.lost;
-    total.duplicates += s.duplicates;
-    total.reordered += s.reordered;
-    total.late += s.late;
 }
 
 #[cfg(test)]

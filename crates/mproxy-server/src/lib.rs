@@ -402,22 +402,12 @@ impl Core {
                 }
                 Event::Closed { key, reason, stats } => {
                     tracing::info!(stream = %key, ?reason, "stream closed: {stats}");
-                    add_stats(&mut self.closed_totals, &stats);
+                    self.closed_totals.add(&stats);
                     self.sink.close_stream(key);
                 }
             }
         }
     }
-}
-
-fn add_stats(total: &mut StreamStats, s: &StreamStats) {
-    total.bytes += s.bytes;
-    total.datagrams += s.datagrams;
-    total.gaps += s.gaps;
-    total.lost += s.lost;
-    total.duplicates += s.duplicates;
-    total.reordered += s.reordered;
-    total.late += s.late;
 }
 
 /// A server with its sockets bound and its output open

@@ -78,7 +78,8 @@ pub struct RelayConfig {
     /// Longest a datagram is held, whatever the traffic.
     pub max_hold: Duration,
     /// Relay replies (the receiver's NACKs and feedback) back to the
-    /// sender that last sent through the relay; off by default
+    /// sender that last sent data (mpx DATA or heartbeat frames, or raw
+    /// payloads) through the relay; off by default
     pub return_path: bool,
     /// Probability that a reply is dropped on the way back (seeded too)
     pub return_drop: f64,
@@ -517,7 +518,11 @@ impl Worker {
             }
             match self.sock.recv_from(&mut buf) {
                 Ok((n, from)) => {
-                    self.sender = Some(from);
+                    // The sender is who sends data: on a group the relay
+                    // also overhears other receivers' NACKs.
+                    if !matches!(Kind::of(&buf[..n]), Kind::Other) {
+                        self.sender = Some(from);
+                    }
                     self.arrive(&buf[..n]);
                 }
                 Err(e)
@@ -644,8 +649,10 @@ fn udp_socket_drops(inode: u64) -> Option<u64> {
 /// (see [`LossyRelay::record`]) keeps, per mpx stream, every DATA frame
 /// seen with its payload and the copies forwarded, from which
 /// [`StreamRecord`] derives what an mpx receiver delivers and counts.
-/// Datagrams the receiver sends back to the relay (e.g. mpx feedback
-/// reports) are never read nor relayed.
+/// Datagrams the receiver sends back to the relay (mpx NACKs, feedback
+/// reports) are relayed to the sender only with
+/// [`RelayConfig::return_path`] (and dropped with
+/// [`RelayConfig::return_drop`]); otherwise they are never read.
 #[derive(Debug)]
 pub struct LossyRelay {
     addr: SocketAddr,
@@ -655,21 +662,23 @@ pub struct LossyRelay {
 }
 
 impl LossyRelay {
-    /// Binds `listen` (unicast; port 0 picks a free one) and starts
-    /// relaying what arrives there to `forward` (unicast) under `config`.
+    /// Binds `listen` (unicast, port 0 picks a free one; or a multicast
+    /// group, joined on `lo`, so the relay is one more receiver of the
+    /// group) and starts relaying what arrives there to `forward`
+    /// (unicast) under `config`.
     ///
     /// Must be called from the thread running an [`in_netns`](crate::in_netns)
     /// closure: the relay thread is spawned from it and so stays in the
     /// test's private network namespace. Panics if called elsewhere, if a
-    /// socket cannot be set up, or for multicast addresses.
+    /// socket cannot be set up, or for a multicast `forward`.
     pub fn start(listen: SocketAddr, forward: SocketAddr, config: RelayConfig) -> Self {
         assert!(
             crate::netns::outer_netns_fd().is_some(),
             "LossyRelay::start must be called inside in_netns (on the thread running its closure)"
         );
         assert!(
-            !listen.ip().is_multicast() && !forward.ip().is_multicast(),
-            "LossyRelay relays unicast only ({listen} -> {forward})"
+            !forward.ip().is_multicast(),
+            "LossyRelay forwards to unicast only ({listen} -> {forward})"
         );
         assert!(
             (0.0..=1.0).contains(&config.drop)
@@ -677,8 +686,19 @@ impl LossyRelay {
                 && (0.0..=1.0).contains(&config.reorder),
             "relay probabilities must be within 0..=1: {config:?}"
         );
-        let sock =
-            UdpSocket::bind(listen).unwrap_or_else(|e| panic!("relay: cannot bind {listen}: {e}"));
+        let sock = if listen.ip().is_multicast() {
+            let opts = mproxy_common::SocketOptions {
+                iface: mproxy_common::Interface::Name("lo".into()),
+                ..mproxy_common::SocketOptions::default()
+            };
+            let sock = mproxy_common::net::bind_receiver(listen, &opts)
+                .unwrap_or_else(|e| panic!("relay: cannot join {listen}: {e}"));
+            sock.set_nonblocking(false)
+                .unwrap_or_else(|e| panic!("relay: blocking mode: {e}"));
+            sock
+        } else {
+            UdpSocket::bind(listen).unwrap_or_else(|e| panic!("relay: cannot bind {listen}: {e}"))
+        };
         // Best effort: the kernel clamps it to net.core.rmem_max.
         let _ = crate::sock::setsockopt(&sock, libc::SOL_SOCKET, libc::SO_RCVBUF, &RCVBUF);
         sock.set_read_timeout(Some(POLL))

@@ -19,6 +19,8 @@ pub struct ReceiverConfig {
     /// Most payload bytes a stream may hold while waiting
     pub reorder_bytes: usize,
     /// How long to wait for a missing frame before declaring it lost
+    /// (with `nack`, at least as long as every NACK try takes: see
+    /// [`Receiver::gap_timeout`])
     pub reorder_timeout: Duration,
     /// Close a stream after this long without any frame (no FIN seen)
     pub idle_timeout: Duration,
@@ -94,6 +96,33 @@ pub struct StreamStats {
     pub late: u64,
     /// Missing frames that arrived as retransmissions and were used
     pub repaired: u64,
+}
+
+impl StreamStats {
+    /// Add `other`'s counters to these (for totals over streams);
+    /// `first_seq` is left alone
+    pub fn add(&mut self, other: &Self) {
+        // Destructured so that a new counter cannot be forgotten here.
+        let Self {
+            first_seq: _,
+            bytes,
+            datagrams,
+            gaps,
+            lost,
+            duplicates,
+            reordered,
+            late,
+            repaired,
+        } = *other;
+        self.bytes += bytes;
+        self.datagrams += datagrams;
+        self.gaps += gaps;
+        self.lost += lost;
+        self.duplicates += duplicates;
+        self.reordered += reordered;
+        self.late += late;
+        self.repaired += repaired;
+    }
 }
 
 impl fmt::Display for StreamStats {
@@ -897,6 +926,23 @@ impl Receiver {
         self.events.pop_front()
     }
 
+    /// How long a gap is waited for before it is skipped and counted as
+    /// lost: `reorder_timeout`, but with NACKs on never less than the
+    /// time every try needs (twice `nack_delay`, for the jitter, plus
+    /// `nack_tries` x `nack_interval`), so the last request is not asked
+    /// in vain for a gap already given up
+    #[must_use]
+    pub fn gap_timeout(&self) -> Duration {
+        let c = &self.config;
+        if c.nack {
+            let tries = c.nack_interval.saturating_mul(c.nack_tries);
+            c.reorder_timeout
+                .max(c.nack_delay.saturating_mul(2).saturating_add(tries))
+        } else {
+            c.reorder_timeout
+        }
+    }
+
     /// When [`Receiver::handle_timeout`] should next be called
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -904,7 +950,7 @@ impl Receiver {
             .values()
             .map(|s| {
                 let idle = s.last_active + self.config.idle_timeout;
-                let gap = s.gap_since.map(|g| g + self.config.reorder_timeout);
+                let gap = s.gap_since.map(|g| g + self.gap_timeout());
                 [Some(idle), gap, s.nack_at]
                     .into_iter()
                     .flatten()
@@ -923,8 +969,7 @@ impl Receiver {
             .streams
             .iter()
             .filter(|(_, s)| {
-                s.gap_since
-                    .is_some_and(|g| now >= g + self.config.reorder_timeout)
+                s.gap_since.is_some_and(|g| now >= g + self.gap_timeout())
                     || now >= s.last_active + self.config.idle_timeout
             })
             .map(|(k, _)| *k)
