@@ -29,6 +29,7 @@ use multipath::Multipath;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -37,11 +38,13 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use mproxy_common::cli::{parse_max_datagram, CommonArgs, Shutdown};
 use mproxy_common::io::{wait_readable, Tee};
-use mproxy_common::mpx::{new_session_id, Encoder, SenderStats};
+use mproxy_common::mpx::{
+    new_session_id, Encoder, FlowConfig, FlowControl, FlowEvent, FlowStats, SenderStats,
+};
 use mproxy_common::pack::Framing;
 use mproxy_common::rate::{Pacer, Rate};
 use mproxy_common::stats::{human_bytes, human_rate};
-use mproxy_common::wire::{classify, Datagram, FrameType};
+use mproxy_common::wire::{classify, Datagram, FrameType, HEADER_LEN};
 use mproxy_common::{Endpoint, Fanout, PathSpec, SocketOptions};
 
 /// Default datagram payload limit: fits a 1500-byte Ethernet MTU over IPv4
@@ -52,6 +55,12 @@ pub const DEFAULT_MAX_DATAGRAM: usize = 1472;
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// After the end of input, stop lingering once no repair request came for this long
 const LINGER_QUIET: Duration = Duration::from_millis(300);
+/// Most NACK / WINDOW frames taken per poll of the sockets
+pub(crate) const MAX_CONTROL: usize = 64;
+/// While flow control holds the stream back, look for windows this often
+const FLOW_POLL: Duration = Duration::from_micros(200);
+/// ...and poke receivers with a heartbeat this often
+const FLOW_POKE: Duration = Duration::from_millis(50);
 /// Longest wait for input before checking timers and signals
 const POLL_TICK: Duration = Duration::from_millis(200);
 
@@ -124,6 +133,19 @@ pub struct Cli {
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub linger: u64,
 
+    /// mpx: pace to the slowest receiver that advertises a window (WINDOW
+    /// frames); receivers silent for 2 s are no longer waited for, and
+    /// with no receiver answering at all the client sends at --rate
+    #[arg(long, value_name = "on|off", default_value = "on",
+          value_parser = mproxy_common::cli::parse_on_off, action = clap::ArgAction::Set)]
+    pub flow_control: bool,
+
+    /// mpx flow control: stop waiting for a receiver this many frames
+    /// behind the most advanced one (it is cut off, counted and logged;
+    /// its losses show as gaps on its side) [default: wait for the slowest]
+    #[arg(long, value_name = "FRAMES")]
+    pub max_lag: Option<u32>,
+
     /// Log per-destination / per-path counters every N seconds (0: only
     /// in the final summary)
     #[arg(long, value_name = "SECS", default_value_t = 0)]
@@ -159,6 +181,8 @@ pub struct Config {
     pub repair_buffer: usize,
     /// Longest wait for repair requests after the end of input
     pub linger: Duration,
+    /// mpx flow control (None: off)
+    pub flow: Option<FlowConfig>,
     /// Multicast and buffer options
     pub socket: SocketOptions,
 }
@@ -178,6 +202,7 @@ impl Config {
             stats_interval: None,
             repair_buffer: 16 << 20,
             linger: Duration::from_secs(2),
+            flow: Some(FlowConfig::default()),
             socket: SocketOptions::default(),
         }
     }
@@ -220,6 +245,10 @@ impl TryFrom<Cli> for Config {
                 .then(|| Duration::from_secs(cli.stats_interval)),
             repair_buffer: cli.repair_buffer,
             linger: Duration::from_millis(cli.linger),
+            flow: cli.flow_control.then(|| FlowConfig {
+                max_lag: cli.max_lag,
+                ..FlowConfig::default()
+            }),
             socket: cli.common.socket_options(),
         })
     }
@@ -263,6 +292,10 @@ pub struct Summary {
     pub session: Option<u64>,
     /// mpx sender counters (repairs included), if framing was on
     pub mpx: Option<SenderStats>,
+    /// Flow-control counters, if it was on
+    pub flow: Option<FlowStats>,
+    /// Time spent held back by receivers' windows
+    pub flow_wait: Duration,
     /// Wall time of the run
     pub elapsed: Duration,
     /// True if the run ended on a shutdown request rather than EOF
@@ -285,8 +318,19 @@ impl fmt::Display for Summary {
             self.datagrams,
             match (self.session, self.mpx) {
                 (Some(s), Some(m)) => format!(
-                    " (mpx session {s:016x}; {} NACKs, {} frames re-sent, {} unrecoverable)",
-                    m.nacks, m.retransmitted, m.unrecoverable
+                    " (mpx session {s:016x}; {} NACKs, {} frames re-sent, {} unrecoverable{})",
+                    m.nacks,
+                    m.retransmitted,
+                    m.unrecoverable,
+                    self.flow
+                        .map(|fl| format!(
+                            "; flow control: {} windows, held back {:.2}s, {} receivers timed out, {} cut off",
+                            fl.windows,
+                            self.flow_wait.as_secs_f64(),
+                            fl.timed_out,
+                            fl.cut
+                        ))
+                        .unwrap_or_default()
                 ),
                 (Some(s), None) => format!(" (mpx session {s:016x})"),
                 _ => String::new(),
@@ -301,6 +345,62 @@ impl fmt::Display for Summary {
             self.destinations
         )
     }
+}
+
+/// Answer the NACKs and take in the windows that arrived; true if there
+/// was a NACK
+fn serve_control(
+    tx: &mut Tx,
+    encoder: &mut Encoder,
+    flow: &mut Option<FlowControl>,
+    session: u64,
+    buf: &mut [u8],
+    max_payload: usize,
+) -> bool {
+    let now = Instant::now();
+    let mut nacked = false;
+    for c in tx.take_nacks(session, buf) {
+        match c.frame_type {
+            FrameType::Nack => {
+                nacked = true;
+                encoder.handle_nack(now, &c.payload, |d| tx.emit(d));
+            }
+            FrameType::Window => {
+                if let Some(fc) = flow.as_mut() {
+                    fc.on_window(now, c.from, c.seq, &c.payload, max_payload);
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(fc) = flow.as_mut() {
+        while let Some(ev) = fc.poll_event() {
+            match ev {
+                FlowEvent::Joined(a) => {
+                    tracing::info!(receiver = %a, "flow control: receiver joined")
+                }
+                FlowEvent::TimedOut(a) => tracing::warn!(
+                    receiver = %a,
+                    "flow control: receiver silent for 2 s, no longer waited for"
+                ),
+                FlowEvent::Cut { addr, lag } => tracing::warn!(
+                    receiver = %addr,
+                    lag,
+                    "flow control: receiver lags more than --max-lag frames, cut off"
+                ),
+            }
+        }
+    }
+    nacked
+}
+
+/// A receiver's NACK or WINDOW frame for our session
+#[derive(Debug)]
+pub(crate) struct Control {
+    pub(crate) from: SocketAddr,
+    pub(crate) frame_type: FrameType,
+    pub(crate) seq: u32,
+    pub(crate) payload: Vec<u8>,
 }
 
 /// Where datagrams go
@@ -369,22 +469,29 @@ struct Tx {
 }
 
 impl Tx {
-    /// NACK payloads for `session` that arrived on our sockets
-    fn take_nacks(&mut self, session: u64, buf: &mut [u8]) -> Vec<Vec<u8>> {
+    /// NACK and WINDOW frames for `session` that arrived on our sockets
+    fn take_nacks(&mut self, session: u64, buf: &mut [u8]) -> Vec<Control> {
         match &mut self.out {
             Out::Fanout(Some(f)) => {
-                let mut nacks = Vec::new();
-                while let Some((n, _)) = f.recv_control(buf) {
+                let mut got = Vec::new();
+                while got.len() < MAX_CONTROL {
+                    let Some((n, from)) = f.recv_control(buf) else {
+                        break;
+                    };
                     if let Datagram::Mpx(r, p) = classify(&buf[..n]) {
-                        if r.frame_type == FrameType::Nack
+                        if matches!(r.frame_type, FrameType::Nack | FrameType::Window)
                             && r.session == session
-                            && nacks.len() < 64
                         {
-                            nacks.push(p.to_vec());
+                            got.push(Control {
+                                from,
+                                frame_type: r.frame_type,
+                                seq: r.seq,
+                                payload: p.to_vec(),
+                            });
                         }
                     }
                 }
-                nacks
+                got
             }
             Out::Fanout(None) => Vec::new(),
             Out::Multi(m) => {
@@ -514,6 +621,13 @@ impl Client {
         encoder.enable_repair(self.config.repair_buffer);
         let repairing = session.is_some() && self.config.repair_buffer > 0;
         let mut control = vec![0u8; 2048];
+        let max_payload = self.config.max_datagram.saturating_sub(HEADER_LEN).max(1);
+        let mut flow = match (&self.config.flow, encoder.next_seq()) {
+            (Some(cfg), Some(first)) => Some(FlowControl::new(cfg.clone(), first)),
+            _ => None,
+        };
+        let mut flow_wait = Duration::ZERO;
+        let mut last_poke = start;
         let out = match (self.config.mode, session) {
             (Mode::Fanout, _) | (_, None) => Out::Fanout(self.fanout.take()),
             (mode, Some((s, _))) => {
@@ -567,6 +681,38 @@ impl Client {
                     next_stats = Some(at + every);
                 }
             }
+            if let (Some(fc), Some(next), Some((s, _))) =
+                (flow.as_mut(), encoder.next_seq(), session)
+            {
+                if !fc.allows(Instant::now(), next) {
+                    // held back by the slowest receiver's window
+                    let t = Instant::now();
+                    tx.flush();
+                    std::thread::sleep(FLOW_POLL);
+                    serve_control(
+                        &mut tx,
+                        &mut encoder,
+                        &mut flow,
+                        s,
+                        &mut control,
+                        max_payload,
+                    );
+                    let now = Instant::now();
+                    if now.saturating_duration_since(last_poke) >= FLOW_POKE {
+                        // a lost WINDOW frame must not stall us: receivers
+                        // answer a heartbeat with their window
+                        encoder.probe(now, |d| tx.emit(d));
+                        last_poke = now;
+                    }
+                    if encoder.poll_timeout().is_some_and(|at| at <= now) {
+                        encoder.handle_timeout(now, |d| tx.emit(d));
+                    }
+                    tx.out.handle_timeout(now, &mut encoder);
+                    tx.flush();
+                    flow_wait += t.elapsed();
+                    continue;
+                }
+            }
             let next_timer = [encoder.poll_timeout(), tx.out.poll_timeout()]
                 .into_iter()
                 .flatten()
@@ -583,7 +729,16 @@ impl Client {
                 tx.flush();
                 continue;
             }
-            let n = match self.input.read(&mut buf) {
+            // no more than the window allows (a read may make many frames)
+            let cap = match (flow.as_mut(), encoder.next_seq()) {
+                (Some(fc), Some(next)) => fc.limit(Instant::now()).map_or(buf.len(), |limit| {
+                    (limit.wrapping_sub(next) as usize)
+                        .saturating_mul(max_payload)
+                        .clamp(max_payload.min(buf.len()), buf.len())
+                }),
+                _ => buf.len(),
+            };
+            let n = match self.input.read(&mut buf[..cap]) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -595,10 +750,15 @@ impl Client {
             bytes_read += n as u64;
             tee.write(&buf[..n]);
             encoder.push(Instant::now(), &buf[..n], |d| tx.emit(d));
-            if let (true, Some((s, _))) = (repairing, session) {
-                for nack in tx.take_nacks(s, &mut control) {
-                    encoder.handle_nack(Instant::now(), &nack, |d| tx.emit(d));
-                }
+            if let Some((s, _)) = session {
+                serve_control(
+                    &mut tx,
+                    &mut encoder,
+                    &mut flow,
+                    s,
+                    &mut control,
+                    max_payload,
+                );
             }
             if next_timer.is_some_and(|t| t <= Instant::now()) {
                 let now = Instant::now();
@@ -617,13 +777,16 @@ impl Client {
         let mut last_nack = end;
         loop {
             let now = Instant::now();
-            if let (true, Some((s, _))) = (repairing, session) {
-                let nacks = tx.take_nacks(s, &mut control);
-                if !nacks.is_empty() {
+            if let Some((s, _)) = session {
+                if serve_control(
+                    &mut tx,
+                    &mut encoder,
+                    &mut flow,
+                    s,
+                    &mut control,
+                    max_payload,
+                ) {
                     last_nack = now;
-                }
-                for nack in nacks {
-                    encoder.handle_nack(now, &nack, |d| tx.emit(d));
                 }
             }
             encoder.handle_timeout(now, |d| tx.emit(d));
@@ -641,6 +804,8 @@ impl Client {
         if let Encoder::Mpx(sender) = &encoder {
             summary.mpx = Some(sender.stats());
         }
+        summary.flow = flow.as_ref().map(FlowControl::stats);
+        summary.flow_wait = flow_wait;
         summary.datagrams = tx.datagrams;
         summary.bytes_read = bytes_read;
         summary.interrupted = interrupted;

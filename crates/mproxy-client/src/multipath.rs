@@ -4,6 +4,7 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use crate::{Control, MAX_CONTROL};
 use anyhow::Context as _;
 use mproxy_common::mpx::{PathConfig, PathState, Scheduler, SchedulerConfig, Sender};
 use mproxy_common::net::bind_sender;
@@ -42,7 +43,7 @@ pub(crate) struct Multipath {
     pub(crate) bad_feedback: u64,
     session: u64,
     sent_since_poll: u32,
-    nacks: Vec<Vec<u8>>,
+    nacks: Vec<Control>,
 }
 
 impl Multipath {
@@ -188,7 +189,7 @@ impl Multipath {
     pub(crate) fn poll_feedback(&mut self) {
         let now = Instant::now();
         for i in 0..self.paths.len() {
-            while let Ok((n, _)) = self.paths[i].sock.recv_from(&mut self.buf) {
+            while let Ok((n, from)) = self.paths[i].sock.recv_from(&mut self.buf) {
                 match classify(&self.buf[..n]) {
                     Datagram::Mpx(r, p)
                         if r.frame_type == FrameType::Feedback && r.session == self.session =>
@@ -199,10 +200,16 @@ impl Multipath {
                         }
                     }
                     Datagram::Mpx(r, p)
-                        if r.frame_type == FrameType::Nack && r.session == self.session =>
+                        if matches!(r.frame_type, FrameType::Nack | FrameType::Window)
+                            && r.session == self.session =>
                     {
-                        if self.nacks.len() < 64 {
-                            self.nacks.push(p.to_vec());
+                        if self.nacks.len() < MAX_CONTROL {
+                            self.nacks.push(Control {
+                                from,
+                                frame_type: r.frame_type,
+                                seq: r.seq,
+                                payload: p.to_vec(),
+                            });
                         }
                     }
                     _ => self.bad_feedback += 1,
@@ -211,8 +218,8 @@ impl Multipath {
         }
     }
 
-    /// NACK payloads received since the last call
-    pub(crate) fn take_nacks(&mut self) -> Vec<Vec<u8>> {
+    /// NACK and WINDOW frames received since the last call
+    pub(crate) fn take_nacks(&mut self) -> Vec<Control> {
         std::mem::take(&mut self.nacks)
     }
 

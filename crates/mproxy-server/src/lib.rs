@@ -41,9 +41,9 @@ use mproxy_common::mpx::{
     Event, FeedbackTracker, PathKey, Receiver, ReceiverConfig, ReceiverStats, StreamStats,
     REPORT_LEN,
 };
-use mproxy_common::net::{bind_receiver, kernel_drops, RecvBatch, RECV_BUF_LEN};
+use mproxy_common::net::{bind_receiver, kernel_drops, recv_buffer_size, RecvBatch, RECV_BUF_LEN};
 use mproxy_common::stats::{human_bytes, LogLimiter};
-use mproxy_common::wire::{classify, Datagram};
+use mproxy_common::wire::{classify, Datagram, FrameType};
 use mproxy_common::{Endpoint, SocketOptions};
 
 /// Command line of `mproxy-server`
@@ -109,6 +109,13 @@ pub struct Cli {
     #[arg(long, value_name = "on|off", default_value = "on",
           value_parser = mproxy_common::cli::parse_on_off, action = clap::ArgAction::Set)]
     pub feedback: bool,
+
+    /// mpx: flow control: advertise each stream's window (what the reorder
+    /// window and the socket's receive buffer can hold) to its sender, so
+    /// an unpaced sender never overruns this receiver
+    #[arg(long, value_name = "on|off", default_value = "on",
+          value_parser = mproxy_common::cli::parse_on_off, action = clap::ArgAction::Set)]
+    pub flow_control: bool,
 
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -207,6 +214,7 @@ impl TryFrom<Cli> for Config {
                 reorder_timeout: Duration::from_millis(cli.reorder_timeout),
                 max_streams: cli.max_streams,
                 nack: cli.nack,
+                window: cli.flow_control,
                 ..ReceiverConfig::default()
             },
             feedback: cli.feedback,
@@ -247,6 +255,9 @@ pub struct Summary {
     pub mpx_streams: StreamStats,
     /// Raw datagrams dropped because `--accept mpx`
     pub raw_dropped: u64,
+    /// `--accept auto`: datagrams that start with the mpx magic but are no
+    /// valid frame, written as raw
+    pub raw_lookalike: u64,
     /// Feedback reports sent to mpx senders
     pub feedback_sent: u64,
     /// Feedback reports that could not be sent
@@ -325,6 +336,13 @@ impl fmt::Display for Summary {
                 self.raw_dropped
             )?;
         }
+        if self.raw_lookalike > 0 {
+            write!(
+                f,
+                "; {} raw datagrams that began like an mpx frame (written as raw)",
+                self.raw_lookalike
+            )?;
+        }
         Ok(())
     }
 }
@@ -348,6 +366,7 @@ struct Core {
     sink: Sink,
     closed_totals: StreamStats,
     raw_dropped: u64,
+    raw_lookalike: u64,
 }
 
 impl Core {
@@ -363,6 +382,15 @@ impl Core {
             Accept::Raw => self.sink.write(None, data),
             Accept::Auto | Accept::Mpx => {
                 let datagram = classify(data);
+                if self.accept == Accept::Auto && matches!(datagram, Datagram::Invalid(_)) {
+                    // Starts with the mpx magic but is no valid frame: far
+                    // likelier a binary raw datagram that happens to begin
+                    // with A7 4D (1 in 65536) than a damaged frame (UDP has
+                    // its own checksum), so it is written, not dropped.
+                    self.raw_lookalike += 1;
+                    self.sink.write(None, data);
+                    return;
+                }
                 if let (Datagram::Mpx(repr, payload), Some(fb), Some(l)) =
                     (&datagram, self.feedback.as_mut(), listener)
                 {
@@ -451,9 +479,25 @@ impl Server {
                 last_drops: 0,
             });
         }
+        // Advertise no more than the smallest receive buffer holds, at
+        // ~2.5 KiB of kernel budget per full-size datagram, or a window's
+        // burst would overflow the kernel queue.
+        let mut mpx = config.mpx.clone();
+        if mpx.window && mpx.window_frames == 0 {
+            let budget = listeners
+                .iter()
+                .filter_map(|l| recv_buffer_size(&l.sock).ok())
+                .min()
+                .unwrap_or(0);
+            mpx.window_frames = (budget / KERNEL_BYTES_PER_DATAGRAM).max(16);
+            tracing::debug!(
+                frames = mpx.window_frames.min(mpx.reorder_window),
+                "flow-control window"
+            );
+        }
         let core = Core {
             accept: config.accept,
-            receiver: Receiver::new(config.mpx.clone()),
+            receiver: Receiver::new(mpx),
             feedback: (config.feedback && config.accept != Accept::Raw)
                 .then(|| FeedbackTracker::new(FEEDBACK_INTERVAL, 4096)),
             feedback_sent: 0,
@@ -462,6 +506,7 @@ impl Server {
             sink,
             closed_totals: StreamStats::default(),
             raw_dropped: 0,
+            raw_lookalike: 0,
         };
         Ok(Self {
             config,
@@ -561,7 +606,10 @@ impl Server {
             if l.sock.send_to(&t.bytes, t.to).is_err() {
                 self.core.nack_errors += 1;
             }
-            if l.addr.ip().is_multicast() && l.sock.send_to(&t.bytes, l.addr).is_err() {
+            if t.frame_type == FrameType::Nack
+                && l.addr.ip().is_multicast()
+                && l.sock.send_to(&t.bytes, l.addr).is_err()
+            {
                 self.core.nack_errors += 1;
             }
         }
@@ -609,6 +657,7 @@ impl Server {
             mpx: self.core.receiver.stats(),
             mpx_streams: self.core.closed_totals,
             raw_dropped: self.core.raw_dropped,
+            raw_lookalike: self.core.raw_lookalike,
             feedback_sent: self.core.feedback_sent,
             feedback_errors: self.core.feedback_errors,
             nack_errors: self.core.nack_errors,
@@ -617,6 +666,9 @@ impl Server {
     }
 }
 
+/// Kernel receive-buffer budget one full-size datagram takes (payload
+/// plus sk_buff bookkeeping), to size the flow-control window
+const KERNEL_BYTES_PER_DATAGRAM: usize = 2560;
 /// Smallest spacing of feedback reports per path and sender
 const FEEDBACK_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest wait in the poll loop before timers and signals are checked

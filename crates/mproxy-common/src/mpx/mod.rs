@@ -13,12 +13,14 @@
 //!    (or new input), then call `handle_timeout(now)` and go to 2.
 
 mod feedback;
+mod flow;
 mod receiver;
 mod repair;
 mod scheduler;
 mod sender;
 
 pub use feedback::{FeedbackTracker, PathKey, REPORT_LEN};
+pub use flow::{FlowConfig, FlowControl, FlowEvent, FlowStats};
 pub use repair::{RepairBuffer, RepairOutcome};
 pub use scheduler::{PathConfig, PathState, PathStats, Scheduler, SchedulerConfig};
 
@@ -110,6 +112,21 @@ impl Encoder {
     ) {
         if let Self::Mpx(s) = self {
             s.handle_nack(now, payload, emit);
+        }
+    }
+
+    /// Send a heartbeat now (mpx only): pokes receivers for their window
+    pub fn probe(&mut self, now: std::time::Instant, emit: impl FnMut(&[u8])) {
+        if let Self::Mpx(s) = self {
+            s.probe(now, emit);
+        }
+    }
+
+    /// Sequence number of the next DATA frame (mpx only)
+    pub fn next_seq(&self) -> Option<u32> {
+        match self {
+            Self::Raw(_) => None,
+            Self::Mpx(s) => Some(s.next_seq()),
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::extend_seq;
 use crate::wire::{
     classify, emit_nack, parse_nack, Datagram, Error as WireError, Flags, FrameType, NackRange,
-    Repr, HEADER_LEN, NACK_MAX_RANGES, NACK_RANGE_LEN,
+    Repr, WindowAdvert, HEADER_LEN, NACK_MAX_RANGES, NACK_RANGE_LEN, WINDOW_LEN,
 };
 
 /// Settings of a [`Receiver`]
@@ -37,6 +37,14 @@ pub struct ReceiverConfig {
     pub nack_interval: Duration,
     /// Ask at most this many times per gap
     pub nack_tries: u32,
+    /// Flow control: advertise each stream's window to its sender (WINDOW
+    /// frames, [`Receiver::poll_transmit`]) so it never sends more than the
+    /// reorder window can hold, and not faster than this receiver delivers
+    pub window: bool,
+    /// Frames advertised (at most `reorder_window`; 0: `reorder_window`):
+    /// also keep it within what the socket's receive buffer holds, or a
+    /// burst of a full window overflows the kernel queue
+    pub window_frames: usize,
     /// Seed of the NACK-delay jitter; 0 picks a random one. Simulations
     /// set it so a run can be replayed exactly.
     pub jitter_seed: u64,
@@ -55,6 +63,8 @@ impl Default for ReceiverConfig {
             nack_delay: Duration::from_millis(5),
             nack_interval: Duration::from_millis(50),
             nack_tries: 5,
+            window: false,
+            window_frames: 0,
             jitter_seed: 0,
         }
     }
@@ -227,11 +237,16 @@ pub struct ReceiverStats {
     pub nacks_sent: u64,
     /// NACKs not sent because another receiver's NACK covered them
     pub nacks_suppressed: u64,
+    /// WINDOW frames sent (flow control)
+    pub windows_sent: u64,
 }
 
-/// A datagram the receiver wants sent (a NACK)
+/// A datagram the receiver wants sent (a NACK or a WINDOW frame)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
+    /// What it is: [`FrameType::Nack`] (on a multicast group, worth sending
+    /// to the group too, for suppression) or [`FrameType::Window`]
+    pub frame_type: FrameType,
     /// Index of the receiving socket the stream arrived on (send from it)
     pub listener: usize,
     /// The sender's address
@@ -246,6 +261,12 @@ const EVICTABLE_AFTER: Duration = Duration::from_secs(2);
 const LOST_RANGES: usize = 32;
 /// Keep at most this many spare payload buffers
 const POOL: usize = 256;
+/// With flow control, re-advertise a stream's window at least this often
+/// (a sender held back by a lost WINDOW frame also pokes with a heartbeat,
+/// which is answered at once)...
+const WINDOW_REFRESH: Duration = Duration::from_millis(500);
+/// ...while it had a frame this recently
+const WINDOW_ACTIVE: Duration = Duration::from_secs(2);
 
 struct Stream {
     /// Next sequence number to deliver
@@ -280,6 +301,9 @@ struct Stream {
     nacked_upto: u64,
     /// ...the last time at this moment
     nacked_at: Option<Instant>,
+    /// `next` at the last window advertisement, and when it was sent
+    window_next: u64,
+    window_at: Option<Instant>,
     stats: StreamStats,
 }
 
@@ -493,6 +517,9 @@ impl Receiver {
             return;
         };
         if repr.frame_type == FrameType::Heartbeat {
+            // answered with a window at once: a sender held back by a lost
+            // WINDOW frame pokes with heartbeats
+            stream.window_at = None;
             // seq is the next sequence number the sender will use; with
             // FIN it is also the end of the stream
             if seq <= stream.next + (1 << 30) {
@@ -599,6 +626,8 @@ impl Receiver {
                 seen_upto: first,
                 nacked_upto: first,
                 nacked_at: None,
+                window_next: 0,
+                window_at: None,
                 stats: StreamStats {
                     first_seq: first,
                     ..StreamStats::default()
@@ -790,6 +819,56 @@ impl Receiver {
             stream.nack_at = None;
             stream.nack_tries = 0;
         }
+        if self.config.window {
+            self.advertise(now, key, false);
+        }
+    }
+
+    /// Queue a WINDOW frame for `key` if it is due: the head moved a
+    /// quarter window since the last one, none was sent yet, or
+    /// `refresh` and [`WINDOW_REFRESH`] has passed
+    fn advertise(&mut self, now: Instant, key: StreamKey, refresh: bool) {
+        let frames = match self.config.window_frames {
+            0 => self.config.reorder_window,
+            n => n.min(self.config.reorder_window),
+        } as u64;
+        let global = self.buffered_bytes;
+        let Some(stream) = self.streams.get_mut(&key) else {
+            return;
+        };
+        let moved = stream.next.saturating_sub(stream.window_next) >= (frames / 4).max(1);
+        let stale = refresh && stream.window_at.is_none_or(|t| now >= t + WINDOW_REFRESH);
+        if !(moved || stale || stream.window_at.is_none()) {
+            return;
+        }
+        let others = global.saturating_sub(stream.buffered_bytes);
+        let bytes = self
+            .config
+            .reorder_bytes
+            .min(self.config.memory_limit.saturating_sub(others));
+        let advert = WindowAdvert {
+            frames: u32::try_from(frames).unwrap_or(u32::MAX),
+            bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
+        };
+        let repr = Repr {
+            frame_type: FrameType::Window,
+            flags: Flags::NONE,
+            session: key.session,
+            stream: key.stream,
+            seq: stream.next as u32,
+        };
+        let mut bytes = vec![0u8; HEADER_LEN + WINDOW_LEN];
+        if repr.emit_with_payload(&mut bytes, &advert.emit()).is_ok() {
+            stream.window_next = stream.next;
+            stream.window_at = Some(now);
+            self.stats.windows_sent += 1;
+            self.transmits.push_back(Transmit {
+                frame_type: FrameType::Window,
+                listener: stream.listener,
+                to: stream.from,
+                bytes,
+            });
+        }
     }
 
     /// Another receiver's NACK for a stream we also miss frames of: if it
@@ -885,6 +964,7 @@ impl Receiver {
             if repr.emit_with_payload(&mut bytes, &payload).is_ok() {
                 self.stats.nacks_sent += 1;
                 self.transmits.push_back(Transmit {
+                    frame_type: FrameType::Nack,
                     listener: stream.listener,
                     to: stream.from,
                     bytes,
@@ -951,7 +1031,12 @@ impl Receiver {
             .map(|s| {
                 let idle = s.last_active + self.config.idle_timeout;
                 let gap = s.gap_since.map(|g| g + self.gap_timeout());
-                [Some(idle), gap, s.nack_at]
+                // refreshes are due while the stream is active
+                let window = s
+                    .window_at
+                    .map(|t| t + WINDOW_REFRESH)
+                    .filter(|t| self.config.window && *t < s.last_active + WINDOW_ACTIVE);
+                [Some(idle), gap, s.nack_at, window]
                     .into_iter()
                     .flatten()
                     .min()
@@ -964,6 +1049,17 @@ impl Receiver {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.config.nack {
             self.send_nacks(now);
+        }
+        if self.config.window {
+            let due: Vec<StreamKey> = self
+                .streams
+                .iter()
+                .filter(|(_, s)| now < s.last_active + WINDOW_ACTIVE)
+                .map(|(k, _)| *k)
+                .collect();
+            for key in due {
+                self.advertise(now, key, true);
+            }
         }
         let due: Vec<StreamKey> = self
             .streams

@@ -10,8 +10,8 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use socket::{
-    bind_receiver, bind_sender, kernel_drops, recv_meta, send_batch, RecvBatch, RecvMeta,
-    DEFAULT_RCVBUF,
+    bind_receiver, bind_sender, kernel_drops, recv_buffer_size, recv_meta, send_batch, RecvBatch,
+    RecvMeta, DEFAULT_RCVBUF,
 };
 
 use crate::addr::{Endpoint, Interface};

@@ -466,6 +466,16 @@ pub(crate) fn interface_addrs() -> Vec<(u32, IpAddr)> {
     out
 }
 
+/// The receive buffer the kernel granted `sock` (SO_RCVBUF as Linux
+/// reports it: twice the request, the budget datagrams are charged
+/// against with their bookkeeping overhead)
+///
+/// # Errors
+/// The OS error.
+pub fn recv_buffer_size(sock: &UdpSocket) -> io::Result<usize> {
+    socket2::SockRef::from(sock).recv_buffer_size()
+}
+
 /// Datagrams the kernel has dropped on this socket since it was created
 /// (SO_MEMINFO), e.g. because its receive queue was full
 ///

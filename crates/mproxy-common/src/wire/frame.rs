@@ -65,8 +65,10 @@ pub enum FrameType {
     Repair,
     /// Reserved: forward error correction symbol
     Fec,
-    /// Reserved: receiver feedback report (path health, flow control)
+    /// Receiver feedback report (path health)
     Feedback,
+    /// Receiver window advertisement (flow control)
+    Window,
     /// A code this implementation does not know
     Unknown(u8),
 }
@@ -80,6 +82,7 @@ impl From<u8> for FrameType {
             4 => Self::Repair,
             5 => Self::Fec,
             6 => Self::Feedback,
+            7 => Self::Window,
             other => Self::Unknown(other),
         }
     }
@@ -94,6 +97,7 @@ impl From<FrameType> for u8 {
             FrameType::Repair => 4,
             FrameType::Fec => 5,
             FrameType::Feedback => 6,
+            FrameType::Window => 7,
             FrameType::Unknown(v) => v & 0x0f,
         }
     }

@@ -30,9 +30,11 @@
 mod feedback;
 mod frame;
 mod nack;
+mod window;
 
 pub use feedback::{FeedbackReport, FEEDBACK_LEN};
 pub use nack::{emit_nack, parse_nack, NackRange, NACK_MAX_RANGES, NACK_RANGE_LEN};
+pub use window::{WindowAdvert, WINDOW_LEN};
 
 pub use frame::{
     classify, field, Datagram, Error, Flags, Frame, FrameType, Repr, HEADER_LEN, MAGIC, VERSION,
