@@ -98,6 +98,7 @@ mod output;
 mod poller;
 mod reassembly;
 pub mod stats;
+mod tls;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -109,10 +110,11 @@ use mproxy_common::cli::Shutdown;
 pub use crate::cli::{
     Accept, Cli, DEFAULT_CLIENT_QUEUE, DEFAULT_GROUP, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_DATAGRAM,
 };
-pub use crate::config::{Addr, Config};
+pub use crate::config::{Addr, Config, ListenAddr, SlowClient};
 use crate::input::{GroupTx, TcpInput, UdpInput};
 use crate::output::{TcpOutput, UdpOutput};
 pub use crate::stats::Stats;
+pub use crate::tls::{TlsServerOptions, DEFAULT_HANDSHAKE_TIMEOUT_SECS};
 
 /// The body of one component thread
 type Job = Box<dyn FnOnce() -> anyhow::Result<()> + Send>;
@@ -134,9 +136,18 @@ impl ReverseProxy {
     /// address. The threads run until `shutdown` is set.
     ///
     /// # Errors
-    /// An invalid [`Config`], or a socket that cannot be set up.
+    /// An invalid [`Config`], a TLS certificate, key or CA file that cannot
+    /// be used (one line naming the flag and the file), or a socket that
+    /// cannot be set up.
     pub fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
         config.validate()?;
+        // every file is read before anything is bound
+        let tls = if config.has_tls() {
+            Some(tls::server_config(&config.tls)?)
+        } else {
+            None
+        };
+        let tls_for = |a: &Addr| if a.tls { tls.clone() } else { None };
         let mut stats = Stats::default();
         let mut jobs: Vec<(String, Job)> = Vec::new();
         if config.has_inputs() {
@@ -147,13 +158,19 @@ impl ReverseProxy {
                 jobs.push((format!("udp input {addr}"), Box::new(move || c.run())));
             }
             for addr in &config.tcp_inputs {
-                let c = TcpInput::bind(addr, &config, Arc::clone(&group), shutdown.clone())?;
+                let c = TcpInput::bind(
+                    addr,
+                    &config,
+                    tls_for(addr),
+                    Arc::clone(&group),
+                    shutdown.clone(),
+                )?;
                 stats.tcp_inputs.push(Arc::clone(c.stats()));
                 jobs.push((format!("tcp input {addr}"), Box::new(move || c.run())));
             }
         }
         for addr in &config.tcp_outputs {
-            let c = TcpOutput::bind(addr, &config, shutdown.clone())?;
+            let c = TcpOutput::bind(addr, &config, tls_for(addr), shutdown.clone())?;
             stats.tcp_outputs.push(Arc::clone(c.stats()));
             jobs.push((format!("tcp output {addr}"), Box::new(move || c.run())));
         }
