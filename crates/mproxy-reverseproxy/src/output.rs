@@ -772,3 +772,113 @@ fn forward(fanout: &Fanout, stats: &UdpOutputStats, d: &[u8]) {
         stats.send_errors.inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+    /// A server and a client that trusts it, both in memory
+    fn pair() -> (ServerConnection, ClientConnection) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let der = CertificateDer::from(cert.der().to_vec());
+        let server = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").unwrap();
+        (
+            ServerConnection::new(Arc::new(server)).unwrap(),
+            ClientConnection::new(Arc::new(client), name).unwrap(),
+        )
+    }
+
+    /// Everything `from` has to send
+    fn records(
+        from: &mut impl std::ops::DerefMut<Target = rustls::ConnectionCommon<impl Sized>>,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut out).unwrap();
+        }
+        out
+    }
+
+    fn handshake(server: &mut ServerConnection, client: &mut ClientConnection) {
+        for _ in 0..10 {
+            let c = records(client);
+            if !c.is_empty() {
+                server.read_tls(&mut &c[..]).unwrap();
+                server.process_new_packets().unwrap();
+            }
+            let s = records(server);
+            if !s.is_empty() {
+                client.read_tls(&mut &s[..]).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            if !server.is_handshaking() && !client.is_handshaking() {
+                return;
+            }
+        }
+        panic!("no handshake");
+    }
+
+    #[test]
+    fn test_discard_tls_drops_plaintext_and_sees_close_notify() {
+        let (mut server, mut client) = pair();
+        handshake(&mut server, &mut client);
+        // 200 kB of chatter: more than rustls buffers as plaintext, so it
+        // must be drained as it goes
+        let mut chatter = Vec::new();
+        for _ in 0..20 {
+            client.writer().write_all(&[7u8; 10_000]).unwrap();
+            chatter.extend(records(&mut client));
+        }
+        assert!(
+            !discard_tls(&mut server, &chatter).unwrap(),
+            "not closed yet"
+        );
+        client.send_close_notify();
+        let close = records(&mut client);
+        assert!(
+            discard_tls(&mut server, &close).unwrap(),
+            "close_notify seen"
+        );
+    }
+
+    #[test]
+    fn test_discard_tls_rejects_garbage() {
+        let (mut server, mut client) = pair();
+        handshake(&mut server, &mut client);
+        let e = discard_tls(&mut server, b"GET / HTTP/1.1\r\n\r\n").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(tls::explain_io(&e).starts_with("TLS: "), "{e}");
+    }
+
+    #[test]
+    fn test_end_messages() {
+        assert!(End::Kicked.to_string().contains("--slow-client disconnect"));
+        let e = End::Tls("not finished after 10 s (--tls-handshake-timeout)".into());
+        assert!(e
+            .to_string()
+            .starts_with("TLS handshake failed: not finished"));
+    }
+}
