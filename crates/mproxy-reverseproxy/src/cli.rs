@@ -4,6 +4,10 @@ use clap::Parser;
 use mproxy_common::cli::{parse_max_datagram, CommonArgs};
 use mproxy_common::pack::Framing;
 use mproxy_common::Endpoint;
+use std::path::PathBuf;
+
+use crate::config::{ListenAddr, SlowClient};
+use crate::tls::DEFAULT_HANDSHAKE_TIMEOUT_SECS;
 
 /// Default group: an administratively scoped IPv4 group (RFC 2365)
 ///
@@ -60,6 +64,13 @@ EXAMPLES:
       --tcp-output-addr 0.0.0.0:9100 --udp-output-addr 10.0.0.5:9930
   mproxy-server --listen-addr 10.0.0.5:9930 --path 'out/{session}-{stream}.log'
 
+  # TLS: readers must present a certificate from clients-ca.pem; a reader
+  # that falls behind is disconnected instead of getting gaps
+  mproxy-reverseproxy --udp-listen-addr 0.0.0.0:9920 --tcp-output-addr tls://0.0.0.0:9443 \\
+      --tls-cert server.pem --tls-key server.key --tls-client-ca clients-ca.pem \\
+      --slow-client disconnect --client-queue 1024
+  openssl s_client -connect host:9443 -cert reader.pem -key reader.key -quiet
+
 Inputs send to the group with multicast loopback on (--loop on, the
 default), so outputs on the same host receive them; --loop off only makes
 sense when the outputs run on other hosts. Logs go to stderr; stdout only
@@ -84,9 +95,10 @@ pub struct Cli {
 
     /// TCP address to accept connections on; each connection's bytes are
     /// cut into datagrams (see --framing, --max-datagram) and sent to the
-    /// group. Repeatable
-    #[arg(long = "tcp-listen-addr", value_name = "HOST:PORT")]
-    pub tcp_listen_addr: Vec<Endpoint>,
+    /// group. Written tls://HOST:PORT, the listener speaks TLS (see
+    /// --tls-cert). Repeatable
+    #[arg(long = "tcp-listen-addr", value_name = "[tls://]HOST:PORT")]
+    pub tcp_listen_addr: Vec<ListenAddr>,
 
     /// The multicast group that joins inputs to outputs. The default is an
     /// administratively scoped IPv4 group (RFC 2365), not the original's
@@ -99,9 +111,11 @@ pub struct Cli {
     /// TCP address to accept readers on; every connected client receives
     /// the payloads of the group's datagrams, concatenated (mpx frames are
     /// reassembled in order per stream and their headers stripped, see
-    /// --accept). Repeatable
-    #[arg(long = "tcp-output-addr", value_name = "HOST:PORT")]
-    pub tcp_output_addr: Vec<Endpoint>,
+    /// --accept). Written tls://HOST:PORT, the listener speaks TLS (see
+    /// --tls-cert); the handshake runs in the client's own writer thread,
+    /// so it never holds up the group or the other clients. Repeatable
+    #[arg(long = "tcp-output-addr", value_name = "[tls://]HOST:PORT")]
+    pub tcp_output_addr: Vec<ListenAddr>,
 
     /// UDP address to forward every datagram of the group to, as is (mpx
     /// frames included, so a downstream mproxy-server can reassemble them).
@@ -157,10 +171,38 @@ pub struct Cli {
     pub max_streams: usize,
 
     /// Datagrams queued per TCP output client; when a client's queue is
-    /// full, datagrams are dropped for that client only, and counted
+    /// full, --slow-client decides, and what the client missed is counted
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CLIENT_QUEUE,
           value_parser = parse_count)]
     pub client_queue: usize,
+
+    /// What happens to a TCP output client whose queue (--client-queue) is
+    /// full: 'drop' drops datagrams for it only (it stays connected, with a
+    /// gap), 'disconnect' closes its connection at once. Either way the
+    /// group and the other clients never wait for it, and what it missed is
+    /// counted per client, logged when it leaves and in the summary
+    #[arg(long, value_name = "drop|disconnect", default_value = "drop")]
+    pub slow_client: SlowClient,
+
+    /// PEM certificate chain of the tls:// listeners (server certificate
+    /// first)
+    #[arg(long, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1)
+    #[arg(long, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM file of CA certificates: the tls:// listeners then require
+    /// every client to present a certificate issued by one of them (mutual
+    /// TLS); clients without one are refused
+    #[arg(long, value_name = "PEM")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Seconds a client of a tls:// listener may take to finish its TLS
+    /// handshake before it is disconnected (counted)
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT_SECS)]
+    pub tls_handshake_timeout: u64,
 
     /// Connections per TCP listener (input or output); more are accepted,
     /// closed at once and counted
@@ -199,6 +241,9 @@ mod tests {
         assert_eq!(cli.max_datagram, 1472);
         assert_eq!(cli.client_queue, 4096);
         assert_eq!(cli.max_clients, 256);
+        assert_eq!(cli.slow_client, SlowClient::Drop);
+        assert_eq!(cli.tls_handshake_timeout, 10);
+        assert!(cli.tls_cert.is_none() && cli.tls_key.is_none() && cli.tls_client_ca.is_none());
         assert!(cli.common.multicast_loop);
         assert!(!cli.tee);
         assert!(!cli.mpx && !cli.udp_output_strip);
@@ -253,6 +298,8 @@ mod tests {
             &["x", "--framing", "words"],
             &["x", "--accept", "mixed"],
             &["x", "--reorder-window", "-1"],
+            &["x", "--slow-client", "block"],
+            &["x", "--tcp-output-addr", "ssl://127.0.0.1:1"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }

@@ -14,6 +14,7 @@ use mproxy_common::{AddrError, Endpoint, SocketOptions};
 
 use crate::cli::DEFAULT_MAX_DATAGRAM;
 use crate::cli::{Accept, Cli, DEFAULT_CLIENT_QUEUE, DEFAULT_GROUP, DEFAULT_MAX_CLIENTS};
+use crate::tls::TlsServerOptions;
 
 /// An address as the user wrote it, with what it resolved to
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,16 +23,34 @@ pub struct Addr {
     pub spec: Endpoint,
     /// What it resolved to
     pub addr: SocketAddr,
+    /// A TCP listener written `tls://host:port`: it speaks TLS (see
+    /// [`Config::tls`]); never set for UDP addresses
+    pub tls: bool,
 }
 
 impl Addr {
-    /// Resolve `spec` (literals need no resolver)
+    /// Resolve `spec` (literals need no resolver); a plain address
     ///
     /// # Errors
     /// A host name that does not resolve, or an unknown IPv6 zone.
     pub fn resolve(spec: Endpoint) -> Result<Self, AddrError> {
         let addr = spec.resolve()?;
-        Ok(Self { spec, addr })
+        Ok(Self {
+            spec,
+            addr,
+            tls: false,
+        })
+    }
+
+    /// Resolve a listener as written on the command line
+    ///
+    /// # Errors
+    /// As [`Addr::resolve`].
+    pub fn resolve_listen(listen: ListenAddr) -> Result<Self, AddrError> {
+        Ok(Self {
+            tls: listen.tls,
+            ..Self::resolve(listen.endpoint)?
+        })
     }
 }
 
@@ -40,6 +59,7 @@ impl From<SocketAddr> for Addr {
         Self {
             spec: Endpoint::from_socket_addr(addr),
             addr,
+            tls: false,
         }
     }
 }
@@ -47,14 +67,17 @@ impl From<SocketAddr> for Addr {
 impl FromStr for Addr {
     type Err = AddrError;
 
-    /// Parse and resolve `host:port`
+    /// Parse and resolve `host:port`, `tcp://host:port` or `tls://host:port`
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::resolve(s.parse()?)
+        Self::resolve_listen(s.parse()?)
     }
 }
 
 impl fmt::Display for Addr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.tls {
+            f.write_str("tls://")?;
+        }
         let spec = self.spec.to_string();
         if spec == self.addr.to_string() || self.spec.ip().is_some() {
             f.write_str(&spec)
@@ -62,6 +85,57 @@ impl fmt::Display for Addr {
             write!(f, "{spec} ({})", self.addr)
         }
     }
+}
+
+/// A TCP listener as written: `host:port` or `tcp://host:port` for plain
+/// TCP, `tls://host:port` for TLS (the scheme syntax of `mproxy-proxy`'s
+/// `--tcp-connect-addr`)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenAddr {
+    /// Written `tls://`
+    pub tls: bool,
+    /// The address
+    pub endpoint: Endpoint,
+}
+
+impl FromStr for ListenAddr {
+    type Err = AddrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (tls, rest) = if let Some(rest) = s.strip_prefix("tls://") {
+            (true, rest)
+        } else if let Some(rest) = s.strip_prefix("tcp://") {
+            (false, rest)
+        } else {
+            (false, s)
+        };
+        Ok(Self {
+            tls,
+            endpoint: rest.parse()?,
+        })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.tls {
+            f.write_str("tls://")?;
+        }
+        write!(f, "{}", self.endpoint)
+    }
+}
+
+/// What happens to a TCP output client whose queue is full (`--slow-client`)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SlowClient {
+    /// Drop datagrams for that client only (counted as missed); it stays
+    /// connected and gets what arrives once its queue has room again
+    #[default]
+    Drop,
+    /// Disconnect it at once; what it missed (the datagram that did not
+    /// fit, and everything still queued or half-written) is counted and
+    /// logged
+    Disconnect,
 }
 
 /// Everything [`ReverseProxy::start`](crate::ReverseProxy::start) needs
@@ -76,8 +150,10 @@ pub struct Config {
     /// UDP sockets whose datagrams are sent to the group
     pub udp_inputs: Vec<Addr>,
     /// TCP listeners whose connections' bytes are sent to the group
+    /// (`tls` set: TLS listeners)
     pub tcp_inputs: Vec<Addr>,
-    /// TCP listeners whose clients receive the group's payloads
+    /// TCP listeners whose clients receive the group's payloads (`tls`
+    /// set: TLS listeners)
     pub tcp_outputs: Vec<Addr>,
     /// UDP destinations the group's datagrams are forwarded to
     pub udp_outputs: Vec<Addr>,
@@ -98,8 +174,12 @@ pub struct Config {
     pub receiver: ReceiverConfig,
     /// Datagrams queued per TCP output client before it loses datagrams
     pub client_queue: usize,
+    /// What happens to a TCP output client whose queue is full
+    pub slow_client: SlowClient,
     /// Connections per TCP listener
     pub max_clients: usize,
+    /// Certificate, key and client CA of the `tls://` listeners
+    pub tls: TlsServerOptions,
     /// Copy what the inputs send to the group to stdout
     pub tee: bool,
     /// Interface, TTL, loopback, SSM sources and buffer sizes. `sources`
@@ -125,7 +205,9 @@ impl Default for Config {
             accept: Accept::Auto,
             receiver: ReceiverConfig::default(),
             client_queue: DEFAULT_CLIENT_QUEUE,
+            slow_client: SlowClient::Drop,
             max_clients: DEFAULT_MAX_CLIENTS,
+            tls: TlsServerOptions::default(),
             tee: false,
             socket: SocketOptions::default(),
         }
@@ -144,11 +226,17 @@ impl TryFrom<Cli> for Config {
                 .map(|e| Addr::resolve(e).with_context(|| format!("--{flag}")))
                 .collect()
         };
+        let resolve_listen = |flag: &str, specs: Vec<ListenAddr>| -> anyhow::Result<Vec<Addr>> {
+            specs
+                .into_iter()
+                .map(|e| Addr::resolve_listen(e).with_context(|| format!("--{flag}")))
+                .collect()
+        };
         let config = Self {
             group: Addr::resolve(cli.multicast_addr).context("--multicast-addr")?,
             udp_inputs: resolve_all("udp-listen-addr", cli.udp_listen_addr)?,
-            tcp_inputs: resolve_all("tcp-listen-addr", cli.tcp_listen_addr)?,
-            tcp_outputs: resolve_all("tcp-output-addr", cli.tcp_output_addr)?,
+            tcp_inputs: resolve_listen("tcp-listen-addr", cli.tcp_listen_addr)?,
+            tcp_outputs: resolve_listen("tcp-output-addr", cli.tcp_output_addr)?,
             udp_outputs: resolve_all("udp-output-addr", cli.udp_output_addr)?,
             udp_output_strip: cli.udp_output_strip,
             framing: cli.framing,
@@ -162,7 +250,14 @@ impl TryFrom<Cli> for Config {
                 ..ReceiverConfig::default()
             },
             client_queue: cli.client_queue,
+            slow_client: cli.slow_client,
             max_clients: cli.max_clients,
+            tls: TlsServerOptions {
+                cert: cli.tls_cert,
+                key: cli.tls_key,
+                client_ca: cli.tls_client_ca,
+                handshake_timeout: Duration::from_secs(cli.tls_handshake_timeout),
+            },
             tee: cli.tee,
             socket: cli.common.socket_options(),
         };
@@ -180,6 +275,14 @@ impl Config {
     /// True if there is at least one output
     pub fn has_outputs(&self) -> bool {
         !self.tcp_outputs.is_empty() || !self.udp_outputs.is_empty()
+    }
+
+    /// True if at least one TCP listener is `tls://`
+    pub fn has_tls(&self) -> bool {
+        self.tcp_inputs
+            .iter()
+            .chain(&self.tcp_outputs)
+            .any(|a| a.tls)
     }
 
     /// Check the combination of settings without touching the network
@@ -220,6 +323,15 @@ impl Config {
             bail!("--max-clients must be at least 1");
         }
         self.validate_mpx()?;
+        self.tls.validate(self.has_tls())?;
+        if let Some(a) = self
+            .udp_inputs
+            .iter()
+            .chain(&self.udp_outputs)
+            .find(|a| a.tls)
+        {
+            bail!("{a}: TLS only applies to TCP listeners");
+        }
         for out in &self.udp_outputs {
             if out.addr.port() == 0 || out.addr.ip().is_unspecified() {
                 bail!("--udp-output-addr {out}: not a destination address");
@@ -367,6 +479,7 @@ mod tests {
         let named = Addr {
             spec: "localhost:9200".parse().unwrap(),
             addr: "127.0.0.1:9200".parse().unwrap(),
+            tls: false,
         };
         assert_eq!(named.to_string(), "localhost:9200 (127.0.0.1:9200)");
         assert!(c.socket.multicast_loop, "loop must default to on");
@@ -571,5 +684,66 @@ mod tests {
         assert!(!c.mpx && !c.udp_output_strip);
         assert_eq!(c.accept, Accept::Auto);
         Config::default().validate().unwrap_err();
+    }
+
+    #[test]
+    fn test_tls_listeners_and_flags() {
+        let c = config(&[
+            "--tcp-output-addr",
+            "tls://127.0.0.1:9100",
+            "--tcp-listen-addr",
+            "tcp://127.0.0.1:9000",
+            "--tcp-listen-addr",
+            "tls://[::1]:9001",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--slow-client",
+            "disconnect",
+        ])
+        .unwrap();
+        assert!(c.tcp_outputs[0].tls && !c.tcp_inputs[0].tls && c.tcp_inputs[1].tls);
+        assert_eq!(c.tcp_outputs[0].to_string(), "tls://127.0.0.1:9100");
+        assert_eq!(c.tcp_inputs[0].to_string(), "127.0.0.1:9000");
+        assert_eq!(c.slow_client, SlowClient::Disconnect);
+        assert!(c.has_tls());
+        assert_eq!(c.tls.handshake_timeout, Duration::from_secs(10));
+        // a tls:// listener needs a certificate and key
+        let e = err(&["--tcp-output-addr", "tls://127.0.0.1:9100"]);
+        assert!(e.contains("needs --tls-cert and --tls-key"), "{e}");
+        // TLS flags need a tls:// listener
+        let e = err(&[
+            "--tcp-output-addr",
+            "127.0.0.1:9100",
+            "--tls-client-ca",
+            "ca.pem",
+        ]);
+        assert!(
+            e.starts_with("--tls-client-ca only applies to TLS listeners"),
+            "{e}"
+        );
+        // the same port twice, once plain and once TLS
+        let e = err(&[
+            "--tcp-output-addr",
+            "127.0.0.1:9100",
+            "--tcp-output-addr",
+            "tls://127.0.0.1:9100",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ]);
+        assert!(e.contains("are the same address"), "{e}");
+        // library users write the scheme too
+        let a: Addr = "tls://127.0.0.1:1".parse().unwrap();
+        assert!(a.tls);
+        assert!("ssl://127.0.0.1:1".parse::<Addr>().is_err());
+        assert_eq!(
+            config(&["--tcp-output-addr", "127.0.0.1:9100"])
+                .unwrap()
+                .slow_client,
+            SlowClient::Drop
+        );
     }
 }

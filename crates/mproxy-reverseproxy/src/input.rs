@@ -5,6 +5,12 @@
 //! out as sequenced frames, an idle stream sends a heartbeat every second,
 //! and a connection that ends sends FIN and then its closing heartbeats
 //! (about 150 ms, at most [`CLOSING_LIMIT`]) although the socket is gone.
+//!
+//! A `tls://` TCP input drives each connection's rustls session in the
+//! same non-blocking poll loop (read records, decrypt, write handshake
+//! records when the socket takes them): a slow or silent handshake never
+//! blocks the other connections, and one not finished after
+//! `--tls-handshake-timeout` is closed and counted.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read as _};
@@ -23,10 +29,12 @@ use mproxy_common::pack::Framing;
 use mproxy_common::stats::LogLimiter;
 use mproxy_common::wire::{classify, Datagram, Frame, FrameType, HEADER_LEN};
 use mproxy_common::{Fanout, SocketOptions};
+use rustls::{ServerConfig, ServerConnection};
 
 use crate::config::{Addr, Config};
-use crate::poller::{drain_udp, register, timeout_until, wait, RecvLogs};
+use crate::poller::{drain_udp, register, register_rw, timeout_until, wait, RecvLogs};
 use crate::stats::{TcpInputStats, UdpInputStats};
+use crate::tls;
 
 /// Heartbeat interval of an idle mpx stream
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -356,6 +364,10 @@ struct Conn {
     lease: Option<StreamLease>,
     /// Not yet read to `WouldBlock` since the last readiness event
     readable: bool,
+    /// The TLS session of a `tls://` input
+    tls: Option<Box<ServerConnection>>,
+    /// When it was accepted (for the TLS handshake timeout)
+    opened: Instant,
     bytes_in: u64,
     datagrams: u64,
     split_lines: u64,
@@ -372,6 +384,8 @@ struct Closing {
 enum End {
     Eof,
     Error(io::Error),
+    /// The TLS handshake failed or timed out, or a record was invalid
+    Tls(String),
     Shutdown,
 }
 
@@ -386,6 +400,9 @@ pub(crate) struct TcpInput {
     framing: Framing,
     max_datagram: usize,
     max_clients: usize,
+    /// `Some` for a `tls://` input
+    tls: Option<Arc<ServerConfig>>,
+    handshake_timeout: Duration,
     shutdown: Shutdown,
     log_conn: LogLimiter,
     log_reject: LogLimiter,
@@ -393,10 +410,11 @@ pub(crate) struct TcpInput {
 }
 
 impl TcpInput {
-    /// Bind the listener
+    /// Bind the listener; `tls` for a `tls://` input
     pub(crate) fn bind(
         addr: &Addr,
         config: &Config,
+        tls: Option<Arc<ServerConfig>>,
         group: Arc<GroupTx>,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
@@ -414,6 +432,8 @@ impl TcpInput {
             framing: config.framing,
             max_datagram: config.max_datagram,
             max_clients: config.max_clients,
+            tls,
+            handshake_timeout: config.tls.handshake_timeout,
             shutdown,
             log_conn: LogLimiter::default(),
             log_reject: LogLimiter::default(),
@@ -454,8 +474,15 @@ impl TcpInput {
             // accept (EMFILE) is retried at the next tick
             self.accept_all(&mut conns, &mut next_token);
             let mut ended = Vec::new();
-            for (token, conn) in conns.iter_mut().filter(|(_, c)| c.readable) {
-                if let Some(end) = self.read_some(conn, &mut buf) {
+            let now = Instant::now();
+            for (token, conn) in conns.iter_mut() {
+                let end = if conn.readable {
+                    self.read_some(conn, &mut buf)
+                } else {
+                    None
+                };
+                let end = end.or_else(|| self.handshake_overdue(conn, now));
+                if let Some(end) = end {
                     ended.push((*token, end));
                 }
             }
@@ -538,9 +565,32 @@ impl TcpInput {
             };
             let token = Token(*next_token);
             *next_token = next_token.wrapping_add(1).max(1);
-            let setup = stream
-                .set_nonblocking(true)
-                .and_then(|()| register(&self.poll, stream.as_raw_fd(), token));
+            let session = match self
+                .tls
+                .as_ref()
+                .map(|c| ServerConnection::new(Arc::clone(c)))
+            {
+                None => None,
+                Some(Ok(session)) => Some(Box::new(session)),
+                Some(Err(e)) => {
+                    self.stats.tls_failures.inc();
+                    if let Some(suppressed) = self.log_accept.allow() {
+                        tracing::warn!(
+                            suppressed,
+                            "closed connection from {peer}: {}",
+                            tls::explain(&e)
+                        );
+                    }
+                    continue;
+                }
+            };
+            let setup = stream.set_nonblocking(true).and_then(|()| {
+                if session.is_some() {
+                    register_rw(&self.poll, stream.as_raw_fd(), token)
+                } else {
+                    register(&self.poll, stream.as_raw_fd(), token)
+                }
+            });
             if let Err(e) = setup {
                 self.stats.accept_errors.inc();
                 if let Some(suppressed) = self.log_accept.allow() {
@@ -566,6 +616,8 @@ impl TcpInput {
                     ),
                     lease,
                     readable: true,
+                    tls: session,
+                    opened: Instant::now(),
                     bytes_in: 0,
                     datagrams: 0,
                     split_lines: 0,
@@ -574,28 +626,96 @@ impl TcpInput {
         }
     }
 
+    /// A TLS connection still handshaking after `--tls-handshake-timeout`
+    fn handshake_overdue(&self, conn: &Conn, now: Instant) -> Option<End> {
+        let handshaking = conn.tls.as_ref().is_some_and(|t| t.is_handshaking());
+        (handshaking && now.saturating_duration_since(conn.opened) >= self.handshake_timeout).then(
+            || {
+                End::Tls(format!(
+                    "TLS handshake not finished after {} s (--tls-handshake-timeout)",
+                    self.handshake_timeout.as_secs()
+                ))
+            },
+        )
+    }
+
+    /// Hand bytes read from a connection to its encoder
+    fn push(&self, conn: &mut Conn, data: &[u8]) {
+        let n = data.len() as u64;
+        conn.bytes_in += n;
+        self.stats.bytes_in.add(n);
+        conn.encoder.push(Instant::now(), data, |d| {
+            send(&self.group, &self.stats, &mut conn.datagrams, d)
+        });
+        let split = conn.encoder.split_lines();
+        self.stats.split_lines.add(split - conn.split_lines);
+        conn.split_lines = split;
+    }
+
     /// Read a few times; `Some` when the connection has ended
     fn read_some(&self, conn: &mut Conn, buf: &mut [u8]) -> Option<End> {
+        if let Some(mut session) = conn.tls.take() {
+            let end = self.read_some_tls(conn, &mut session, buf);
+            conn.tls = Some(session);
+            return end;
+        }
         for _ in 0..READS_PER_TURN {
             match (&conn.stream).read(buf) {
                 // EOF: the peer is done. Never read again, never send anything empty.
                 Ok(0) => return Some(End::Eof),
-                Ok(n) => {
-                    conn.bytes_in += n as u64;
-                    self.stats.bytes_in.add(n as u64);
-                    conn.encoder.push(Instant::now(), &buf[..n], |d| {
-                        send(&self.group, &self.stats, &mut conn.datagrams, d)
-                    });
-                    let split = conn.encoder.split_lines();
-                    self.stats.split_lines.add(split - conn.split_lines);
-                    conn.split_lines = split;
-                }
+                Ok(n) => self.push(conn, &buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.readable = false;
                     return None;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Some(End::Error(e)),
+            }
+        }
+        None
+    }
+
+    /// [`TcpInput::read_some`] for a TLS connection: read records, decrypt,
+    /// and write what the session has to say (handshake, alerts), never
+    /// blocking
+    fn read_some_tls(
+        &self,
+        conn: &mut Conn,
+        session: &mut ServerConnection,
+        buf: &mut [u8],
+    ) -> Option<End> {
+        for _ in 0..READS_PER_TURN {
+            let eof = match session.read_tls(&mut &conn.stream) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.readable = false;
+                    return flush_tls(session, &conn.stream);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Some(End::Error(e)),
+            };
+            if let Err(e) = session.process_new_packets() {
+                // the alert tells the client why (best effort)
+                let _ = session.write_tls(&mut &conn.stream);
+                return Some(End::Tls(tls::explain(&e)));
+            }
+            loop {
+                match session.reader().read(buf) {
+                    // close_notify: the peer is done
+                    Ok(0) => return Some(End::Eof),
+                    Ok(n) => self.push(conn, &buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    // TCP EOF without close_notify: everything read was delivered
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Some(End::Eof),
+                    Err(e) => return Some(End::Error(e)),
+                }
+            }
+            if let Some(end) = flush_tls(session, &conn.stream) {
+                return Some(end);
+            }
+            if eof {
+                return Some(End::Eof);
             }
         }
         None
@@ -618,7 +738,11 @@ impl TcpInput {
             End::Eof => "closed by peer".to_string(),
             End::Error(e) => {
                 self.stats.read_errors.inc();
-                format!("failed: {e}")
+                format!("failed: {}", tls::explain_io(e))
+            }
+            End::Tls(why) => {
+                self.stats.tls_failures.inc();
+                format!("failed: {why}")
             }
             End::Shutdown => "closed at shutdown".to_string(),
         };
@@ -647,6 +771,20 @@ impl TcpInput {
             until: now + CLOSING_LIMIT,
         })
     }
+}
+
+/// Write the records a TLS session holds, as far as the socket takes them
+/// (the rest when it is writable again); `Some` if the connection failed
+fn flush_tls(session: &mut ServerConnection, mut stream: &TcpStream) -> Option<End> {
+    while session.wants_write() {
+        match session.write_tls(&mut stream) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Some(End::Error(e)),
+        }
+    }
+    None
 }
 
 fn send(group: &GroupTx, stats: &TcpInputStats, datagrams: &mut u64, d: &[u8]) {

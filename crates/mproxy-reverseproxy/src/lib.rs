@@ -20,8 +20,12 @@
 //! inputs.
 //!
 //! A TCP output serves each client from its own writer thread and bounded
-//! queue (`--client-queue`); a client that does not keep up loses datagrams
-//! (counted per client), never delays the group or the other clients. The
+//! queue (`--client-queue`); a client that does not keep up never delays
+//! the group or the other clients. What happens to it is `--slow-client`:
+//! `drop` (the default) drops datagrams for it only, `disconnect` closes
+//! its connection the moment its queue is full. Either way what it missed
+//! is counted per client ([`stats::ClientStats::drops`]), logged when it
+//! leaves and listed in the summary. The
 //! number of clients per listener is capped (`--max-clients`). Memory is
 //! therefore bounded: payloads are shared between the queues, so at most
 //! `--client-queue` × `--max-clients` datagrams per TCP output are held (6
@@ -30,6 +34,21 @@
 //! that closes normally is dropped at the next datagram written to it,
 //! because until then it may only have half-closed (`ncat < /dev/null`
 //! does) and still be reading.
+//!
+//! ## TLS
+//!
+//! A `--tcp-output-addr` or `--tcp-listen-addr` written `tls://HOST:PORT`
+//! (the scheme syntax of `mproxy-proxy --tcp-connect-addr`; `tcp://` and no
+//! scheme mean plain TCP) speaks TLS 1.2/1.3 (rustls with *ring*) with the
+//! certificate chain of `--tls-cert` and the key of `--tls-key`. With
+//! `--tls-client-ca` every client must present a certificate issued by one
+//! of that file's CAs; clients without one are refused. Every file is read
+//! before anything is bound: a missing or malformed one is exit 2 with one
+//! line naming the flag and the file. A handshake never blocks anyone
+//! else: an output client's runs in its own writer thread, an input's in
+//! the input's non-blocking poll loop; one not finished after
+//! `--tls-handshake-timeout` seconds (10) is closed. Failed handshakes are
+//! counted per listener ("TLS failures") and logged rate-limited.
 //!
 //! ## mpx
 //!
@@ -76,6 +95,7 @@
 //!
 //! let config = Config {
 //!     tcp_inputs: vec!["127.0.0.1:9000".parse()?],
+//!     // "tls://127.0.0.1:9443" with `tls: TlsServerOptions { cert, key, .. }`
 //!     tcp_outputs: vec!["127.0.0.1:9100".parse()?],
 //!     ..Config::default()
 //! };
@@ -98,6 +118,7 @@ mod output;
 mod poller;
 mod reassembly;
 pub mod stats;
+mod tls;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -109,10 +130,11 @@ use mproxy_common::cli::Shutdown;
 pub use crate::cli::{
     Accept, Cli, DEFAULT_CLIENT_QUEUE, DEFAULT_GROUP, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_DATAGRAM,
 };
-pub use crate::config::{Addr, Config};
+pub use crate::config::{Addr, Config, ListenAddr, SlowClient};
 use crate::input::{GroupTx, TcpInput, UdpInput};
 use crate::output::{TcpOutput, UdpOutput};
 pub use crate::stats::Stats;
+pub use crate::tls::{TlsServerOptions, DEFAULT_HANDSHAKE_TIMEOUT_SECS};
 
 /// The body of one component thread
 type Job = Box<dyn FnOnce() -> anyhow::Result<()> + Send>;
@@ -134,9 +156,18 @@ impl ReverseProxy {
     /// address. The threads run until `shutdown` is set.
     ///
     /// # Errors
-    /// An invalid [`Config`], or a socket that cannot be set up.
+    /// An invalid [`Config`], a TLS certificate, key or CA file that cannot
+    /// be used (one line naming the flag and the file), or a socket that
+    /// cannot be set up.
     pub fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
         config.validate()?;
+        // every file is read before anything is bound
+        let tls = if config.has_tls() {
+            Some(tls::server_config(&config.tls)?)
+        } else {
+            None
+        };
+        let tls_for = |a: &Addr| if a.tls { tls.clone() } else { None };
         let mut stats = Stats::default();
         let mut jobs: Vec<(String, Job)> = Vec::new();
         if config.has_inputs() {
@@ -147,13 +178,19 @@ impl ReverseProxy {
                 jobs.push((format!("udp input {addr}"), Box::new(move || c.run())));
             }
             for addr in &config.tcp_inputs {
-                let c = TcpInput::bind(addr, &config, Arc::clone(&group), shutdown.clone())?;
+                let c = TcpInput::bind(
+                    addr,
+                    &config,
+                    tls_for(addr),
+                    Arc::clone(&group),
+                    shutdown.clone(),
+                )?;
                 stats.tcp_inputs.push(Arc::clone(c.stats()));
                 jobs.push((format!("tcp input {addr}"), Box::new(move || c.run())));
             }
         }
         for addr in &config.tcp_outputs {
-            let c = TcpOutput::bind(addr, &config, shutdown.clone())?;
+            let c = TcpOutput::bind(addr, &config, tls_for(addr), shutdown.clone())?;
             stats.tcp_outputs.push(Arc::clone(c.stats()));
             jobs.push((format!("tcp output {addr}"), Box::new(move || c.run())));
         }

@@ -15,12 +15,23 @@
 //! bounded queue without ever blocking: when a queue is full the datagram
 //! is dropped for that client only, and counted. A slow or stalled client
 //! therefore costs nothing but its own completeness; the group socket and
-//! the other clients never wait for it.
+//! the other clients never wait for it. With `--slow-client disconnect`
+//! the hub instead cuts the client off at once (`shutdown(2)` on its
+//! socket, which also ends a write it is blocked in) and stops queueing
+//! for it; either way what the client missed is counted in its
+//! [`ClientStats::drops`] and logged when it leaves.
+//!
+//! A `tls://` output runs the TLS handshake in the client's writer thread,
+//! over the same blocking socket with 100 ms timeouts, and gives up after
+//! `--tls-handshake-timeout`: a client that stalls its handshake only
+//! occupies its own thread and slot, never the hub. Until the handshake is
+//! done, payloads wait in the client's queue like for any slow client.
 
 use std::fmt;
 use std::io::{self, Write as _};
 use std::net::{Shutdown as Both, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -33,12 +44,14 @@ use mproxy_common::mpx::ReceiverConfig;
 use mproxy_common::net::{bind_receiver, RECV_BUF_LEN};
 use mproxy_common::stats::{Counter, LogLimiter};
 use mproxy_common::Fanout;
+use rustls::{ServerConfig, ServerConnection};
 
 use crate::cli::Accept;
-use crate::config::{Addr, Config};
+use crate::config::{Addr, Config, SlowClient};
 use crate::poller::{drain_udp, register, timeout_until, wait, RecvLogs, TICK};
 use crate::reassembly::Reassembly;
 use crate::stats::{ClientStats, TcpOutputStats, UdpOutputStats};
+use crate::tls;
 
 const GROUP: Token = Token(0);
 const LISTENER: Token = Token(1);
@@ -63,6 +76,11 @@ struct Client {
     queued: Counter,
     handle: JoinHandle<End>,
     log: LogLimiter,
+    /// Set by the hub when it disconnects the client (`--slow-client
+    /// disconnect`); nothing more is queued for it
+    kicked: Arc<AtomicBool>,
+    /// The client's socket, shared with its writer so the hub can cut it off
+    stream: Arc<TcpStream>,
 }
 
 /// Why a client writer stopped
@@ -73,6 +91,10 @@ enum End {
     Stalled,
     /// The client closed or reset the connection
     Gone(io::Error),
+    /// The hub disconnected it: its queue was full (`--slow-client disconnect`)
+    Kicked,
+    /// Its TLS handshake failed or timed out (the reason, one line)
+    Tls(String),
     /// The writer thread panicked (a bug)
     Panicked,
 }
@@ -82,7 +104,11 @@ impl fmt::Display for End {
         match self {
             Self::Stopped => f.write_str("stopped"),
             Self::Stalled => f.write_str("stopped while the client was not reading"),
-            Self::Gone(e) => write!(f, "disconnected: {e}"),
+            Self::Gone(e) => write!(f, "disconnected: {}", tls::explain_io(e)),
+            Self::Kicked => f.write_str(
+                "disconnected: not keeping up, its queue was full (--slow-client disconnect)",
+            ),
+            Self::Tls(why) => write!(f, "TLS handshake failed: {why}"),
             Self::Panicked => f.write_str("writer thread panicked"),
         }
     }
@@ -96,17 +122,27 @@ pub(crate) struct TcpOutput {
     poll: Poll,
     stats: Arc<TcpOutputStats>,
     client_queue: usize,
+    slow_client: SlowClient,
     max_clients: usize,
     accept: Accept,
     receiver: ReceiverConfig,
+    /// `Some` for a `tls://` output
+    tls: Option<Arc<ServerConfig>>,
+    handshake_timeout: Duration,
     shutdown: Shutdown,
     log_accept: LogLimiter,
     log_reject: LogLimiter,
+    log_tls: LogLimiter,
 }
 
 impl TcpOutput {
-    /// Bind the listener and join the group
-    pub(crate) fn bind(addr: &Addr, config: &Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+    /// Bind the listener and join the group; `tls` for a `tls://` output
+    pub(crate) fn bind(
+        addr: &Addr,
+        config: &Config,
+        tls: Option<Arc<ServerConfig>>,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<Self> {
         let context = || format!("binding --tcp-output-addr {addr}");
         let listener = TcpListener::bind(addr.addr).with_context(context)?;
         listener.set_nonblocking(true).with_context(context)?;
@@ -121,12 +157,16 @@ impl TcpOutput {
             poll,
             stats: Arc::new(TcpOutputStats::new(addr.to_string(), local)),
             client_queue: config.client_queue,
+            slow_client: config.slow_client,
             max_clients: config.max_clients,
             accept: config.accept,
             receiver: config.receiver.clone(),
+            tls,
+            handshake_timeout: config.tls.handshake_timeout,
             shutdown,
             log_accept: LogLimiter::default(),
             log_reject: LogLimiter::default(),
+            log_tls: LogLimiter::default(),
         })
     }
 
@@ -144,7 +184,11 @@ impl TcpOutput {
         let logs = RecvLogs::default();
         let mut clients: Vec<Client> = Vec::new();
         let mut reassembly = Reassembly::new(self.accept, &self.receiver);
-        let queue = self.client_queue;
+        let policy = Policy {
+            queue: self.client_queue,
+            slow_client: self.slow_client,
+            stats: &self.stats,
+        };
         let mut more = false;
         while !self.shutdown.is_set() {
             let timeout = if more {
@@ -160,25 +204,25 @@ impl TcpOutput {
                 &self.stats.recv,
                 &logs,
                 &self.shutdown,
-                |from, d| reassembly.handle(now, from, d, |p| fan_out(&clients, p, queue)),
+                |from, d| reassembly.handle(now, from, d, |p| fan_out(&clients, p, &policy)),
             );
-            reassembly.handle_timeout(Instant::now(), |p| fan_out(&clients, p, queue));
+            reassembly.handle_timeout(Instant::now(), |p| fan_out(&clients, p, &policy));
             reassembly.publish(&self.stats.mpx);
             self.reap(&mut clients);
             self.accept_all(&mut clients);
         }
         // what the streams still hold goes to the clients still here
-        reassembly.close_all(|p| fan_out(&clients, p, queue));
+        reassembly.close_all(|p| fan_out(&clients, p, &policy));
         reassembly.publish(&self.stats.mpx);
         // let go of every queue first, so all writers wind down in parallel
         let ending: Vec<_> = clients
             .into_iter()
             .map(|c| {
                 drop(c.tx);
-                (c.stats, c.queued, c.handle, c.log)
+                (c.stats, c.queued, c.handle)
             })
             .collect();
-        for (stats, queued, handle, _) in ending {
+        for (stats, queued, handle) in ending {
             let end = handle.join().unwrap_or(End::Panicked);
             account_lost(&stats, &queued);
             // connected clients stay listed for the final summary
@@ -199,7 +243,17 @@ impl TcpOutput {
             drop(c.tx);
             let end = c.handle.join().unwrap_or(End::Panicked);
             account_lost(&c.stats, &c.queued);
-            tracing::info!("{}: {end}", c.stats.summary());
+            match &end {
+                End::Tls(_) => {
+                    self.stats.tls_failures.inc();
+                    // a scanner or a misconfigured fleet must not flood the log
+                    if let Some(suppressed) = self.log_tls.allow() {
+                        tracing::warn!(suppressed, "client {}: {end}", c.stats.peer);
+                    }
+                }
+                End::Kicked => tracing::warn!("{}: {end}", c.stats.summary()),
+                _ => tracing::info!("{}: {end}", c.stats.summary()),
+            }
             self.stats.remove_client(&c.stats);
         }
     }
@@ -255,20 +309,30 @@ impl TcpOutput {
 
     fn spawn_writer(&self, stream: TcpStream, peer: SocketAddr) -> io::Result<Client> {
         stream.set_nonblocking(false)?;
-        // a blocked write gives up after a tick to look at the shutdown flag
+        // a blocked write (or TLS handshake read) gives up after a tick to
+        // look at the shutdown flag
         stream.set_write_timeout(Some(TICK))?;
+        stream.set_read_timeout(Some(TICK))?;
         // payloads are written as they come: no Nagle delay for telemetry
         stream.set_nodelay(true)?;
+        let stream = Arc::new(stream);
         let (tx, rx) = mpsc::sync_channel(self.client_queue);
         let stats = Arc::new(ClientStats::new(peer));
-        let shutdown = self.shutdown.clone();
+        let kicked = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            stream: Arc::clone(&stream),
+            rx,
+            stats: Arc::clone(&stats),
+            shutdown: self.shutdown.clone(),
+            kicked: Arc::clone(&kicked),
+            tls: self.tls.clone().map(|c| (c, self.handshake_timeout)),
+        };
         let span = tracing::Span::current();
-        let writer_stats = Arc::clone(&stats);
         let handle = std::thread::Builder::new()
             .name(format!("client {peer}"))
             .spawn(move || {
                 let _span = span.entered();
-                write_client(&stream, &rx, &writer_stats, &shutdown)
+                writer.run()
             })?;
         Ok(Client {
             tx,
@@ -276,28 +340,52 @@ impl TcpOutput {
             queued: Counter::default(),
             handle,
             log: LogLimiter::default(),
+            kicked,
+            stream,
         })
     }
 }
 
+/// What the hub does when a client's queue is full
+struct Policy<'a> {
+    queue: usize,
+    slow_client: SlowClient,
+    stats: &'a TcpOutputStats,
+}
+
 /// Hand one payload to every client's queue, never waiting
-fn fan_out(clients: &[Client], payload: &[u8], queue: usize) {
+fn fan_out(clients: &[Client], payload: &[u8], policy: &Policy<'_>) {
     if clients.is_empty() {
         return;
     }
     let shared: Arc<[u8]> = Arc::from(payload);
+    let queue = policy.queue;
     for c in clients {
+        if c.kicked.load(Ordering::Relaxed) {
+            continue; // cut off; it is reaped once its writer has ended
+        }
         match c.tx.try_send(Arc::clone(&shared)) {
             Ok(()) => c.queued.inc(),
             Err(TrySendError::Full(_)) => {
                 c.stats.drops.inc();
-                if let Some(suppressed) = c.log.allow() {
-                    tracing::warn!(
-                        client = %c.stats.peer,
-                        suppressed,
-                        "client is not keeping up: its queue of {queue} datagrams is full, \
-                         dropping datagrams for it"
-                    );
+                match policy.slow_client {
+                    SlowClient::Drop => {
+                        if let Some(suppressed) = c.log.allow() {
+                            tracing::warn!(
+                                client = %c.stats.peer,
+                                suppressed,
+                                "client is not keeping up: its queue of {queue} datagrams is \
+                                 full, dropping datagrams for it"
+                            );
+                        }
+                    }
+                    SlowClient::Disconnect => {
+                        c.kicked.store(true, Ordering::Relaxed);
+                        policy.stats.slow_disconnects.inc();
+                        // ends a write the writer is blocked in, at once;
+                        // the writer reports and the hub reaps it
+                        let _ = c.stream.shutdown(Both::Both);
+                    }
                 }
             }
             // the writer has ended; it is reaped at the next turn
@@ -313,69 +401,209 @@ fn account_lost(stats: &ClientStats, queued: &Counter) {
         .add(queued.get().saturating_sub(stats.datagrams.get()));
 }
 
-/// The writer thread of one client: write queued payloads until the queue
-/// is let go of, the client goes away, or shutdown finds it stalled
-fn write_client(
-    stream: &TcpStream,
-    rx: &Receiver<Arc<[u8]>>,
-    stats: &ClientStats,
-    shutdown: &Shutdown,
-) -> End {
-    let mut reading = true;
-    let end = loop {
-        match rx.recv_timeout(TICK) {
-            Ok(payload) => match write_all(stream, &payload, shutdown) {
-                Ok(()) => {
-                    stats.datagrams.inc();
-                    stats.bytes.add(payload.len() as u64);
-                }
-                Err(end) => break end,
-            },
-            Err(RecvTimeoutError::Timeout) => {
-                if shutdown.is_set() {
-                    break End::Stopped;
-                }
-                if reading {
-                    match peer_state(stream) {
-                        Peer::Open => {}
-                        // it may still read (a half-close); a write will tell
-                        Peer::HalfClosed => reading = false,
-                        Peer::Gone(e) => break End::Gone(e),
-                    }
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => break End::Stopped,
-        }
-    };
-    let _ = stream.shutdown(Both::Both);
-    end
+/// The writer thread of one client
+struct Writer {
+    stream: Arc<TcpStream>,
+    rx: Receiver<Arc<[u8]>>,
+    stats: Arc<ClientStats>,
+    shutdown: Shutdown,
+    kicked: Arc<AtomicBool>,
+    /// `tls://` output: the server configuration and the handshake timeout
+    tls: Option<(Arc<ServerConfig>, Duration)>,
 }
 
-/// Write one payload completely; gives up only when the client is gone,
-/// or when shutdown was requested and the client is not taking data
-fn write_all(mut stream: &TcpStream, payload: &[u8], shutdown: &Shutdown) -> Result<(), End> {
-    let mut done = 0;
-    while done < payload.len() {
-        match stream.write(&payload[done..]) {
-            Ok(0) => {
-                return Err(End::Gone(io::Error::from(io::ErrorKind::WriteZero)));
-            }
-            Ok(n) => done += n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                if shutdown.is_set() {
-                    return Err(End::Stalled);
+impl Writer {
+    /// Handshake (TLS), then write queued payloads until the queue is let
+    /// go of, the client goes away or is cut off, or shutdown finds it
+    /// stalled
+    fn run(self) -> End {
+        let stream: &TcpStream = &self.stream;
+        let end = match &self.tls {
+            None => self.write_loop(stream, None),
+            Some((config, timeout)) => match self.handshake(stream, config, *timeout) {
+                Ok(mut conn) => {
+                    let end = self.write_loop(stream, Some(&mut conn));
+                    if matches!(end, End::Stopped) {
+                        // an orderly end: tell the client (best effort)
+                        conn.send_close_notify();
+                        let _ = self.flush_tls(stream, &mut conn);
+                    }
+                    end
                 }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(End::Gone(e)),
+                Err(end) => end,
+            },
+        };
+        let _ = stream.shutdown(Both::Both);
+        if self.kicked.load(Ordering::Relaxed) {
+            End::Kicked
+        } else {
+            end
         }
     }
-    Ok(())
+
+    fn write_loop(&self, stream: &TcpStream, mut tls: Option<&mut ServerConnection>) -> End {
+        let mut reading = true;
+        loop {
+            match self.rx.recv_timeout(TICK) {
+                Ok(payload) => {
+                    let written = match tls.as_deref_mut() {
+                        None => self.write_all(stream, &payload),
+                        Some(conn) => self.write_tls(stream, conn, &payload),
+                    };
+                    match written {
+                        Ok(()) => {
+                            self.stats.datagrams.inc();
+                            self.stats.bytes.add(payload.len() as u64);
+                        }
+                        Err(end) => return end,
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.shutdown.is_set() {
+                        return End::Stopped;
+                    }
+                    if reading {
+                        match peer_state(stream, tls.as_deref_mut()) {
+                            Peer::Open => {}
+                            // it may still read (a half-close); a write will tell
+                            Peer::HalfClosed => reading = false,
+                            Peer::Gone(e) => return End::Gone(e),
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return End::Stopped,
+            }
+        }
+    }
+
+    /// Why to stop waiting for a blocked socket, if there is a reason
+    fn interrupted(&self) -> Option<End> {
+        if self.kicked.load(Ordering::Relaxed) {
+            Some(End::Kicked)
+        } else if self.shutdown.is_set() {
+            Some(End::Stalled)
+        } else {
+            None
+        }
+    }
+
+    /// Write one payload completely; gives up only when the client is gone
+    /// or cut off, or when shutdown was requested and the client is not
+    /// taking data
+    fn write_all(&self, mut stream: &TcpStream, payload: &[u8]) -> Result<(), End> {
+        let mut done = 0;
+        while done < payload.len() {
+            match stream.write(&payload[done..]) {
+                Ok(0) => {
+                    return Err(End::Gone(io::Error::from(io::ErrorKind::WriteZero)));
+                }
+                Ok(n) => done += n,
+                Err(e) if blocked(&e) => {
+                    if let Some(end) = self.interrupted() {
+                        return Err(end);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(End::Gone(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The server side of a TLS handshake, bounded by `timeout`
+    fn handshake(
+        &self,
+        stream: &TcpStream,
+        config: &Arc<ServerConfig>,
+        timeout: Duration,
+    ) -> Result<ServerConnection, End> {
+        let mut conn =
+            ServerConnection::new(Arc::clone(config)).map_err(|e| End::Tls(tls::explain(&e)))?;
+        let until = Instant::now() + timeout;
+        let mut sock = stream;
+        while conn.is_handshaking() {
+            if self.shutdown.is_set() {
+                return Err(End::Stopped);
+            }
+            if Instant::now() >= until {
+                return Err(End::Tls(format!(
+                    "not finished after {} s (--tls-handshake-timeout)",
+                    timeout.as_secs()
+                )));
+            }
+            if conn.wants_write() {
+                match conn.write_tls(&mut sock) {
+                    Ok(_) => {}
+                    Err(e) if blocked(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(End::Gone(e)),
+                }
+                continue;
+            }
+            match conn.read_tls(&mut sock) {
+                Ok(0) => {
+                    return Err(End::Tls(
+                        "the client closed the connection during the handshake".into(),
+                    ))
+                }
+                Ok(_) => {
+                    if let Err(e) = conn.process_new_packets() {
+                        // the alert tells the client why (best effort)
+                        let _ = conn.write_tls(&mut sock);
+                        return Err(End::Tls(tls::explain(&e)));
+                    }
+                }
+                Err(e) if blocked(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(End::Gone(e)),
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Encrypt one payload and write it completely (see [`Writer::write_all`])
+    fn write_tls(
+        &self,
+        stream: &TcpStream,
+        conn: &mut ServerConnection,
+        payload: &[u8],
+    ) -> Result<(), End> {
+        let mut done = 0;
+        while done < payload.len() {
+            // rustls buffers at most 64 KiB of records: write, then flush
+            let n = conn.writer().write(&payload[done..]).map_err(End::Gone)?;
+            if n == 0 && !conn.wants_write() {
+                return Err(End::Gone(io::Error::from(io::ErrorKind::WriteZero)));
+            }
+            done += n;
+            self.flush_tls(stream, conn)?;
+        }
+        Ok(())
+    }
+
+    /// Write every TLS record rustls holds
+    fn flush_tls(&self, mut stream: &TcpStream, conn: &mut ServerConnection) -> Result<(), End> {
+        while conn.wants_write() {
+            match conn.write_tls(&mut stream) {
+                Ok(0) => return Err(End::Gone(io::Error::from(io::ErrorKind::WriteZero))),
+                Ok(_) => {}
+                Err(e) if blocked(&e) => {
+                    if let Some(end) = self.interrupted() {
+                        return Err(end);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(End::Gone(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A socket timeout (or `WouldBlock`): the peer is not taking or sending data
+fn blocked(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 enum Peer {
@@ -387,8 +615,10 @@ enum Peer {
 /// Look at the read side without blocking, discarding anything the client sent
 ///
 /// Notices a reset (or a close, once a write fails) while the group is idle,
-/// so the client's slot is freed without waiting for the next datagram.
-fn peer_state(stream: &TcpStream) -> Peer {
+/// so the client's slot is freed without waiting for the next datagram. A
+/// TLS client's bytes go through its session (a close_notify counts as a
+/// half-close, a bad record as the end).
+fn peer_state(stream: &TcpStream, mut tls: Option<&mut ServerConnection>) -> Peer {
     let mut scratch = [0u8; 1024];
     for _ in 0..16 {
         // SAFETY: `scratch` is valid for writes of its length for the whole call.
@@ -402,7 +632,17 @@ fn peer_state(stream: &TcpStream) -> Peer {
         };
         match n {
             0 => return Peer::HalfClosed,
-            n if n > 0 => continue,
+            n if n > 0 => {
+                let Some(conn) = tls.as_deref_mut() else {
+                    continue;
+                };
+                let len = usize::try_from(n).unwrap_or(0).min(scratch.len());
+                match discard_tls(conn, &scratch[..len]) {
+                    Ok(false) => continue,
+                    Ok(true) => return Peer::HalfClosed,
+                    Err(e) => return Peer::Gone(e),
+                }
+            }
             _ => {
                 let e = io::Error::last_os_error();
                 match e.kind() {
@@ -414,6 +654,29 @@ fn peer_state(stream: &TcpStream) -> Peer {
         }
     }
     Peer::Open
+}
+
+/// Feed what a TLS client sent into its session and discard the plaintext;
+/// true once the client has sent close_notify
+fn discard_tls(conn: &mut ServerConnection, mut bytes: &[u8]) -> io::Result<bool> {
+    let mut closed = false;
+    let mut sink = [0u8; 1024];
+    while !bytes.is_empty() {
+        if conn.read_tls(&mut bytes)? == 0 {
+            break;
+        }
+        let state = conn
+            .process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        closed |= state.peer_has_closed();
+        // drain the plaintext, so rustls never refuses more records
+        while let Ok(n) = io::Read::read(&mut conn.reader(), &mut sink) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    Ok(closed)
 }
 
 /// One `--udp-output-addr`: every datagram of the group is sent there (or,
@@ -507,5 +770,115 @@ fn forward(fanout: &Fanout, stats: &UdpOutputStats, d: &[u8]) {
         stats.bytes.add(d.len() as u64);
     } else {
         stats.send_errors.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+    /// A server and a client that trusts it, both in memory
+    fn pair() -> (ServerConnection, ClientConnection) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let der = CertificateDer::from(cert.der().to_vec());
+        let server = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").unwrap();
+        (
+            ServerConnection::new(Arc::new(server)).unwrap(),
+            ClientConnection::new(Arc::new(client), name).unwrap(),
+        )
+    }
+
+    /// Everything `from` has to send
+    fn records(
+        from: &mut impl std::ops::DerefMut<Target = rustls::ConnectionCommon<impl Sized>>,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut out).unwrap();
+        }
+        out
+    }
+
+    fn handshake(server: &mut ServerConnection, client: &mut ClientConnection) {
+        for _ in 0..10 {
+            let c = records(client);
+            if !c.is_empty() {
+                server.read_tls(&mut &c[..]).unwrap();
+                server.process_new_packets().unwrap();
+            }
+            let s = records(server);
+            if !s.is_empty() {
+                client.read_tls(&mut &s[..]).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            if !server.is_handshaking() && !client.is_handshaking() {
+                return;
+            }
+        }
+        panic!("no handshake");
+    }
+
+    #[test]
+    fn test_discard_tls_drops_plaintext_and_sees_close_notify() {
+        let (mut server, mut client) = pair();
+        handshake(&mut server, &mut client);
+        // 200 kB of chatter: more than rustls buffers as plaintext, so it
+        // must be drained as it goes
+        let mut chatter = Vec::new();
+        for _ in 0..20 {
+            client.writer().write_all(&[7u8; 10_000]).unwrap();
+            chatter.extend(records(&mut client));
+        }
+        assert!(
+            !discard_tls(&mut server, &chatter).unwrap(),
+            "not closed yet"
+        );
+        client.send_close_notify();
+        let close = records(&mut client);
+        assert!(
+            discard_tls(&mut server, &close).unwrap(),
+            "close_notify seen"
+        );
+    }
+
+    #[test]
+    fn test_discard_tls_rejects_garbage() {
+        let (mut server, mut client) = pair();
+        handshake(&mut server, &mut client);
+        let e = discard_tls(&mut server, b"GET / HTTP/1.1\r\n\r\n").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(tls::explain_io(&e).starts_with("TLS: "), "{e}");
+    }
+
+    #[test]
+    fn test_end_messages() {
+        assert!(End::Kicked.to_string().contains("--slow-client disconnect"));
+        let e = End::Tls("not finished after 10 s (--tls-handshake-timeout)".into());
+        assert!(e
+            .to_string()
+            .starts_with("TLS handshake failed: not finished"));
     }
 }

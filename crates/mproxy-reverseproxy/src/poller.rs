@@ -26,6 +26,16 @@ pub(crate) fn register(poll: &Poll, fd: RawFd, token: Token) -> io::Result<()> {
         .register(&mut SourceFd(&fd), token, Interest::READABLE)
 }
 
+/// Watch `fd` for readability and writability (edge-triggered): a TLS
+/// connection may have records to write while the peer is not sending
+pub(crate) fn register_rw(poll: &Poll, fd: RawFd, token: Token) -> io::Result<()> {
+    poll.registry().register(
+        &mut SourceFd(&fd),
+        token,
+        Interest::READABLE | Interest::WRITABLE,
+    )
+}
+
 /// How long to wait for a timer due at `deadline`: at most [`TICK`], zero
 /// if it is already due, [`TICK`] if there is none
 pub(crate) fn timeout_until(deadline: Option<Instant>) -> Duration {

@@ -139,6 +139,9 @@ pub struct TcpInputStats {
     pub read_errors: Counter,
     /// Failed accepts (out of descriptors, aborted handshakes)
     pub accept_errors: Counter,
+    /// `tls://` listener: connections whose TLS handshake failed or timed
+    /// out, or that sent an invalid TLS record later (closed)
+    pub tls_failures: Counter,
     /// Connections are framed as mpx streams (`--mpx`)
     pub mpx: bool,
     /// With `--mpx`: heartbeats sent (counted in `datagrams` too)
@@ -160,6 +163,7 @@ impl TcpInputStats {
             send_errors: Counter::default(),
             read_errors: Counter::default(),
             accept_errors: Counter::default(),
+            tls_failures: Counter::default(),
             mpx,
             heartbeats: Counter::default(),
         }
@@ -176,7 +180,8 @@ impl TcpInputStats {
         };
         format!(
             "tcp input {}: {} connections ({} rejected), {} read, {} datagrams ({}) to the group; \
-             {} split lines, {} read errors, {} send errors, {} accept errors{mpx}",
+             {} split lines, {} read errors, {} send errors, {} accept errors, \
+             {} TLS failures{mpx}",
             self.spec,
             self.accepted.get(),
             self.rejected.get(),
@@ -186,7 +191,8 @@ impl TcpInputStats {
             self.split_lines.get(),
             self.read_errors.get(),
             self.send_errors.get(),
-            self.accept_errors.get()
+            self.accept_errors.get(),
+            self.tls_failures.get()
         )
     }
 }
@@ -203,8 +209,9 @@ pub struct ClientStats {
     pub datagrams: Counter,
     /// Payload bytes written to it
     pub bytes: Counter,
-    /// Datagrams it lost: its queue was full, or it was still queued or
-    /// half-written when the client went away or the proxy stopped
+    /// Datagrams it missed: its queue was full, or they were still queued
+    /// or half-written when the client went away, was disconnected
+    /// (`--slow-client disconnect`) or the proxy stopped
     pub drops: Counter,
 }
 
@@ -255,6 +262,11 @@ pub struct TcpOutputStats {
     pub rejected: Counter,
     /// Failed accepts
     pub accept_errors: Counter,
+    /// `tls://` output: clients whose TLS handshake failed or timed out
+    pub tls_failures: Counter,
+    /// Clients disconnected because their queue was full (`--slow-client
+    /// disconnect`)
+    pub slow_disconnects: Counter,
     /// Clients that went away (their counters are in the totals)
     pub departed: Counter,
     /// Reassembly of mpx streams
@@ -272,6 +284,8 @@ impl TcpOutputStats {
             accepted: Counter::default(),
             rejected: Counter::default(),
             accept_errors: Counter::default(),
+            tls_failures: Counter::default(),
+            slow_disconnects: Counter::default(),
             departed: Counter::default(),
             mpx: MpxStats::default(),
             past: ClientTotals::default(),
@@ -328,14 +342,16 @@ impl TcpOutputStats {
     fn summary(&self) -> String {
         format!(
             "tcp output {}: {} datagrams ({}) from the group, {} clients ({} rejected, \
-             {} accept errors), {} datagrams ({}) written, {} dropped for slow or departed \
-             clients; {}{}",
+             {} accept errors, {} TLS failures, {} disconnected as slow), {} datagrams ({}) \
+             written, {} dropped for slow or departed clients; {}{}",
             self.spec,
             self.recv.datagrams.get(),
             human_bytes(self.recv.bytes.get()),
             self.accepted.get(),
             self.rejected.get(),
             self.accept_errors.get(),
+            self.tls_failures.get(),
+            self.slow_disconnects.get(),
             self.datagrams(),
             human_bytes(self.bytes()),
             self.drops(),
