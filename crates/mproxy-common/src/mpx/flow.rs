@@ -90,6 +90,8 @@ pub struct FlowStats {
 #[derive(Debug)]
 struct Peer {
     addr: SocketAddr,
+    /// The receiver's random id (several may share an address)
+    id: u64,
     /// First sequence number the receiver cannot take yet (wire value)
     limit: u32,
     last_heard: Instant,
@@ -151,7 +153,11 @@ impl FlowControl {
         // window still lets the stream crawl rather than deadlock
         let frames = w.frames.min(by_bytes).max(1);
         let limit = next.wrapping_add(frames);
-        if let Some(p) = self.peers.iter_mut().find(|p| p.addr == from) {
+        if let Some(p) = self
+            .peers
+            .iter_mut()
+            .find(|p| p.addr == from && p.id == w.receiver)
+        {
             if p.cut {
                 self.stats.ignored += 1;
                 return;
@@ -164,6 +170,7 @@ impl FlowControl {
         } else if self.peers.len() < self.config.max_receivers {
             self.peers.push(Peer {
                 addr: from,
+                id: w.receiver,
                 limit,
                 last_heard: now,
                 cut: false,
@@ -271,10 +278,11 @@ impl FlowControl {
 mod tests {
     use super::*;
 
-    fn win(frames: u32) -> [u8; 8] {
+    fn win(frames: u32) -> [u8; 16] {
         WindowAdvert {
             frames,
             bytes: u32::MAX,
+            receiver: 1,
         }
         .emit()
     }
@@ -312,12 +320,14 @@ mod tests {
         let w = WindowAdvert {
             frames: 1000,
             bytes: 14_000,
+            receiver: 1,
         };
         fc.on_window(t, addr(1), 0, &w.emit(), 1400);
         assert_eq!(fc.limit(t), Some(10));
         let w = WindowAdvert {
             frames: 1000,
             bytes: 0,
+            receiver: 1,
         };
         fc.on_window(t, addr(2), 0, &w.emit(), 1400);
         assert_eq!(fc.limit(t), Some(1));
@@ -373,6 +383,22 @@ mod tests {
         fc.on_window(t, addr(1), 205, &win(10), 1400);
         assert_eq!(fc.limit(t), Some(210));
         assert_eq!(fc.active(), 1);
+    }
+
+    #[test]
+    fn test_receivers_sharing_an_address_are_told_apart_by_id() {
+        let t = Instant::now();
+        let mut fc = FlowControl::new(FlowConfig::default(), 0);
+        let mut w = WindowAdvert {
+            frames: 10,
+            bytes: u32::MAX,
+            receiver: 7,
+        };
+        fc.on_window(t, addr(1), 0, &w.emit(), 1400);
+        w.receiver = 8;
+        fc.on_window(t, addr(1), 100, &w.emit(), 1400);
+        assert_eq!(fc.active(), 2);
+        assert_eq!(fc.limit(t), Some(10));
     }
 
     #[test]

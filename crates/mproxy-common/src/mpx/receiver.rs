@@ -354,6 +354,8 @@ pub struct Receiver {
     transmits: VecDeque<Transmit>,
     listener: usize,
     rng: u64,
+    /// Random id in WINDOW frames
+    id: u64,
     pool: Vec<Vec<u8>>,
     buffered_bytes: usize,
     stats: ReceiverStats,
@@ -388,6 +390,7 @@ impl Receiver {
             transmits: VecDeque::new(),
             listener: 0,
             rng,
+            id: super::new_session_id(),
             pool: Vec::new(),
             buffered_bytes: 0,
             stats: ReceiverStats::default(),
@@ -849,6 +852,7 @@ impl Receiver {
         let advert = WindowAdvert {
             frames: u32::try_from(frames).unwrap_or(u32::MAX),
             bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
+            receiver: self.id,
         };
         let repr = Repr {
             frame_type: FrameType::Window,

@@ -3,10 +3,12 @@
 //! The frame's header names the stream; its sequence number field is the
 //! receiver's next expected sequence number (everything before it has been
 //! delivered or given up). The payload says how far past that the sender
-//! may go: `frames` more frames and `bytes` more payload bytes.
+//! may go: `frames` more frames and `bytes` more payload bytes, and who
+//! says so: a random receiver id, since receivers sharing a group's port
+//! on one host send from the same address.
 
-/// Payload length: frames (u32) and bytes (u32), big-endian
-pub const WINDOW_LEN: usize = 8;
+/// Payload length: frames (u32), bytes (u32), receiver id (u64), big-endian
+pub const WINDOW_LEN: usize = 16;
 
 /// A receiver's window for one stream
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +17,8 @@ pub struct WindowAdvert {
     pub frames: u32,
     /// Payload bytes it can hold
     pub bytes: u32,
+    /// Random id of the receiver (stable for its lifetime)
+    pub receiver: u64,
 }
 
 impl WindowAdvert {
@@ -22,9 +26,12 @@ impl WindowAdvert {
     /// (longer payloads are accepted and the rest ignored, for extensions)
     pub fn parse(payload: &[u8]) -> Option<Self> {
         let b = payload.get(..WINDOW_LEN)?;
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&b[8..16]);
         Some(Self {
             frames: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
             bytes: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+            receiver: u64::from_be_bytes(id),
         })
     }
 
@@ -32,7 +39,8 @@ impl WindowAdvert {
     pub fn emit(&self) -> [u8; WINDOW_LEN] {
         let mut out = [0u8; WINDOW_LEN];
         out[..4].copy_from_slice(&self.frames.to_be_bytes());
-        out[4..].copy_from_slice(&self.bytes.to_be_bytes());
+        out[4..8].copy_from_slice(&self.bytes.to_be_bytes());
+        out[8..].copy_from_slice(&self.receiver.to_be_bytes());
         out
     }
 }
@@ -46,13 +54,14 @@ mod tests {
         let w = WindowAdvert {
             frames: 4096,
             bytes: 0x0040_0000,
+            receiver: 0x0102_0304_0506_0708,
         };
-        assert_eq!(w.emit(), [0, 0, 0x10, 0, 0, 0x40, 0, 0]);
-        assert_eq!(WindowAdvert::parse(&w.emit()), Some(w));
-        assert_eq!(
-            WindowAdvert::parse(&[0, 0, 0x10, 0, 0, 0x40, 0, 0, 9]),
-            Some(w)
-        );
-        assert_eq!(WindowAdvert::parse(&[0; 7]), None);
+        let wire = [0, 0, 0x10, 0, 0, 0x40, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        assert_eq!(w.emit(), wire);
+        assert_eq!(WindowAdvert::parse(&wire), Some(w));
+        let mut longer = wire.to_vec();
+        longer.push(9);
+        assert_eq!(WindowAdvert::parse(&longer), Some(w));
+        assert_eq!(WindowAdvert::parse(&wire[..15]), None);
     }
 }
