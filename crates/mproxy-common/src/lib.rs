@@ -31,6 +31,8 @@ pub mod net;
 pub mod pack;
 pub mod rate;
 pub mod stats;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod wire;
 
 pub use addr::{AddrError, Endpoint, Interface, PathSpec};

@@ -20,11 +20,11 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail};
 use mproxy_common::addr::Host;
+use mproxy_common::tls::{load_certs, load_key, provider};
 use mproxy_common::Endpoint;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore,
     SignatureScheme,
@@ -94,11 +94,6 @@ fn parse_sni(sni: &str) -> anyhow::Result<ServerName<'static>> {
         .map_err(|_| anyhow!("--sni '{sni}' is neither a valid DNS name nor an IP address"))
 }
 
-/// The crypto provider of every TLS session here: ring
-pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// Build the client configuration, reading and checking every file
 ///
 /// # Errors
@@ -121,14 +116,7 @@ pub(crate) fn client_config(opts: &TlsOptions) -> anyhow::Result<Arc<ClientConfi
     let config = match (&opts.client_cert, &opts.client_key) {
         (Some(cert), Some(key)) => {
             let chain = load_certs(cert, "--client-cert")?;
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                pem_error(
-                    "--client-key",
-                    key,
-                    &e,
-                    "private key (-----BEGIN PRIVATE KEY-----)",
-                )
-            })?;
+            let key_der = load_key(key, "--client-key")?;
             builder.with_client_auth_cert(chain, key_der).map_err(|e| {
                 anyhow!(
                     "--client-key {} does not fit --client-cert {}: {e}",
@@ -160,34 +148,6 @@ fn root_store(ca_file: Option<&Path>) -> anyhow::Result<RootCertStore> {
         })?;
     }
     Ok(roots)
-}
-
-fn load_certs(path: &Path, flag: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    const WHAT: &str = "certificate (-----BEGIN CERTIFICATE-----)";
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|e| pem_error(flag, path, &e, WHAT))?;
-    if certs.is_empty() {
-        return Err(pem_error(flag, path, &pem::Error::NoItemsFound, WHAT));
-    }
-    Ok(certs)
-}
-
-fn pem_error(flag: &str, path: &Path, e: &pem::Error, what: &str) -> anyhow::Error {
-    let p = path.display();
-    match e {
-        pem::Error::Io(io) => anyhow!("{flag} {p}: cannot read: {io}"),
-        pem::Error::NoItemsFound => anyhow!("{flag} {p}: no PEM {what} found"),
-        pem::Error::MissingSectionEnd { end_marker } => anyhow!(
-            "{flag} {p}: not valid PEM: no '-----END {}-----' line",
-            String::from_utf8_lossy(end_marker)
-        ),
-        pem::Error::IllegalSectionStart { line } => anyhow!(
-            "{flag} {p}: not valid PEM: malformed line '{}'",
-            String::from_utf8_lossy(line).trim()
-        ),
-        other => anyhow!("{flag} {p}: not valid PEM: {other}"),
-    }
 }
 
 /// The name a TLS upstream is verified against (and sent as SNI)

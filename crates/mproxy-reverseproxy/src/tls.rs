@@ -17,19 +17,16 @@
 //! Every file is read and checked at start-up: a missing or malformed
 //! file is bad input (exit 2, one line naming the flag and the file).
 //!
-//! The PEM glue (`load_certs`, `pem_error`) mirrors `mproxy-proxy`'s
-//! `tls.rs` on purpose, with the same messages: sharing it would need
-//! rustls in `mproxy-common`, which every binary links.
+//! PEM files are read by `mproxy_common::tls` (feature `tls`), shared with
+//! `mproxy-proxy`, so both edges word file errors alike.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use mproxy_common::tls::{load_certs, load_key, provider};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
@@ -107,11 +104,6 @@ impl TlsServerOptions {
     }
 }
 
-/// The crypto provider of every TLS session here: ring
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// Build the server configuration, reading and checking every file
 ///
 /// # Errors
@@ -147,14 +139,7 @@ pub(crate) fn server_config(opts: &TlsServerOptions) -> anyhow::Result<Arc<Serve
         }
     };
     let chain = load_certs(cert, "--tls-cert")?;
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        pem_error(
-            "--tls-key",
-            key,
-            &e,
-            "private key (-----BEGIN PRIVATE KEY-----)",
-        )
-    })?;
+    let key_der = load_key(key, "--tls-key")?;
     let config = builder.with_single_cert(chain, key_der).map_err(|e| {
         anyhow!(
             "--tls-key {} does not fit --tls-cert {}: {e}",
@@ -163,34 +148,6 @@ pub(crate) fn server_config(opts: &TlsServerOptions) -> anyhow::Result<Arc<Serve
         )
     })?;
     Ok(Arc::new(config))
-}
-
-fn load_certs(path: &Path, flag: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    const WHAT: &str = "certificate (-----BEGIN CERTIFICATE-----)";
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|e| pem_error(flag, path, &e, WHAT))?;
-    if certs.is_empty() {
-        return Err(pem_error(flag, path, &pem::Error::NoItemsFound, WHAT));
-    }
-    Ok(certs)
-}
-
-fn pem_error(flag: &str, path: &Path, e: &pem::Error, what: &str) -> anyhow::Error {
-    let p = path.display();
-    match e {
-        pem::Error::Io(io) => anyhow!("{flag} {p}: cannot read: {io}"),
-        pem::Error::NoItemsFound => anyhow!("{flag} {p}: no PEM {what} found"),
-        pem::Error::MissingSectionEnd { end_marker } => anyhow!(
-            "{flag} {p}: not valid PEM: no '-----END {}-----' line",
-            String::from_utf8_lossy(end_marker)
-        ),
-        pem::Error::IllegalSectionStart { line } => anyhow!(
-            "{flag} {p}: not valid PEM: malformed line '{}'",
-            String::from_utf8_lossy(line).trim()
-        ),
-        other => anyhow!("{flag} {p}: not valid PEM: {other}"),
-    }
 }
 
 /// One line on why a client's TLS session failed, with a hint where one helps
