@@ -12,12 +12,17 @@
 //! 3. sleep until [`Sender::poll_timeout`] / [`Receiver::poll_timeout`]
 //!    (or new input), then call `handle_timeout(now)` and go to 2.
 
+mod fec;
 mod feedback;
 mod receiver;
 mod repair;
 mod scheduler;
 mod sender;
 
+pub use fec::{
+    FecConfig, FecDecoder, FecDecoderStats, FecEncoder, FecEncoderStats, Rebuilt, DEFAULT_FEC_BLOCK,
+    DEFAULT_FEC_MAX_DELAY, FEC_STREAM_BYTES,
+};
 pub use feedback::{FeedbackTracker, PathKey, REPORT_LEN};
 pub use repair::{RepairBuffer, RepairOutcome};
 pub use scheduler::{PathConfig, PathState, PathStats, Scheduler, SchedulerConfig};
