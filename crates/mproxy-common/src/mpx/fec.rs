@@ -180,11 +180,9 @@ impl FecEncoder {
         self.started = None;
         let m = self.config.repair_count(k);
         let sym_len = symbol_len_for(self.max_payload);
-        let (Ok(k16), Ok(m16), Ok(len16)) = (
-            u16::try_from(k),
-            u16::try_from(m),
-            u16::try_from(sym_len),
-        ) else {
+        let (Ok(k16), Ok(m16), Ok(len16)) =
+            (u16::try_from(k), u16::try_from(m), u16::try_from(sym_len))
+        else {
             return;
         };
         let rs = match self.rs.as_mut() {
@@ -380,7 +378,9 @@ impl FecDecoder {
             return;
         }
         if let Some(b) = &st.block {
-            if b.base == base && b.repr.k == repr.k && b.repr.m == repr.m
+            if b.base == base
+                && b.repr.k == repr.k
+                && b.repr.m == repr.m
                 && b.repr.symbol_len == repr.symbol_len
             {
                 // same block
@@ -632,7 +632,12 @@ mod tests {
         );
         let s = dec.stats();
         assert_eq!(
-            (s.blocks, s.recovered_blocks, s.unrecoverable_blocks, s.rebuilt_frames),
+            (
+                s.blocks,
+                s.recovered_blocks,
+                s.unrecoverable_blocks,
+                s.rebuilt_frames
+            ),
             (1, 1, 0, 2)
         );
         // late copies of the block are ignored, memory is released
@@ -658,7 +663,10 @@ mod tests {
         assert!(out.is_empty());
         dec.close(key());
         let s = dec.stats();
-        assert_eq!((s.blocks, s.unrecoverable_blocks, s.rebuilt_frames), (1, 1, 0));
+        assert_eq!(
+            (s.blocks, s.unrecoverable_blocks, s.rebuilt_frames),
+            (1, 1, 0)
+        );
         assert_eq!(dec.bytes(), 0);
     }
 

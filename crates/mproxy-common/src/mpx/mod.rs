@@ -20,8 +20,8 @@ mod scheduler;
 mod sender;
 
 pub use fec::{
-    FecConfig, FecDecoder, FecDecoderStats, FecEncoder, FecEncoderStats, Rebuilt, DEFAULT_FEC_BLOCK,
-    DEFAULT_FEC_MAX_DELAY, FEC_STREAM_BYTES,
+    FecConfig, FecDecoder, FecDecoderStats, FecEncoder, FecEncoderStats, Rebuilt,
+    DEFAULT_FEC_BLOCK, DEFAULT_FEC_MAX_DELAY, FEC_STREAM_BYTES,
 };
 pub use feedback::{FeedbackTracker, PathKey, REPORT_LEN};
 pub use repair::{RepairBuffer, RepairOutcome};
@@ -103,6 +103,21 @@ impl Encoder {
     pub fn enable_repair(&mut self, bytes: usize) {
         if let Self::Mpx(s) = self {
             s.enable_repair(bytes);
+        }
+    }
+
+    /// Protect the stream with FEC repair symbols (mpx only; `None`: off)
+    pub fn enable_fec(&mut self, config: Option<FecConfig>, emit: impl FnMut(&[u8])) {
+        if let Self::Mpx(s) = self {
+            s.enable_fec(config, emit);
+        }
+    }
+
+    /// FEC counters of the sender (`None` if raw or FEC is off)
+    pub fn fec_stats(&self) -> Option<FecEncoderStats> {
+        match self {
+            Self::Raw(_) => None,
+            Self::Mpx(s) => s.fec_stats(),
         }
     }
 
