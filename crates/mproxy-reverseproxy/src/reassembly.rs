@@ -141,6 +141,8 @@ fn add_stats(total: &mut StreamStats, s: &StreamStats) {
     total.duplicates += s.duplicates;
     total.reordered += s.reordered;
     total.late += s.late;
+    total.repaired += s.repaired;
+    total.fec_repaired += s.fec_repaired;
 }
 
 #[cfg(test)]
