@@ -693,6 +693,72 @@ mod tests {
         assert!(dec.stats().dropped_symbols > 0);
     }
 
+    fn hex(s: &str) -> Vec<u8> {
+        s.split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect()
+    }
+
+    /// Test vector 5 of docs/PROTOCOL.md: a block of three DATA frames
+    /// ("a\n", "bc\n", an empty FIN) with 50 % overhead: two FEC frames
+    #[test]
+    fn test_fec_vector() {
+        let zeros58 = " 00".repeat(58);
+        let want = [
+            hex("a7 4d 11 09 47 22 72 10 01 23 45 67 89 ab cd ef 00 00 00 07 00 00 00 00 61 0a"),
+            hex("a7 4d 11 08 aa 88 48 f8 01 23 45 67 89 ab cd ef 00 00 00 07 00 00 00 01 62 63 0a"),
+            hex("a7 4d 11 0a 4b e8 34 e1 01 23 45 67 89 ab cd ef 00 00 00 07 00 00 00 02"),
+            hex(&format!(
+                "a7 4d 15 00 6b 48 60 6f 01 23 45 67 89 ab cd ef 00 00 00 07 00 00 00 00 \
+                 00 03 00 02 00 00 00 40 00 00 0a 60 8c 0d{zeros58}"
+            )),
+            hex(&format!(
+                "a7 4d 15 00 49 56 ba b3 01 23 45 67 89 ab cd ef 00 00 00 07 00 00 00 00 \
+                 00 03 00 02 00 01 00 40 00 01 09 63 e5 07{zeros58}"
+            )),
+        ];
+        let mut s = super::super::Sender::new(
+            0x0123_4567_89ab_cdef,
+            7,
+            &super::super::SenderConfig {
+                max_datagram: HEADER_LEN + 4,
+                ..super::super::SenderConfig::default()
+            },
+        );
+        s.enable_fec(
+            Some(FecConfig {
+                overhead_percent: 50,
+                block_frames: 3,
+                max_delay: Duration::from_millis(50),
+            }),
+            |_| {},
+        );
+        let t = Instant::now();
+        let mut out = Vec::new();
+        s.push(t, b"a\nbc\n", |f| out.push(f.to_vec()));
+        s.finish(t, |f| out.push(f.to_vec()));
+        assert_eq!(out, want);
+        // any 3 of the 5 rebuild the block: here the two repair frames and
+        // the middle one rebuild the first and the FIN frame
+        let mut dec = FecDecoder::new(1 << 20);
+        let mut rebuilt = Vec::new();
+        let Datagram::Mpx(_, p) = classify(&want[1]) else {
+            panic!()
+        };
+        dec.on_source(key(), 1, Flags::FEC, p, &mut rebuilt);
+        for f in &want[3..] {
+            let (base, r, sym) = repair_of(f);
+            dec.on_repair(key(), base, r, &sym, &mut rebuilt);
+        }
+        assert_eq!(
+            rebuilt,
+            vec![
+                (0, Flags::OPEN, b"a\n".to_vec()),
+                (2, Flags::FIN, Vec::new())
+            ]
+        );
+    }
+
     #[test]
     fn test_repair_count() {
         let c = FecConfig::default();
