@@ -396,6 +396,9 @@ impl FecDecoder {
         let Some(st) = self.streams.get_mut(&key) else {
             return;
         };
+        if base < st.done_upto {
+            return; // overlaps the block just settled: not from a real sender
+        }
         if st.block.is_none() {
             // source frames before this block belong to settled blocks
             while st.src.first_key_value().is_some_and(|(s, _)| *s < base) {

@@ -213,6 +213,8 @@ pub struct ReceiverStats {
     pub fec_frames: u64,
     /// FEC frames with a malformed FEC header (dropped)
     pub fec_invalid: u64,
+    /// FEC frames for a stream the receiver does not know (dropped)
+    pub fec_unknown_stream: u64,
     /// FEC blocks settled (their FEC frames were seen)
     pub fec_blocks: u64,
     /// Blocks with lost frames that FEC rebuilt
@@ -548,7 +550,7 @@ impl Receiver {
         };
         // FEC frames never open a stream: they follow DATA frames
         let Some(stream) = self.streams.get_mut(&key) else {
-            self.stats.rejected_frames += 1;
+            self.stats.fec_unknown_stream += 1;
             return;
         };
         let Some(base) = extend_seq(base, stream.next) else {
