@@ -1,5 +1,6 @@
 //! Fuzz the receiver with arbitrary datagram sequences and clock steps:
-//! no panic, memory and stream count stay within the configured bounds.
+//! no panic, memory (reorder buffers and FEC symbols) and stream count
+//! stay within the configured bounds.
 #![no_main]
 
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
         max_streams: 8,
         reorder_bytes: 4096,
         memory_limit: 16384,
+        fec_memory: 65536,
         ..ReceiverConfig::default()
     };
     let mut rx = Receiver::new(cfg);
@@ -30,9 +32,11 @@ fuzz_target!(|data: &[u8]| {
         while rx.poll_event().is_some() {}
         assert!(rx.stream_count() <= 8);
         assert!(rx.buffered_bytes() <= 16384 + 8 * 256);
+        assert!(rx.fec_bytes() <= 65536);
         rest = next;
     }
     rx.close_all();
     while rx.poll_event().is_some() {}
     assert_eq!(rx.buffered_bytes(), 0);
+    assert_eq!(rx.fec_bytes(), 0);
 });

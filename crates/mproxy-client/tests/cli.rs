@@ -47,7 +47,55 @@ const FLAGS: &[&str] = &[
     "--server-addr",
     "--tee",
     "--mpx",
+    "--fec",
+    "--fec-block",
+    "--fec-delay",
     "--rate",
     "--iface",
     "--ttl",
 ];
+
+#[test]
+fn fec_options_are_checked() {
+    for (args, want) in [
+        (
+            &["--fec", "10", "--server-addr", "127.0.0.1:9"][..],
+            "--fec needs --mpx",
+        ),
+        (
+            &["--mpx", "--fec", "101", "--server-addr", "127.0.0.1:9"][..],
+            "'--fec <PERCENT>'",
+        ),
+        (
+            &[
+                "--mpx",
+                "--fec",
+                "10",
+                "--fec-block",
+                "0",
+                "--server-addr",
+                "127.0.0.1:9",
+            ][..],
+            "'--fec-block <FRAMES>'",
+        ),
+        (
+            &[
+                "--mpx",
+                "--fec",
+                "10",
+                "--fec-block",
+                "1024",
+                "--max-datagram",
+                "65507",
+                "--server-addr",
+                "127.0.0.1:9",
+            ][..],
+            "use a smaller block",
+        ),
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}

@@ -10,9 +10,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mproxy_common::mpx::{Event, Receiver, ReceiverConfig, Sender, SenderConfig};
+use mproxy_common::mpx::{
+    Event, FecConfig, FecDecoder, FecEncoder, Receiver, ReceiverConfig, Sender, SenderConfig,
+    StreamKey,
+};
 use mproxy_common::pack::Framing;
-use mproxy_common::wire::{classify, Datagram, Flags, FrameType, Repr};
+use mproxy_common::wire::{classify, Datagram, FecRepr, Flags, FrameType, Repr};
 
 fn frames(n: usize, payload: usize) -> Vec<Vec<u8>> {
     let cfg = SenderConfig {
@@ -116,5 +119,61 @@ fn sender(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, wire, reorder, sender);
+/// FEC: encode a block of 256 full frames (10 % repair), and rebuild 26
+/// lost frames of it; throughput in source payload bytes
+fn fec(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fec");
+    let k = 256usize;
+    let payload = vec![0x5au8; 1448];
+    g.throughput(Throughput::Bytes((k * payload.len()) as u64));
+    let cfg = FecConfig::default();
+    let mut enc = FecEncoder::new(cfg);
+    let t = Instant::now();
+    g.bench_function("encode 256x1448 +10%", |b| {
+        b.iter(|| {
+            for i in 0..k {
+                enc.add(t, i as u32, Flags::NONE, black_box(&payload));
+            }
+            let mut n = 0;
+            enc.flush(1, 1, |f| n += f.len());
+            n
+        })
+    });
+    let mut repairs = Vec::new();
+    for i in 0..k {
+        enc.add(t, i as u32, Flags::NONE, &payload);
+    }
+    enc.flush(1, 1, |f| repairs.push(f.to_vec()));
+    let parsed: Vec<(FecRepr, Vec<u8>)> = repairs
+        .iter()
+        .map(|f| match classify(f) {
+            Datagram::Mpx(_, p) => {
+                let (r, s) = FecRepr::parse(p).unwrap();
+                (r, s.to_vec())
+            }
+            _ => unreachable!(),
+        })
+        .collect();
+    let key = StreamKey {
+        session: 1,
+        stream: 1,
+    };
+    g.bench_function("rebuild 26 of 256x1448", |b| {
+        b.iter(|| {
+            let mut dec = FecDecoder::new(64 << 20);
+            let mut out = Vec::new();
+            for i in 26..k {
+                dec.on_source(key, i as u64, Flags::FEC, &payload, &mut out);
+            }
+            for (r, s) in &parsed {
+                dec.on_repair(key, 0, *r, s, &mut out);
+            }
+            assert_eq!(out.len(), 26);
+            out
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, wire, reorder, sender, fec);
 criterion_main!(benches);

@@ -10,10 +10,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mproxy_common::mpx::{
-    CloseReason, Event, Receiver, ReceiverConfig, Sender, SenderConfig, StreamKey, StreamStats,
+    CloseReason, Event, FecConfig, Receiver, ReceiverConfig, Sender, SenderConfig, StreamKey,
+    StreamStats,
 };
 use mproxy_common::pack::Framing;
-use mproxy_common::wire::{classify, Datagram, FrameType};
+use mproxy_common::wire::{classify, Datagram, FecRepr, FrameType};
 use mproxy_testsupport::SplitMix64;
 
 struct LinkConfig {
@@ -29,6 +30,13 @@ struct Truth {
     frames: BTreeMap<(StreamKey, u64), (Vec<u8>, u32)>,
     /// per stream: did any closing information (FIN frame or FIN heartbeat) arrive
     end_known: BTreeMap<StreamKey, bool>,
+    /// per (stream, block base): (k, FEC frames delivered by the link)
+    fec_blocks: BTreeMap<(StreamKey, u64), (u64, u64)>,
+    /// FEC frames sent, and their bytes
+    fec_frames: u64,
+    fec_bytes: u64,
+    /// bytes of DATA frames sent (headers included)
+    data_bytes: u64,
 }
 
 struct Sim {
@@ -79,7 +87,19 @@ impl Sim {
             stream: r.stream,
         };
         match r.frame_type {
+            FrameType::Fec => {
+                let (fec, _) = FecRepr::parse(p).unwrap();
+                let e = self
+                    .truth
+                    .fec_blocks
+                    .entry((key, u64::from(r.seq)))
+                    .or_insert((u64::from(fec.k), 0));
+                e.1 += u64::from(arrived);
+                self.truth.fec_frames += 1;
+                self.truth.fec_bytes += frame.len() as u64;
+            }
             FrameType::Data => {
+                self.truth.data_bytes += frame.len() as u64;
                 let e = self
                     .truth
                     .frames
@@ -113,6 +133,17 @@ fn run(
     inputs: &[Vec<u8>],
     rcfg: ReceiverConfig,
 ) -> (Sim, Outcome, Receiver) {
+    run_fec(seed, link, inputs, rcfg, None)
+}
+
+/// [`run`] with senders protecting their frames with FEC
+fn run_fec(
+    seed: u64,
+    link: LinkConfig,
+    inputs: &[Vec<u8>],
+    rcfg: ReceiverConfig,
+    fec: Option<FecConfig>,
+) -> (Sim, Outcome, Receiver) {
     let mut sim = Sim::new(seed, link);
     let scfg = SenderConfig {
         max_datagram: 24 + 200,
@@ -121,7 +152,11 @@ fn run(
         ..SenderConfig::default()
     };
     let mut senders: Vec<Sender> = (0..inputs.len())
-        .map(|i| Sender::new(0x5eed_0000 + i as u64, i as u32 + 1, &scfg))
+        .map(|i| {
+            let mut s = Sender::new(0x5eed_0000 + i as u64, i as u32 + 1, &scfg);
+            s.enable_fec(fec, |_| {});
+            s
+        })
         .collect();
     let mut offsets = vec![0usize; inputs.len()];
     let mut rx = Receiver::new(rcfg);
@@ -721,4 +756,248 @@ fn gaps_time_out_independently() {
         closed_at < Duration::from_millis(350),
         "closed at {closed_at:?}"
     );
+}
+
+/// What FEC must have achieved, computed from the link's record: per
+/// stream the frames that stay lost, and over all streams the blocks
+/// rebuilt, the blocks given up and the frames rebuilt
+#[derive(Debug, Default, PartialEq, Eq)]
+struct FecTruth {
+    lost: BTreeMap<StreamKey, Vec<u64>>,
+    recovered_blocks: u64,
+    unrecoverable_blocks: u64,
+    rebuilt: u64,
+    /// blocks with at least one FEC frame delivered
+    seen_blocks: u64,
+}
+
+fn fec_truth(sim: &Sim) -> FecTruth {
+    let mut t = FecTruth::default();
+    let frames = &sim.truth.frames;
+    let mut covered = 0usize;
+    for (&(key, base), &(k, fec_arrived)) in &sim.truth.fec_blocks {
+        covered += k as usize;
+        let missing: Vec<u64> = (base..base + k)
+            .filter(|q| frames.get(&(key, *q)).expect("source frame sent").1 == 0)
+            .collect();
+        if fec_arrived > 0 {
+            t.seen_blocks += 1;
+        }
+        if missing.is_empty() {
+            continue;
+        }
+        if fec_arrived >= missing.len() as u64 {
+            t.recovered_blocks += 1;
+            t.rebuilt += missing.len() as u64;
+        } else {
+            if fec_arrived > 0 {
+                t.unrecoverable_blocks += 1;
+            }
+            t.lost.entry(key).or_default().extend(missing);
+        }
+    }
+    assert_eq!(covered, frames.len(), "every DATA frame is in a block");
+    t
+}
+
+/// Check delivery and counters against the link's record, FEC included:
+/// frames of rebuilt blocks are delivered, the rest are exact gaps
+fn check_fec(sim: &Sim, out: &Outcome, rx: &Receiver, streams: usize) -> FecTruth {
+    let truth = fec_truth(sim);
+    assert_eq!(out.closed.len(), streams, "every stream closes");
+    let mut repaired = 0;
+    for (&key, &(reason, stats)) in &out.closed {
+        assert_eq!(reason, CloseReason::Fin, "{key}");
+        let lost = truth.lost.get(&key).cloned().unwrap_or_default();
+        let mut want = Vec::new();
+        let mut dups = 0u64;
+        let mut datagrams = 0u64;
+        for (&(_, seq), (payload, copies)) in sim.truth.frames.range((key, 0)..=(key, u64::MAX)) {
+            dups += u64::from(copies.saturating_sub(1));
+            if lost.binary_search(&seq).is_err() {
+                want.extend_from_slice(payload);
+                datagrams += 1;
+            }
+        }
+        let got = out.delivered.get(&key).cloned().unwrap_or_default();
+        assert!(
+            got == want,
+            "{key}: delivered {} bytes, expected {}",
+            got.len(),
+            want.len()
+        );
+        // the lost frames are reported as exact gaps: one per run
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for &q in &lost {
+            match runs.last_mut() {
+                Some((first, n)) if *first + *n == q => *n += 1,
+                _ => runs.push((q, 1)),
+            }
+        }
+        let gaps = out.gaps.get(&key).cloned().unwrap_or_default();
+        assert_eq!(gaps, runs, "{key}: gaps");
+        assert_eq!(stats.lost, lost.len() as u64, "{key} lost");
+        assert_eq!(stats.gaps, runs.len() as u64, "{key} gaps");
+        assert_eq!(stats.duplicates, dups, "{key} duplicates");
+        assert_eq!((stats.late, stats.repaired), (0, 0), "{key} late/repaired");
+        assert_eq!(stats.datagrams, datagrams, "{key} datagrams");
+        repaired += stats.fec_repaired;
+    }
+    let rs = rx.stats();
+    assert_eq!(repaired, truth.rebuilt, "frames rebuilt and used");
+    assert_eq!(rs.fec_repaired, truth.rebuilt);
+    assert_eq!(rs.fec_recovered_blocks, truth.recovered_blocks);
+    assert_eq!(rs.fec_unrecoverable_blocks, truth.unrecoverable_blocks);
+    // a clean last block may arrive after its stream closed on FIN
+    assert!(
+        rs.fec_blocks <= truth.seen_blocks && rs.fec_blocks + streams as u64 >= truth.seen_blocks,
+        "blocks {} seen {}",
+        rs.fec_blocks,
+        truth.seen_blocks
+    );
+    assert_eq!((rs.fec_invalid, rs.fec_dropped_symbols), (0, 0));
+    assert_eq!(rx.fec_bytes(), 0, "FEC state freed when streams close");
+    assert_eq!(rx.buffered_bytes(), 0);
+    truth
+}
+
+#[test]
+fn fec_rebuilds_random_loss_without_a_return_path() {
+    for seed in [71u64, 72, 73, 74, 75] {
+        let inputs = vec![lines(seed, 400_000), lines(seed + 1000, 100_000)];
+        let link = LinkConfig {
+            drop: 0.05,
+            dup: 0.01,
+            base_delay: Duration::from_millis(10),
+            // no reordering: a frame still in flight when its block is
+            // rebuilt would be rebuilt, and its copy counted a duplicate
+            jitter: Duration::ZERO,
+        };
+        let fec = FecConfig::default(); // 10 %, blocks of 256 frames
+        let (sim, out, rx) = run_fec(seed, link, &inputs, ReceiverConfig::default(), Some(fec));
+        let truth = check_fec(&sim, &out, &rx, 2);
+        let lost: u64 = sim.truth.frames.values().filter(|(_, c)| *c == 0).count() as u64;
+        let overhead = sim.truth.fec_frames as f64 / sim.truth.frames.len() as f64;
+        let byte_overhead = sim.truth.fec_bytes as f64 / sim.truth.data_bytes as f64;
+        eprintln!(
+            "seed {seed}: {} frames, {lost} lost on the link, {} rebuilt in {} blocks, {} blocks unrecoverable, overhead {:.1} % of frames, {:.1} % of bytes",
+            sim.truth.frames.len(),
+            truth.rebuilt,
+            truth.recovered_blocks,
+            truth.unrecoverable_blocks,
+            overhead * 100.0,
+            byte_overhead * 100.0
+        );
+        assert!(lost > 100, "seed {seed}: the link must lose frames");
+        // 5 % loss against 10 % overhead in blocks of 256: each block
+        // fails with probability ~0.001, so these seeds lose nothing
+        assert_eq!(truth.lost, BTreeMap::new(), "seed {seed}");
+        assert_eq!(truth.rebuilt, lost);
+        // ceil(10 % of each block); in bytes more, as these frames are
+        // small (a symbol is padded to the block's longest frame, a
+        // multiple of 64 bytes)
+        assert!((0.10..0.11).contains(&overhead), "overhead {overhead}");
+    }
+}
+
+#[test]
+fn fec_loss_beyond_the_overhead_leaves_exact_gaps() {
+    for seed in [81u64, 82, 83] {
+        let inputs = vec![lines(seed, 300_000)];
+        let link = LinkConfig {
+            drop: 0.12,
+            dup: 0.0,
+            base_delay: Duration::from_millis(10),
+            jitter: Duration::ZERO,
+        };
+        let fec = FecConfig {
+            overhead_percent: 10,
+            block_frames: 64,
+            ..FecConfig::default()
+        };
+        let (sim, out, rx) = run_fec(seed, link, &inputs, ReceiverConfig::default(), Some(fec));
+        let truth = check_fec(&sim, &out, &rx, 1);
+        eprintln!("seed {seed}: {truth:?}");
+        assert!(
+            truth.unrecoverable_blocks > 0 && truth.recovered_blocks > 0,
+            "seed {seed}: some blocks are rebuilt, some cannot be"
+        );
+    }
+}
+
+#[test]
+fn receiver_without_fec_counts_and_drops_fec_frames() {
+    let inputs = vec![lines(91, 100_000)];
+    let link = LinkConfig {
+        drop: 0.0,
+        dup: 0.0,
+        base_delay: Duration::from_millis(5),
+        jitter: Duration::ZERO,
+    };
+    let rcfg = ReceiverConfig {
+        fec: false,
+        ..ReceiverConfig::default()
+    };
+    let (sim, out, rx) = run_fec(91, link, &inputs, rcfg, Some(FecConfig::default()));
+    check(&sim, &out, 1);
+    let fec_frames = sim.truth.fec_blocks.values().map(|(_, n)| n).sum::<u64>();
+    assert!(fec_frames > 0);
+    // FEC frames that came before the stream closed count as unknown
+    // type, the rest (and the 3 closing heartbeats) as after close: none
+    // breaks the stream
+    let rs = rx.stats();
+    assert!(rs.unknown_type > 0);
+    assert_eq!(rs.unknown_type + rs.after_close, fec_frames + 3);
+    assert_eq!(rs.fec_frames, 0);
+}
+
+/// With reordering a frame may still be on its way when its block is
+/// rebuilt: it is then rebuilt too and its late copy counts as a
+/// duplicate. Delivery stays byte-exact and nothing is lost.
+#[test]
+fn fec_with_reordering_is_still_exact() {
+    for seed in [61u64, 62, 63] {
+        let inputs = vec![lines(seed, 300_000)];
+        let link = LinkConfig {
+            drop: 0.05,
+            dup: 0.0,
+            base_delay: Duration::from_millis(10),
+            jitter: Duration::from_millis(5),
+        };
+        let (sim, out, rx) = run_fec(
+            seed,
+            link,
+            &inputs,
+            ReceiverConfig::default(),
+            Some(FecConfig::default()),
+        );
+        let key = *out.closed.keys().next().unwrap();
+        let (reason, stats) = out.closed[&key];
+        assert_eq!(reason, CloseReason::Fin);
+        let want: Vec<u8> = sim
+            .truth
+            .frames
+            .values()
+            .flat_map(|(p, _)| p.clone())
+            .collect();
+        assert!(out.delivered[&key] == want, "seed {seed}: not byte-exact");
+        let lost = sim.truth.frames.values().filter(|(_, c)| *c == 0).count() as u64;
+        assert_eq!(
+            (stats.lost, stats.gaps, stats.late),
+            (0, 0, 0),
+            "seed {seed}"
+        );
+        assert!(
+            lost > 0 && stats.fec_repaired >= lost,
+            "seed {seed}: {stats}"
+        );
+        // every frame rebuilt early has a copy still coming: a duplicate
+        // (or, at the very end, a frame after close)
+        let early = stats.fec_repaired - lost;
+        assert!(
+            stats.duplicates <= early && stats.duplicates + rx.stats().after_close >= early,
+            "seed {seed}: {stats}"
+        );
+        eprintln!("seed {seed}: {lost} lost, {stats}");
+    }
 }

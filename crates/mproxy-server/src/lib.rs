@@ -322,6 +322,25 @@ impl fmt::Display for Summary {
                 m.nacks_sent, self.nack_errors, m.nacks_suppressed
             )?;
         }
+        if m.fec_frames + m.fec_invalid > 0 {
+            write!(
+                f,
+                "; FEC: {} frames ({} invalid), {} blocks, {} frames rebuilt in {} blocks, {} blocks unrecoverable",
+                m.fec_frames,
+                m.fec_invalid,
+                m.fec_blocks,
+                m.fec_repaired,
+                m.fec_recovered_blocks,
+                m.fec_unrecoverable_blocks
+            )?;
+            if m.fec_dropped_symbols > 0 {
+                write!(
+                    f,
+                    " ({} symbols dropped: memory limit)",
+                    m.fec_dropped_symbols
+                )?;
+            }
+        }
         if self.feedback_sent + self.feedback_errors > 0 {
             write!(
                 f,

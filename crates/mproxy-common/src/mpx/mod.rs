@@ -12,6 +12,7 @@
 //! 3. sleep until [`Sender::poll_timeout`] / [`Receiver::poll_timeout`]
 //!    (or new input), then call `handle_timeout(now)` and go to 2.
 
+mod fec;
 mod feedback;
 mod flow;
 mod receiver;
@@ -19,6 +20,10 @@ mod repair;
 mod scheduler;
 mod sender;
 
+pub use fec::{
+    FecConfig, FecDecoder, FecDecoderStats, FecEncoder, FecEncoderStats, Rebuilt,
+    DEFAULT_FEC_BLOCK, DEFAULT_FEC_MAX_DELAY, FEC_STREAM_BYTES,
+};
 pub use feedback::{FeedbackTracker, PathKey, REPORT_LEN};
 pub use flow::{FlowConfig, FlowControl, FlowEvent, FlowStats};
 pub use repair::{RepairBuffer, RepairOutcome};
@@ -100,6 +105,21 @@ impl Encoder {
     pub fn enable_repair(&mut self, bytes: usize) {
         if let Self::Mpx(s) = self {
             s.enable_repair(bytes);
+        }
+    }
+
+    /// Protect the stream with FEC repair symbols (mpx only; `None`: off)
+    pub fn enable_fec(&mut self, config: Option<FecConfig>, emit: impl FnMut(&[u8])) {
+        if let Self::Mpx(s) = self {
+            s.enable_fec(config, emit);
+        }
+    }
+
+    /// FEC counters of the sender (`None` if raw or FEC is off)
+    pub fn fec_stats(&self) -> Option<FecEncoderStats> {
+        match self {
+            Self::Raw(_) => None,
+            Self::Mpx(s) => s.fec_stats(),
         }
     }
 

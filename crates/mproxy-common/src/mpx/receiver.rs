@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::extend_seq;
+use super::fec::{FecDecoder, Rebuilt};
 use crate::wire::{
-    classify, emit_nack, parse_nack, Datagram, Error as WireError, Flags, FrameType, NackRange,
-    Repr, WindowAdvert, HEADER_LEN, NACK_MAX_RANGES, NACK_RANGE_LEN, WINDOW_LEN,
+    classify, emit_nack, parse_nack, Datagram, Error as WireError, FecRepr, Flags, FrameType,
+    NackRange, Repr, WindowAdvert, HEADER_LEN, NACK_MAX_RANGES, NACK_RANGE_LEN, WINDOW_LEN,
 };
 
 /// Settings of a [`Receiver`]
@@ -48,6 +49,11 @@ pub struct ReceiverConfig {
     /// Seed of the NACK-delay jitter; 0 picks a random one. Simulations
     /// set it so a run can be replayed exactly.
     pub jitter_seed: u64,
+    /// Rebuild lost DATA frames from FEC frames (off: count FEC frames as
+    /// unknown type and drop them, as receivers without FEC do)
+    pub fec: bool,
+    /// Most bytes of FEC symbols held over all streams
+    pub fec_memory: usize,
 }
 
 impl Default for ReceiverConfig {
@@ -66,6 +72,8 @@ impl Default for ReceiverConfig {
             window: false,
             window_frames: 0,
             jitter_seed: 0,
+            fec: true,
+            fec_memory: 64 << 20,
         }
     }
 }
@@ -106,6 +114,8 @@ pub struct StreamStats {
     pub late: u64,
     /// Missing frames that arrived as retransmissions and were used
     pub repaired: u64,
+    /// Missing frames rebuilt from FEC frames and used
+    pub fec_repaired: u64,
 }
 
 impl StreamStats {
@@ -123,6 +133,7 @@ impl StreamStats {
             reordered,
             late,
             repaired,
+            fec_repaired,
         } = *other;
         self.bytes += bytes;
         self.datagrams += datagrams;
@@ -132,6 +143,7 @@ impl StreamStats {
         self.reordered += reordered;
         self.late += late;
         self.repaired += repaired;
+        self.fec_repaired += fec_repaired;
     }
 }
 
@@ -139,7 +151,7 @@ impl fmt::Display for StreamStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} bytes, {} datagrams, {} gaps ({} lost), {} dups, {} reordered, {} late, {} repaired",
+            "{} bytes, {} datagrams, {} gaps ({} lost), {} dups, {} reordered, {} late, {} repaired, {} fec-repaired",
             self.bytes,
             self.datagrams,
             self.gaps,
@@ -147,7 +159,8 @@ impl fmt::Display for StreamStats {
             self.duplicates,
             self.reordered,
             self.late,
-            self.repaired
+            self.repaired,
+            self.fec_repaired
         )
     }
 }
@@ -239,6 +252,22 @@ pub struct ReceiverStats {
     pub nacks_suppressed: u64,
     /// WINDOW frames sent (flow control)
     pub windows_sent: u64,
+    /// Valid FEC frames handled by the decoder
+    pub fec_frames: u64,
+    /// FEC frames with a malformed FEC header (dropped)
+    pub fec_invalid: u64,
+    /// FEC frames for a stream the receiver does not know (dropped)
+    pub fec_unknown_stream: u64,
+    /// FEC blocks settled (their FEC frames were seen)
+    pub fec_blocks: u64,
+    /// Blocks with lost frames that FEC rebuilt
+    pub fec_recovered_blocks: u64,
+    /// Blocks with more lost frames than repair symbols arrived
+    pub fec_unrecoverable_blocks: u64,
+    /// Lost DATA frames rebuilt from FEC and used (all streams)
+    pub fec_repaired: u64,
+    /// FEC symbols not kept because of the memory limit
+    pub fec_dropped_symbols: u64,
 }
 
 /// A datagram the receiver wants sent (a NACK or a WINDOW frame)
@@ -358,6 +387,7 @@ pub struct Receiver {
     id: u64,
     pool: Vec<Vec<u8>>,
     buffered_bytes: usize,
+    fec: FecDecoder,
     stats: ReceiverStats,
 }
 
@@ -382,6 +412,7 @@ impl Receiver {
             seed => seed,
         } | 1;
         Self {
+            fec: FecDecoder::new(config.fec_memory),
             config,
             streams: HashMap::new(),
             closed: HashSet::new(),
@@ -399,7 +430,20 @@ impl Receiver {
 
     /// Receiver-wide counters
     pub fn stats(&self) -> ReceiverStats {
-        self.stats
+        let f = self.fec.stats();
+        ReceiverStats {
+            fec_frames: f.fec_frames,
+            fec_blocks: f.blocks,
+            fec_recovered_blocks: f.recovered_blocks,
+            fec_unrecoverable_blocks: f.unrecoverable_blocks,
+            fec_dropped_symbols: f.dropped_symbols,
+            ..self.stats
+        }
+    }
+
+    /// Bytes of FEC symbols held for decoding over all streams
+    pub fn fec_bytes(&self) -> usize {
+        self.fec.bytes()
     }
 
     /// Number of live streams
@@ -495,6 +539,10 @@ impl Receiver {
                 self.overhear_nack(now, key, payload);
                 return;
             }
+            FrameType::Fec if self.config.fec => {
+                self.handle_fec(now, key, repr.seq, payload);
+                return;
+            }
             _ => {
                 self.stats.unknown_type += 1;
                 return;
@@ -508,7 +556,6 @@ impl Receiver {
             self.stats.rejected_frames += 1;
             return;
         }
-        let window = self.config.reorder_window as u64;
         let Some(stream) = self.streams.get_mut(&key) else {
             return;
         };
@@ -539,44 +586,126 @@ impl Receiver {
                 self.stats.out_of_range += 1;
                 return;
             }
-            if repr.flags.contains(Flags::FIN) {
-                stream.end = Some(seq + 1);
+            let mut rebuilt = Vec::new();
+            if self.config.fec && repr.flags.contains(Flags::FEC) {
+                self.fec
+                    .on_source(key, seq, repr.flags, payload, &mut rebuilt);
             }
-            if seq < stream.next {
-                if stream.is_lost(seq) {
-                    stream.stats.late += 1;
-                } else {
-                    stream.stats.duplicates += 1;
-                }
-                return;
-            }
-            if seq > stream.high {
-                stream.holes.push_back((stream.high, now));
-            }
-            stream.high = stream.high.max(seq + 1);
-            if repr.flags.contains(Flags::RETRANSMIT) {
-                let offset = (seq - stream.next) as usize;
-                if stream.ring.get(offset).is_none_or(Option::is_none) {
-                    stream.stats.repaired += 1;
-                }
-            }
-            if seq >= stream.next + window {
-                // Too far ahead: frames must be given up so it fits in the
-                // window. Skip to the first frame that did arrive at or
-                // after the minimum, so a run of missing frames is never
-                // cut in two (and does not wait a second timeout).
-                let min = seq + 1 - window;
-                let from = (min - stream.next) as usize;
-                let target = stream
-                    .ring
-                    .iter()
-                    .skip(from)
-                    .position(Option::is_some)
-                    .map_or(seq, |i| min + i as u64);
-                self.skip_to(key, target);
-            }
-            self.insert(now, key, seq, payload);
+            self.handle_data(now, key, seq, repr.flags, payload, false);
+            self.feed_rebuilt(now, key, rebuilt);
+            return;
         }
+        self.settle(now, key);
+    }
+
+    /// An FEC frame of block `base` (wire sequence number): hand it to the
+    /// decoder and feed what it rebuilds as if it had arrived
+    fn handle_fec(&mut self, now: Instant, key: StreamKey, base: u32, payload: &[u8]) {
+        if self.closed.contains(&key) {
+            self.stats.after_close += 1;
+            return;
+        }
+        let Ok((fec, symbol)) = FecRepr::parse(payload) else {
+            self.stats.fec_invalid += 1;
+            return;
+        };
+        // FEC frames never open a stream: they follow DATA frames
+        let Some(stream) = self.streams.get_mut(&key) else {
+            self.stats.fec_unknown_stream += 1;
+            return;
+        };
+        let Some(base) = extend_seq(base, stream.next) else {
+            self.stats.out_of_range += 1;
+            return;
+        };
+        if base > stream.next + (1 << 30) {
+            self.stats.out_of_range += 1;
+            return;
+        }
+        stream.last_active = now;
+        let mut rebuilt = Vec::new();
+        self.fec.on_repair(key, base, fec, symbol, &mut rebuilt);
+        self.feed_rebuilt(now, key, rebuilt);
+    }
+
+    fn feed_rebuilt(&mut self, now: Instant, key: StreamKey, rebuilt: Vec<Rebuilt>) {
+        for (seq, flags, payload) in rebuilt {
+            self.handle_data(now, key, seq, flags, &payload, true);
+        }
+    }
+
+    /// A DATA frame with extended number `seq`, received or (`rebuilt`)
+    /// rebuilt from FEC
+    fn handle_data(
+        &mut self,
+        now: Instant,
+        key: StreamKey,
+        seq: u64,
+        flags: Flags,
+        payload: &[u8],
+        rebuilt: bool,
+    ) {
+        let window = self.config.reorder_window as u64;
+        let Some(stream) = self.streams.get_mut(&key) else {
+            return;
+        };
+        if stream.end.is_some_and(|end| seq >= end) || seq > stream.next + (1 << 30) {
+            if !rebuilt {
+                self.stats.out_of_range += 1;
+            }
+            return;
+        }
+        if rebuilt
+            && (seq < stream.next
+                || stream
+                    .ring
+                    .get((seq - stream.next) as usize)
+                    .is_some_and(Option::is_some))
+        {
+            // given up on already, or arrived meanwhile: not a network copy
+            return;
+        }
+        if flags.contains(Flags::FIN) {
+            stream.end = Some(seq + 1);
+        }
+        if seq < stream.next {
+            if stream.is_lost(seq) {
+                stream.stats.late += 1;
+            } else {
+                stream.stats.duplicates += 1;
+            }
+            return;
+        }
+        if rebuilt {
+            stream.stats.fec_repaired += 1;
+            self.stats.fec_repaired += 1;
+        }
+        if seq > stream.high {
+            stream.holes.push_back((stream.high, now));
+        }
+        stream.high = stream.high.max(seq + 1);
+        if flags.contains(Flags::RETRANSMIT) {
+            let offset = (seq - stream.next) as usize;
+            if stream.ring.get(offset).is_none_or(Option::is_none) {
+                stream.stats.repaired += 1;
+            }
+        }
+        if seq >= stream.next + window {
+            // Too far ahead: frames must be given up so it fits in the
+            // window. Skip to the first frame that did arrive at or
+            // after the minimum, so a run of missing frames is never
+            // cut in two (and does not wait a second timeout).
+            let min = seq + 1 - window;
+            let from = (min - stream.next) as usize;
+            let target = stream
+                .ring
+                .iter()
+                .skip(from)
+                .position(Option::is_some)
+                .map_or(seq, |i| min + i as u64);
+            self.skip_to(key, target);
+        }
+        self.insert(now, key, seq, payload);
         self.settle(now, key);
     }
 
@@ -984,6 +1113,7 @@ impl Receiver {
     }
 
     fn close(&mut self, key: StreamKey, reason: CloseReason) {
+        self.fec.close(key);
         if let Some(stream) = self.streams.remove(&key) {
             for buf in stream.ring.into_iter().flatten() {
                 self.buffered_bytes -= buf.len();

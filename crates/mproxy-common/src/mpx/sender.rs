@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::fec::{FecConfig, FecEncoder, FecEncoderStats};
 use super::repair::{RepairBuffer, RepairOutcome};
 use crate::pack::{Framing, Packer};
 use crate::wire::{parse_nack, Flags, FrameType, Repr, HEADER_LEN};
@@ -71,6 +72,7 @@ pub struct Sender {
     /// that lost the FIN frame or the frames before it learns the end)
     linger: u8,
     repair: Option<RepairBuffer>,
+    fec: Option<FecEncoder>,
     stats: SenderStats,
 }
 
@@ -98,6 +100,7 @@ impl Sender {
             finished: false,
             linger: 0,
             repair: (config.repair_buffer > 0).then(|| RepairBuffer::new(config.repair_buffer)),
+            fec: None,
             stats: SenderStats::default(),
         }
     }
@@ -145,12 +148,14 @@ impl Sender {
             next_seq,
             stats,
             repair,
+            fec,
             ..
         } = self;
         let mut sent = false;
         packer.push(data, |payload| {
             let seq = *next_seq;
-            let len = data_frame(frame, *session, *stream, next_seq, Flags::NONE, payload);
+            let flags = fec_flag(fec.is_some());
+            let len = data_frame(frame, *session, *stream, next_seq, flags, payload);
             stats.frames += 1;
             stats.bytes += payload.len() as u64;
             sent = true;
@@ -158,6 +163,16 @@ impl Sender {
                 r.store(seq, &frame[..len]);
             }
             emit(&frame[..len]);
+            protect(
+                fec.as_mut(),
+                now,
+                seq,
+                flags,
+                payload,
+                *session,
+                *stream,
+                &mut emit,
+            );
         });
         if sent {
             self.touch(now);
@@ -177,25 +192,44 @@ impl Sender {
             next_seq,
             stats,
             repair,
+            fec,
             ..
         } = self;
         packer.finish(|payload| {
             let seq = *next_seq;
-            let len = data_frame(frame, *session, *stream, next_seq, Flags::NONE, payload);
+            let flags = fec_flag(fec.is_some());
+            let len = data_frame(frame, *session, *stream, next_seq, flags, payload);
             stats.frames += 1;
             stats.bytes += payload.len() as u64;
             if let Some(r) = repair.as_mut() {
                 r.store(seq, &frame[..len]);
             }
             emit(&frame[..len]);
+            protect(
+                fec.as_mut(),
+                now,
+                seq,
+                flags,
+                payload,
+                *session,
+                *stream,
+                &mut emit,
+            );
         });
         let seq = *next_seq;
-        let len = data_frame(frame, *session, *stream, next_seq, Flags::FIN, &[]);
+        let flags = fec_flag(fec.is_some()) | Flags::FIN;
+        let len = data_frame(frame, *session, *stream, next_seq, flags, &[]);
         stats.frames += 1;
         if let Some(r) = repair.as_mut() {
             r.store(seq, &frame[..len]);
         }
         emit(&frame[..len]);
+        if let Some(f) = fec.as_mut() {
+            // the last (partial) block goes out with the end of the stream
+            let flags = if seq == 0 { flags | Flags::OPEN } else { flags };
+            f.add(now, seq, flags, &[]);
+            f.flush(*session, *stream, &mut emit);
+        }
         self.finished = true;
         self.linger = LINGER_COUNT;
         self.touch(now);
@@ -210,7 +244,23 @@ impl Sender {
         if self.finished {
             return (self.linger > 0).then_some(self.last_sent? + LINGER_INTERVAL);
         }
-        Some(self.last_sent? + self.heartbeat_interval)
+        let heartbeat = self.last_sent? + self.heartbeat_interval;
+        let fec = self.fec.as_ref().and_then(FecEncoder::poll_timeout);
+        Some(fec.map_or(heartbeat, |f| f.min(heartbeat)))
+    }
+
+    /// Protect DATA frames with FEC from the next frame on (`None`: off);
+    /// an open block is flushed through `emit` first
+    pub fn enable_fec(&mut self, config: Option<FecConfig>, emit: impl FnMut(&[u8])) {
+        if let Some(f) = self.fec.as_mut() {
+            f.flush(self.session, self.stream, emit);
+        }
+        self.fec = config.map(FecEncoder::new);
+    }
+
+    /// FEC counters (`None` if FEC is off)
+    pub fn fec_stats(&self) -> Option<FecEncoderStats> {
+        self.fec.as_ref().map(FecEncoder::stats)
     }
 
     /// Keep the last `bytes` of frames for NACK repair (0 turns repair off)
@@ -284,6 +334,12 @@ impl Sender {
     /// Send a heartbeat if the stream has been idle for the interval
     /// (after FIN: one of the closing heartbeats, flagged FIN)
     pub fn handle_timeout(&mut self, now: Instant, mut emit: impl FnMut(&[u8])) {
+        if let Some(f) = self.fec.as_mut() {
+            if f.poll_timeout().is_some_and(|at| now >= at) {
+                // the open block waited long enough: send its repair symbols
+                f.flush(self.session, self.stream, &mut emit);
+            }
+        }
         match self.poll_timeout() {
             Some(at) if now >= at => {}
             _ => return,
@@ -313,6 +369,37 @@ impl Sender {
     fn touch(&mut self, now: Instant) {
         self.epoch.get_or_insert(now);
         self.last_sent = Some(now);
+    }
+}
+
+fn fec_flag(on: bool) -> Flags {
+    if on {
+        Flags::FEC
+    } else {
+        Flags::NONE
+    }
+}
+
+/// Add a sent DATA frame to the FEC block; emit the repair frames when full
+#[allow(clippy::too_many_arguments)]
+fn protect(
+    fec: Option<&mut FecEncoder>,
+    now: Instant,
+    seq: u32,
+    mut flags: Flags,
+    payload: &[u8],
+    session: u64,
+    stream: u32,
+    emit: &mut impl FnMut(&[u8]),
+) {
+    let Some(f) = fec else {
+        return;
+    };
+    if seq == 0 {
+        flags = flags | Flags::OPEN;
+    }
+    if f.add(now, seq, flags, payload) {
+        f.flush(session, stream, emit);
     }
 }
 

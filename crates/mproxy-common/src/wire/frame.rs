@@ -59,11 +59,11 @@ pub enum FrameType {
     Data,
     /// Keep-alive carrying the next sequence number (reveals tail loss)
     Heartbeat,
-    /// Reserved: negative acknowledgement (repair request)
+    /// Negative acknowledgement: ranges of missing frames a receiver asks for
     Nack,
     /// Reserved: retransmitted payload
     Repair,
-    /// Reserved: forward error correction symbol
+    /// Forward error correction: one repair symbol of a block of DATA frames
     Fec,
     /// Receiver feedback report (path health)
     Feedback,
@@ -123,8 +123,11 @@ impl Flags {
     pub const OPEN: Self = Self(0x01);
     /// Last frame of a stream: nothing follows its sequence number
     pub const FIN: Self = Self(0x02);
-    /// Reserved: this frame is a retransmission
+    /// DATA: this frame is a retransmission (an answer to a NACK)
     pub const RETRANSMIT: Self = Self(0x04);
+    /// DATA: this frame is a source symbol of an FEC block (receivers that
+    /// decode FEC keep a copy until the block's FEC frames have arrived)
+    pub const FEC: Self = Self(0x08);
 
     /// True if every bit of `other` is set
     pub fn contains(self, other: Self) -> bool {

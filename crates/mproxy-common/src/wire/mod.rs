@@ -27,11 +27,16 @@
 //! assert_eq!(frame.payload(), b"hello");
 //! ```
 
+mod fec;
 mod feedback;
 mod frame;
 mod nack;
 mod window;
 
+pub use fec::{
+    parse_source_symbol, source_symbol, symbol_len_for, FecError, FecRepr, FEC_HEADER_LEN,
+    FEC_MAX_BLOCK, FEC_MAX_REPAIR, FEC_SOURCE_PREFIX, FEC_SYMBOL_ALIGN,
+};
 pub use feedback::{FeedbackReport, FEEDBACK_LEN};
 pub use nack::{emit_nack, parse_nack, NackRange, NACK_MAX_RANGES, NACK_RANGE_LEN};
 pub use window::{WindowAdvert, WINDOW_LEN};

@@ -54,4 +54,48 @@ mod tests {
         b.extend_from_slice(&[0, 0, 0, 9, 0, 0, 1, 2]); // a zero range and junk
         assert_eq!(parse_nack(&b).collect::<Vec<_>>(), ranges);
     }
+
+    /// Test vector 4 of docs/PROTOCOL.md: a whole NACK frame
+    #[test]
+    fn test_nack_frame_vector() {
+        use crate::wire::{classify, Datagram, Flags, FrameType, Repr};
+        let want: [u8; 36] = [
+            0xa7, 0x4d, 0x13, 0x00, 0x22, 0x08, 0x48, 0x03, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab,
+            0xcd, 0xef, 0x00, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00, 0x07,
+            0x00, 0x01, 0xff, 0xff, 0xff, 0xff, 0x01, 0x2c,
+        ];
+        let repr = Repr {
+            frame_type: FrameType::Nack,
+            flags: Flags::NONE,
+            session: 0x0123_4567_89ab_cdef,
+            stream: 7,
+            seq: 5,
+        };
+        let mut payload = Vec::new();
+        emit_nack(
+            &[
+                NackRange { start: 7, count: 1 },
+                NackRange {
+                    start: u32::MAX,
+                    count: 300,
+                },
+            ],
+            &mut payload,
+        );
+        let mut buf = [0u8; 36];
+        assert_eq!(repr.emit_with_payload(&mut buf, &payload), Ok(36));
+        assert_eq!(buf, want);
+        let Datagram::Mpx(r, p) = classify(&want) else {
+            panic!("vector must classify as a valid frame")
+        };
+        assert_eq!(r, repr);
+        assert_eq!(parse_nack(p).count(), 2);
+        // at most 128 ranges are emitted and read
+        let many = vec![NackRange { start: 1, count: 1 }; 200];
+        let mut b = Vec::new();
+        emit_nack(&many, &mut b);
+        assert_eq!(b.len(), NACK_MAX_RANGES * NACK_RANGE_LEN);
+        b.extend_from_slice(&[0, 0, 0, 1, 0, 1]);
+        assert_eq!(parse_nack(&b).count(), NACK_MAX_RANGES);
+    }
 }
