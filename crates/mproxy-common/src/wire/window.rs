@@ -64,4 +64,35 @@ mod tests {
         assert_eq!(WindowAdvert::parse(&longer), Some(w));
         assert_eq!(WindowAdvert::parse(&wire[..15]), None);
     }
+
+    /// Test vector 6 of docs/PROTOCOL.md: a whole WINDOW frame
+    #[test]
+    fn test_window_frame_vector() {
+        use crate::wire::{classify, Datagram, Flags, FrameType, Repr};
+        let want: [u8; 40] = [
+            0xa7, 0x4d, 0x17, 0x00, 0x34, 0xd0, 0x3c, 0x48, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab,
+            0xcd, 0xef, 0x00, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x04, 0x00,
+            0x00, 0x40, 0x00, 0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88,
+        ];
+        let repr = Repr {
+            frame_type: FrameType::Window,
+            flags: Flags::NONE,
+            session: 0x0123_4567_89ab_cdef,
+            stream: 7,
+            seq: 5,
+        };
+        let w = WindowAdvert {
+            frames: 1024,
+            bytes: 4 << 20,
+            receiver: 0x1122_3344_5566_7788,
+        };
+        let mut buf = [0u8; 40];
+        assert_eq!(repr.emit_with_payload(&mut buf, &w.emit()), Ok(40));
+        assert_eq!(buf, want);
+        let Datagram::Mpx(r, p) = classify(&want) else {
+            panic!("vector must classify as a valid frame")
+        };
+        assert_eq!(r, repr);
+        assert_eq!(WindowAdvert::parse(p), Some(w));
+    }
 }
