@@ -89,6 +89,7 @@ pub struct FlowStats {
 
 #[derive(Debug)]
 struct Peer {
+    /// Where its latest window came from (for the log)
     addr: SocketAddr,
     /// The receiver's random id (several may share an address)
     id: u64,
@@ -153,11 +154,9 @@ impl FlowControl {
         // window still lets the stream crawl rather than deadlock
         let frames = w.frames.min(by_bytes).max(1);
         let limit = next.wrapping_add(frames);
-        if let Some(p) = self
-            .peers
-            .iter_mut()
-            .find(|p| p.addr == from && p.id == w.receiver)
-        {
+        // By id alone: a multipath receiver answers over every path (from
+        // several addresses), and receivers on one host share an address.
+        if let Some(p) = self.peers.iter_mut().find(|p| p.id == w.receiver) {
             if p.cut {
                 self.stats.ignored += 1;
                 return;
@@ -167,6 +166,7 @@ impl FlowControl {
                 p.limit = limit;
             }
             p.last_heard = now;
+            p.addr = from;
         } else if self.peers.len() < self.config.max_receivers {
             self.peers.push(Peer {
                 addr: from,
@@ -278,11 +278,12 @@ impl FlowControl {
 mod tests {
     use super::*;
 
-    fn win(frames: u32) -> [u8; 16] {
+    /// A window of receiver `id`
+    fn win(id: u64, frames: u32) -> [u8; 16] {
         WindowAdvert {
             frames,
             bytes: u32::MAX,
-            receiver: 1,
+            receiver: id,
         }
         .emit()
     }
@@ -302,14 +303,14 @@ mod tests {
         let t = t + Duration::from_millis(200);
         assert_eq!(fc.limit(t), None);
         assert!(fc.allows(t, 1_000_000));
-        fc.on_window(t, addr(1), 100, &win(50), 1400);
-        fc.on_window(t, addr(2), 120, &win(50), 1400);
+        fc.on_window(t, addr(1), 100, &win(1, 50), 1400);
+        fc.on_window(t, addr(2), 120, &win(2, 50), 1400);
         assert_eq!(fc.limit(t), Some(150));
         assert!(fc.allows(t, 149) && !fc.allows(t, 150));
         assert_eq!(fc.poll_event(), Some(FlowEvent::Joined(addr(1))));
         assert_eq!(fc.poll_event(), Some(FlowEvent::Joined(addr(2))));
         // an old, reordered window does not move the limit back
-        fc.on_window(t, addr(1), 90, &win(50), 1400);
+        fc.on_window(t, addr(1), 90, &win(1, 50), 1400);
         assert_eq!(fc.limit(t), Some(150));
     }
 
@@ -327,7 +328,7 @@ mod tests {
         let w = WindowAdvert {
             frames: 1000,
             bytes: 0,
-            receiver: 1,
+            receiver: 2,
         };
         fc.on_window(t, addr(2), 0, &w.emit(), 1400);
         assert_eq!(fc.limit(t), Some(1));
@@ -339,10 +340,10 @@ mod tests {
     fn test_silent_receiver_times_out_and_can_rejoin() {
         let t = Instant::now();
         let mut fc = FlowControl::new(FlowConfig::default(), 0);
-        fc.on_window(t, addr(1), 0, &win(10), 1400);
-        fc.on_window(t, addr(2), 0, &win(1000), 1400);
+        fc.on_window(t, addr(1), 0, &win(1, 10), 1400);
+        fc.on_window(t, addr(2), 0, &win(2, 1000), 1400);
         let later = t + Duration::from_millis(1500);
-        fc.on_window(later, addr(2), 500, &win(1000), 1400);
+        fc.on_window(later, addr(2), 500, &win(2, 1000), 1400);
         assert_eq!(fc.limit(later), Some(10));
         assert_eq!(fc.poll_timeout(), Some(t + Duration::from_secs(2)));
         let dead = t + Duration::from_secs(2);
@@ -351,7 +352,7 @@ mod tests {
         let events: Vec<_> = std::iter::from_fn(|| fc.poll_event()).collect();
         assert!(events.contains(&FlowEvent::TimedOut(addr(1))), "{events:?}");
         assert_eq!(fc.active(), 1);
-        fc.on_window(dead, addr(1), 20, &win(10), 1400);
+        fc.on_window(dead, addr(1), 20, &win(1, 10), 1400);
         assert_eq!(fc.limit(dead), Some(30));
     }
 
@@ -365,10 +366,10 @@ mod tests {
             },
             0,
         );
-        fc.on_window(t, addr(1), 0, &win(10), 1400);
-        fc.on_window(t, addr(2), 50, &win(10), 1400);
+        fc.on_window(t, addr(1), 0, &win(1, 10), 1400);
+        fc.on_window(t, addr(2), 50, &win(2, 10), 1400);
         assert_eq!(fc.limit(t), Some(10));
-        fc.on_window(t, addr(2), 200, &win(10), 1400);
+        fc.on_window(t, addr(2), 200, &win(2, 10), 1400);
         assert_eq!(fc.limit(t), Some(210));
         assert_eq!(fc.stats().cut, 1);
         let events: Vec<_> = std::iter::from_fn(|| fc.poll_event()).collect();
@@ -380,9 +381,19 @@ mod tests {
             "{events:?}"
         );
         // a cut receiver stays cut
-        fc.on_window(t, addr(1), 205, &win(10), 1400);
+        fc.on_window(t, addr(1), 205, &win(1, 10), 1400);
         assert_eq!(fc.limit(t), Some(210));
         assert_eq!(fc.active(), 1);
+    }
+
+    #[test]
+    fn test_one_receiver_over_several_paths_is_one_peer() {
+        let t = Instant::now();
+        let mut fc = FlowControl::new(FlowConfig::default(), 0);
+        fc.on_window(t, addr(1), 0, &win(9, 10), 1400);
+        fc.on_window(t, addr(2), 50, &win(9, 10), 1400);
+        assert_eq!(fc.active(), 1);
+        assert_eq!(fc.limit(t), Some(60));
     }
 
     #[test]
@@ -405,7 +416,7 @@ mod tests {
     fn test_serial_arithmetic_across_wrap() {
         let t = Instant::now();
         let mut fc = FlowControl::new(FlowConfig::default(), 0);
-        fc.on_window(t, addr(1), u32::MAX - 5, &win(10), 1400);
+        fc.on_window(t, addr(1), u32::MAX - 5, &win(1, 10), 1400);
         assert_eq!(fc.limit(t), Some(4));
         assert!(fc.allows(t, u32::MAX) && fc.allows(t, 3) && !fc.allows(t, 4));
     }
