@@ -1,12 +1,12 @@
 //! Fuzz the mpx decoder: classify and parse must never panic, and a frame
-//! that parses must re-emit to the same bytes; so must NACK and FEC
-//! payloads.
+//! that parses must re-emit to the same bytes; so must NACK, FEC and
+//! WINDOW payloads.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use mproxy_common::wire::{
     classify, emit_nack, parse_nack, parse_source_symbol, Datagram, FecRepr, Frame, Repr,
-    HEADER_LEN,
+    WindowAdvert, HEADER_LEN, WINDOW_LEN,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -26,6 +26,9 @@ fuzz_target!(|data: &[u8]| {
         let mut out = Vec::new();
         fec.emit(symbol, &mut out);
         assert_eq!(out, data);
+    }
+    if let Some(w) = WindowAdvert::parse(data) {
+        assert_eq!(w.emit()[..], data[..WINDOW_LEN]);
     }
     if let Some((_, payload)) = parse_source_symbol(data) {
         assert!(payload.len() + 3 <= data.len());
