@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::data::unique_temp_path;
 
 /// Path of the workspace binary `name` (e.g. `"mproxy-client"`) built in the
-/// same target profile directory as the running test executable.
+/// same target profile directory as the running test (or example) executable.
 ///
 /// A test executable lives at `<target>/<profile>/deps/<test>-<hash>`, so
 /// the binary is expected at `<target>/<profile>/<name>`. Panics if it does
@@ -19,7 +19,11 @@ pub fn bin(name: &str) -> PathBuf {
         .parent()
         .unwrap_or_else(|| panic!("test executable {} has no parent", exe.display()))
         .to_path_buf();
-    if dir.file_name().is_some_and(|n| n == "deps") {
+    // tests live in <profile>/deps, examples in <profile>/examples
+    if dir
+        .file_name()
+        .is_some_and(|n| n == "deps" || n == "examples")
+    {
         dir.pop();
     }
     let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
