@@ -257,6 +257,13 @@ impl TryFrom<Cli> for Config {
         {
             bail!("path weights and rates ('|W|RATE') need --mode stripe");
         }
+        if (cli.mpx || multipath) && cli.max_datagram <= HEADER_LEN {
+            bail!(
+                "--max-datagram {} leaves no room for data with --mpx: the header alone is {HEADER_LEN} bytes (at least {})",
+                cli.max_datagram,
+                HEADER_LEN + 1
+            );
+        }
         let fec = (cli.fec > 0).then_some(FecConfig {
             overhead_percent: cli.fec,
             block_frames: cli.fec_block,
@@ -534,6 +541,8 @@ struct Tx {
     pacer: Option<Pacer>,
     batch: TxBatch,
     datagrams: u64,
+    /// Pacing sleeps end early on a shutdown request
+    shutdown: Shutdown,
 }
 
 impl Tx {
@@ -578,9 +587,11 @@ impl Tx {
         }
         if let Some(p) = self.pacer.as_mut() {
             let wait = p.delay(Instant::now(), d.len());
-            if wait >= MIN_SLEEP {
+            // once shutdown is requested, what was already read goes out
+            // unpaced (reads are capped to ~50 ms of the rate, see run)
+            if wait >= MIN_SLEEP && !self.shutdown.is_set() {
                 self.flush();
-                std::thread::sleep(wait);
+                mproxy_common::io::sleep_unless(&self.shutdown, wait);
             }
         }
         self.batch.push(d);
@@ -734,6 +745,7 @@ impl Client {
             pacer,
             batch: TxBatch::default(),
             datagrams: 0,
+            shutdown: shutdown.clone(),
         };
         let tee = Tee::new(self.config.tee);
         let mut buf = vec![0u8; 64 * 1024];
@@ -805,7 +817,14 @@ impl Client {
                 tx.flush();
                 continue;
             }
-            // no more than the window allows (a read may make many frames)
+            // With --rate, read at most ~50 ms of it at a time, so
+            // signals and --stats-interval are seen promptly during a slow
+            // replay; and no more than the flow-control window allows.
+            let paced_cap = self.config.rate.map_or(buf.len(), |r| {
+                usize::try_from(r.bytes_per_sec() / 20)
+                    .unwrap_or(usize::MAX)
+                    .clamp(self.config.max_datagram.min(buf.len()), buf.len())
+            });
             let cap = match (flow.as_mut(), encoder.next_seq()) {
                 (Some(fc), Some(next)) => fc.limit(Instant::now()).map_or(buf.len(), |limit| {
                     (limit.wrapping_sub(next) as usize)
@@ -813,7 +832,8 @@ impl Client {
                         .clamp(max_payload.min(buf.len()), buf.len())
                 }),
                 _ => buf.len(),
-            };
+            }
+            .min(paced_cap);
             let n = match self.input.read(&mut buf[..cap]) {
                 Ok(0) => break,
                 Ok(n) => n,

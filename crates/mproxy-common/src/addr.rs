@@ -41,12 +41,16 @@ pub enum AddrError {
     /// No `:port` part was found
     #[error("'{0}' has no port (expected host:port or [v6]:port)")]
     MissingPort(String),
-    /// The port is not a number from 1 to 65535 (0 only where allowed)
+    /// The port is not a number from 1 to 65535
     #[error("'{0}' has an invalid port (expected 1-65535)")]
     InvalidPort(String),
     /// A `[` without its `]`, or an IPv6 literal that does not parse
     #[error("'{0}' is not a valid IPv6 literal")]
     InvalidIpv6(String),
+    /// Several colons outside brackets: an IPv6 address must be written
+    /// `[addr]:port` (or a scheme this flag does not take)
+    #[error("'{0}' is ambiguous: write an IPv6 address as [addr]:port")]
+    BareIpv6(String),
     /// Host name with characters no host name may contain
     #[error("'{0}' is not a valid host name")]
     InvalidHost(String),
@@ -54,7 +58,7 @@ pub enum AddrError {
     #[error("'{0}': a %zone is only allowed on an IPv6 literal")]
     UnexpectedZone(String),
     /// The zone names an interface that does not exist
-    #[error("unknown interface '{iface}' in '{spec}'")]
+    #[error("unknown interface '{iface}'{}", if spec == iface { String::new() } else { format!(" in '{spec}'") })]
     UnknownInterface {
         /// The interface as written
         iface: String,
@@ -202,10 +206,8 @@ impl FromStr for Endpoint {
                 .rsplit_once(':')
                 .ok_or_else(|| AddrError::MissingPort(text.into()))?;
             if host.contains(':') {
-                // a bare IPv6 literal: the last colon is ambiguous
-                return Err(AddrError::InvalidIpv6(format!(
-                    "{text}' (write IPv6 as [addr]:port)"
-                )));
+                // a bare IPv6 literal (or a scheme): the last colon is ambiguous
+                return Err(AddrError::BareIpv6(text.into()));
             }
             if host.contains('%') {
                 return Err(AddrError::UnexpectedZone(text.into()));
@@ -221,7 +223,9 @@ impl FromStr for Endpoint {
         };
         let port: u16 = port_str
             .parse()
-            .map_err(|_| AddrError::InvalidPort(text.into()))?;
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| AddrError::InvalidPort(text.into()))?;
         Ok(Self {
             host,
             port,
@@ -260,7 +264,17 @@ impl fmt::Display for PathSpec {
         match (self.weight, self.rate) {
             (1, None) => write!(f, "{}", self.endpoint),
             (w, None) => write!(f, "{}|{}", self.endpoint, w),
-            (w, Some(r)) => write!(f, "{}|{}|{}B", self.endpoint, w, r.bytes_per_sec()),
+            (w, Some(r)) => {
+                // as typed when it was a round number of bits, and parseable back
+                let bits = r.bytes_per_sec().saturating_mul(8);
+                let rate = match bits {
+                    b if b % 1_000_000_000 == 0 => format!("{}gbit", b / 1_000_000_000),
+                    b if b % 1_000_000 == 0 => format!("{}mbit", b / 1_000_000),
+                    b if b % 1_000 == 0 => format!("{}kbit", b / 1_000),
+                    _ => format!("{}B", r.bytes_per_sec()),
+                };
+                write!(f, "{}|{}|{}", self.endpoint, w, rate)
+            }
         }
     }
 }
@@ -434,7 +448,11 @@ mod tests {
             ("127.0.0.1:x", "invalid port"),
             ("[::1:9", "not a valid IPv6"),
             ("[::zz]:9", "not a valid IPv6"),
-            ("::1:9", "write IPv6 as [addr]:port"),
+            (
+                "::1:9",
+                "'::1:9' is ambiguous: write an IPv6 address as [addr]:port",
+            ),
+            ("127.0.0.1:0", "invalid port (expected 1-65535)"),
             ("[::1]9", "has no port"),
             ("bad host:9", "not a valid host name"),
             ("10.0.0.1%eth0:9", "zone is only allowed"),
@@ -470,6 +488,13 @@ mod tests {
             assert!(err.contains("invalid weight"), "{bad}: {err}");
         }
         let p: PathSpec = "10.0.0.2:9000|2|50mbit".parse().unwrap();
+        // shown as typed, and parseable back
+        assert_eq!(p.to_string(), "10.0.0.2:9000|2|50mbit");
+        for spec in ["h:9|1|1gbit", "h:9|3|64kbit", "h:9|1|1001B"] {
+            let p: PathSpec = spec.parse().unwrap();
+            assert_eq!(p.to_string(), spec);
+            assert_eq!(p.to_string().parse::<PathSpec>().unwrap().rate, p.rate);
+        }
         assert_eq!(p.weight, 2);
         assert_eq!(p.rate.unwrap().bytes_per_sec(), 6_250_000);
         let err = "h:9|2|fast".parse::<PathSpec>().unwrap_err().to_string();
@@ -493,6 +518,6 @@ mod tests {
             Some(Ipv4Addr::LOCALHOST)
         );
         let err = "nosuch0".parse::<Interface>().unwrap().index().unwrap_err();
-        assert_eq!(err.to_string(), "unknown interface 'nosuch0' in 'nosuch0'");
+        assert_eq!(err.to_string(), "unknown interface 'nosuch0'");
     }
 }

@@ -38,6 +38,7 @@ fn bad_input_table() {
         let file = file.to_str().unwrap();
         let dir_s = dir.path().to_str().unwrap();
         let missing_dir_out = format!("{dir_s}/no/such/dir/out.log");
+        let typo_template = format!("{dir_s}/{{sesion}}-{{stream}}.log");
         let _taken = UdpSocket::bind("127.0.0.1:9960").unwrap();
 
         let cases: Vec<(&str, Vec<&str>, &str)> = vec![
@@ -225,6 +226,40 @@ fn bad_input_table() {
                 "--source",
             ),
             ("mproxy-proxy", vec!["--tee"], "--udp-listen-addr"),
+            // a proxy forwarding to where it listens would loop forever
+            (
+                "mproxy-proxy",
+                vec![
+                    "--udp-listen-addr",
+                    "239.255.0.1:9922",
+                    "--udp-downstream-addr",
+                    "239.255.0.1:9922",
+                ],
+                "sends back to --udp-listen-addr 239.255.0.1:9922",
+            ),
+            (
+                "mproxy-client",
+                vec!["--path", file, "--server-addr", "127.0.0.1:0"],
+                "'127.0.0.1:0' has an invalid port",
+            ),
+            (
+                "mproxy-client",
+                vec![
+                    "--path",
+                    file,
+                    "--mpx",
+                    "--max-datagram",
+                    "24",
+                    "--server-addr",
+                    "127.0.0.1:9",
+                ],
+                "--max-datagram 24",
+            ),
+            (
+                "mproxy-server",
+                vec!["--path", &typo_template, "--listen-addr", "127.0.0.1:9"],
+                "unknown placeholder '{sesion}'",
+            ),
             (
                 "mproxy-proxy",
                 vec!["--udp-listen-addr", "127.0.0.1:9"],

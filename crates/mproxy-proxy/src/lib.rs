@@ -278,6 +278,13 @@ impl TryFrom<Cli> for Config {
                 cli.max_datagram.unwrap_or(DEFAULT_MAX_DATAGRAM),
             ),
         };
+        if cli.mpx && max_datagram <= mproxy_common::wire::HEADER_LEN {
+            bail!(
+                "--max-datagram {max_datagram} leaves no room for data with --mpx: the header alone is {} bytes (at least {})",
+                mproxy_common::wire::HEADER_LEN,
+                mproxy_common::wire::HEADER_LEN + 1
+            );
+        }
         let default = if cli.tls {
             Transport::Tls
         } else {
@@ -431,6 +438,13 @@ impl Proxy {
         let mut udp = Vec::new();
         for ep in &config.udp_listen {
             let addr: SocketAddr = ep.resolve().context("--udp-listen-addr")?;
+            if let Some((spec, _, _)) = fanout.stats().find(|(_, dest, _)| loops_back(addr, *dest))
+            {
+                bail!(
+                    "--udp-downstream-addr {spec} sends back to --udp-listen-addr {ep}: \
+                     every datagram would be forwarded again, forever"
+                );
+            }
             let sock = bind_receiver(addr, &config.socket)
                 .with_context(|| format!("--udp-listen-addr {ep}"))?;
             tracing::info!(listen = %ep, "listening for UDP");
@@ -548,4 +562,14 @@ fn tls_targets(config: &Config) -> anyhow::Result<Vec<Option<tcp::TlsTarget>>> {
             }))
         })
         .collect()
+}
+
+/// Whether datagrams sent to `dest` arrive at a socket listening on `listen`
+/// (the same address, or a wildcard listener's port on a loopback address)
+fn loops_back(listen: SocketAddr, dest: SocketAddr) -> bool {
+    listen == dest
+        || (listen.port() == dest.port()
+            && listen.ip().is_unspecified()
+            && dest.ip().is_loopback()
+            && listen.is_ipv4() == dest.is_ipv4())
 }

@@ -73,23 +73,33 @@ pub(crate) fn run(
     let mut buf = vec![0u8; RECV_BUF_LEN];
     let log = LogLimiter::default();
     let forward = |f: &[u8]| shared.forward(f);
+    // inputs whose last drain stopped at the budget, data still queued
+    let mut pending = vec![false; inputs.len()];
     while !shutdown.is_set() {
-        let timeout = inputs
-            .iter()
-            .filter_map(|i| i.encoder.as_ref()?.poll_timeout())
-            .min()
-            .map_or(TICK, |t| t.saturating_duration_since(Instant::now()))
-            .min(TICK);
+        let timeout = if pending.iter().any(|p| *p) {
+            Duration::ZERO
+        } else {
+            inputs
+                .iter()
+                .filter_map(|i| i.encoder.as_ref()?.poll_timeout())
+                .min()
+                .map_or(TICK, |t| t.saturating_duration_since(Instant::now()))
+                .min(TICK)
+        };
         match poll.poll(&mut events, Some(timeout)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("polling UDP sockets"),
         }
         for ev in events.iter() {
-            let Some(input) = inputs.get_mut(ev.token().0) else {
-                continue;
-            };
-            drain(input, &mut buf, shared, &log);
+            if let Some(p) = pending.get_mut(ev.token().0) {
+                *p = true;
+            }
+        }
+        for (input, p) in inputs.iter_mut().zip(pending.iter_mut()) {
+            if *p {
+                *p = drain(input, &mut buf, shared, &log);
+            }
         }
         let now = Instant::now();
         for input in &mut inputs {
@@ -120,18 +130,27 @@ pub(crate) fn run(
     Ok(())
 }
 
-fn drain(input: &mut Input, buf: &mut [u8], shared: &Shared, log: &LogLimiter) {
-    loop {
+/// Most datagrams taken from one socket per readiness event: under a
+/// constant flood the socket never runs dry, and the loop must still see
+/// shutdown requests, timers and the other inputs. mio's readiness is
+/// edge-triggered, so a socket left with data queued is drained again
+/// without waiting for a new event.
+const DRAIN_BUDGET: usize = 1024;
+
+/// Forward what is queued on `input`; true if the budget ran out first
+/// (more may be queued)
+fn drain(input: &mut Input, buf: &mut [u8], shared: &Shared, log: &LogLimiter) -> bool {
+    for _ in 0..DRAIN_BUDGET {
         let meta = match recv_meta(&input.sock, buf) {
             Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 input.stats.recv_errors.inc();
                 if let Some(n) = log.allow() {
                     tracing::warn!(listen = %input.spec, suppressed = n, "receive failed: {e}");
                 }
-                return;
+                return false;
             }
         };
         input.stats.datagrams.inc();
@@ -161,4 +180,5 @@ fn drain(input: &mut Input, buf: &mut [u8], shared: &Shared, log: &LogLimiter) {
             _ => shared.forward(data),
         }
     }
+    true
 }

@@ -518,7 +518,7 @@ mod tests {
             "--tcp-output-addr",
             "127.0.0.1:9100",
         ]);
-        assert!(e.contains("needs a port"), "{e}");
+        assert!(e.contains("invalid port (expected 1-65535)"), "{e}");
     }
 
     #[test]
@@ -590,7 +590,7 @@ mod tests {
         let e = err(&["--udp-output-addr", "0.0.0.0:9000"]);
         assert!(e.contains("not a destination"), "{e}");
         let e = err(&["--udp-output-addr", "127.0.0.1:0"]);
-        assert!(e.contains("not a destination"), "{e}");
+        assert!(e.contains("invalid port (expected 1-65535)"), "{e}");
         let e = err(&[
             "--tcp-listen-addr",
             "127.0.0.1:9000",

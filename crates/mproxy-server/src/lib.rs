@@ -302,7 +302,8 @@ impl fmt::Display for Summary {
             write!(
                 f,
                 "; mpx: {} frames, {} streams, {}; invalid: {} truncated, {} unknown version, \
-                 {} bad checksum, {} unknown type, {} out of range; {} streams refused, {} evicted",
+                 {} bad checksum, {} unknown type, {} out of range; {} streams refused, {} evicted; \
+                 {} frames after their stream closed, {} of refused streams",
                 m.frames,
                 m.streams_opened,
                 self.mpx_streams,
@@ -312,7 +313,9 @@ impl fmt::Display for Summary {
                 m.unknown_type,
                 m.out_of_range,
                 m.streams_rejected,
-                m.streams_evicted
+                m.streams_evicted,
+                m.after_close,
+                m.rejected_frames
             )?;
         }
         if m.nacks_sent + m.nacks_suppressed + self.nack_errors > 0 {

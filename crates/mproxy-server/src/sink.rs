@@ -48,6 +48,41 @@ pub(crate) struct Sink {
     log: LogLimiter,
 }
 
+/// Check a `--path` template now, so a typo is a start-up error: only
+/// `{session}` and `{stream}` are placeholders; the directory before the
+/// first one is created now (and directories the placeholders name as
+/// streams arrive), and must be a directory
+fn check_template(pattern: &str) -> anyhow::Result<()> {
+    let mut rest = pattern;
+    while let Some(i) = rest.find('{') {
+        let tail = &rest[i..];
+        let known = ["{session}", "{stream}"]
+            .into_iter()
+            .find(|k| tail.starts_with(k));
+        match known {
+            Some(k) => rest = &tail[k.len()..],
+            None => {
+                let shown: String = tail.chars().take_while(|c| *c != '}').collect();
+                anyhow::bail!(
+                    "--path {pattern}: unknown placeholder '{shown}}}' (the placeholders are {{session}} and {{stream}})"
+                );
+            }
+        }
+    }
+    let fixed = &pattern[..pattern.find('{').unwrap_or(pattern.len())];
+    let dir = match fixed.rfind('/') {
+        Some(0) => Path::new("/"),
+        Some(i) => Path::new(&fixed[..i]),
+        None => Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => anyhow::bail!("--path {pattern}: {} is not a directory", dir.display()),
+        Err(_) => std::fs::create_dir_all(dir)
+            .with_context(|| format!("--path {pattern}: creating directory {}", dir.display())),
+    }
+}
+
 fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
@@ -62,15 +97,10 @@ impl Sink {
                 Kind::Single(Box::new(BufWriter::with_capacity(OUT_BUF, io::stdout())))
             }
             Some(p) if is_template(p) => {
-                // check that files can be created where the template points
-                let probe = expand(&p.to_string_lossy(), None);
-                if let Some(dir) = probe.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).with_context(|| {
-                        format!("--path {}: creating {}", p.display(), dir.display())
-                    })?;
-                }
+                let pattern = p.to_string_lossy().into_owned();
+                check_template(&pattern)?;
                 Kind::Template {
-                    pattern: p.to_string_lossy().into_owned(),
+                    pattern,
                     files: HashMap::new(),
                 }
             }
@@ -163,5 +193,37 @@ impl Sink {
                 self.tee = None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_template_checks() {
+        let dir = std::env::temp_dir().join(format!("mproxy-sink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        assert!(check_template(&format!("{d}/{{session}}-{{stream}}.log")).is_ok());
+        assert!(check_template(&format!("{d}/{{session}}/{{stream}}.log")).is_ok());
+        assert!(check_template("{session}-{stream}.log").is_ok());
+        let e = check_template(&format!("{d}/{{sesion}}-{{stream}}.log"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown placeholder '{sesion}'"), "{e}");
+        assert!(check_template(&format!("{d}/new/{{stream}}.log")).is_ok());
+        assert!(dir.join("new").is_dir());
+        let file = dir.join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = check_template(&format!("{}/{{stream}}.log", file.display()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a directory"), "{e}");
+        let e = check_template(&format!("{}/sub/{{stream}}.log", file.display()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("creating directory"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -90,10 +90,20 @@ impl fmt::Display for PathStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} frames, {} bytes, {} acked, loss {:.2}%, rtt {}, {} state changes",
+            "{} frames, {} bytes, {} acked ({}), recent loss {:.2}%, rtt {}, {} state changes",
             self.frames,
             self.bytes,
             self.frames_acked,
+            // all frames not (yet) acknowledged: exact once nothing is in
+            // flight, as in the final summary
+            if self.last_feedback.is_some() {
+                format!(
+                    "{} unacknowledged",
+                    self.frames.saturating_sub(self.frames_acked)
+                )
+            } else {
+                "no feedback".to_string()
+            },
             self.loss * 100.0,
             self.srtt.map_or_else(
                 || "-".to_string(),
