@@ -179,6 +179,9 @@ impl TryFrom<Cli> for Config {
         if cli.path.is_none() && !cli.tee {
             bail!("nothing to do: give --path FILE (or '-') and/or --tee");
         }
+        if cli.tee && cli.path.as_deref().is_some_and(|p| p == "-") {
+            bail!("--tee with --path - would write everything to stdout twice: use one of them");
+        }
         if !(1..=65536).contains(&cli.reorder_window) {
             bail!(
                 "--reorder-window {} out of range (1 to 65536 frames)",
