@@ -1,0 +1,590 @@
+#!/usr/bin/env bash
+# The benchmark suite: mproxy against the kernel's UDP limit and against
+# its peers (socat, the published mproxy 0.1.8), all on loopback inside a
+# private network namespace, every figure measured in this one invocation.
+#
+#   bench/run.sh [--quick]
+#
+# Default: a 256 MiB input of text lines, every figure the median of 3
+# runs. --quick: 64 MiB, 1 run. BENCH_RUNS=N and BENCH_MB=M override both.
+# Release binaries; the published 0.1.8 peers are installed on demand with
+# `cargo install --root ${MPROXY_PEERS_DIR:-/tmp/mproxy-peers}`.
+#
+# Every process runs under bench/rusage.py (fork, exec GNU time, which
+# forks and execs the process; wait4). Per run:
+#   Gbit/s    delivered bytes x 8 / the sender's wall time, from that fork
+#             to its exit (start-up included, ~2 ms); with several
+#             receivers the mean delivered per receiver
+#   e2e       the same over the time from the sender's fork to the last
+#             write of any output (its mtime), or to the last datagram
+#             counted (udp_limit)
+#   deliv. %  delivered / sent (x receivers)
+#   drops     the namespace's UDP RcvbufErrors: datagrams the kernel
+#             dropped at a full receive queue
+#   exact     runs whose every output is byte-identical to the input
+#   CPU s/GB  user+sys of every process of the case (wait4 rusage, us) /
+#             GB (1e9 bytes) delivered, summed over receivers
+#   RSS MiB   the largest peak RSS (GNU time %M) among them
+# Each column is the median of its own values over the runs. Paced rows:
+# a ladder of --rate values is probed (one run each) from the highest rung
+# at or below the unpaced sender rate downwards until a run loses nothing
+# (at most 4 probes); that rate is then measured like the others. No CPU
+# pinning: processes share the machine's CPUs as the scheduler places them.
+#
+# Progress and per-run figures go to stderr; the table to stdout.
+set -euo pipefail
+export LC_ALL=C
+SELF=$(readlink -f "$0")
+cd "$(dirname "$SELF")/.."
+ROOT=$PWD
+
+QUICK=0
+for arg in "$@"; do
+    case $arg in
+        --quick) QUICK=1 ;;
+        -h | --help)
+            sed -n '2,/^set -euo/p' "$SELF" | sed '$d; s/^# \{0,1\}//'
+            exit 0
+            ;;
+        *)
+            echo "bench: unknown argument '$arg' (usage: bench/run.sh [--quick])" >&2
+            exit 2
+            ;;
+    esac
+done
+if [ "$QUICK" = 1 ]; then RUNS=${BENCH_RUNS:-1}; MB=${BENCH_MB:-64}; else RUNS=${BENCH_RUNS:-3}; MB=${BENCH_MB:-256}; fi
+PEERS_DIR=${MPROXY_PEERS_DIR:-/tmp/mproxy-peers}
+PEER_VERSION=0.1.8
+RUSAGE=$ROOT/bench/rusage.py
+
+log() { echo "bench $(date +%T): $*" >&2; }
+die() {
+    echo "bench: $*" >&2
+    exit 2
+}
+
+peers_installed() {
+    [ -x "$PEERS_DIR/bin/mproxy-client" ] && [ -x "$PEERS_DIR/bin/mproxy-server" ] \
+        && grep -q "\"mproxy-client $PEER_VERSION " "$PEERS_DIR/.crates.toml" 2>/dev/null \
+        && grep -q "\"mproxy-server $PEER_VERSION " "$PEERS_DIR/.crates.toml" 2>/dev/null
+}
+
+if [ "${MPROXY_BENCH_IN_NETNS:-}" != 1 ]; then
+    for tool in cargo ip ss python3 cmp flock; do
+        command -v "$tool" >/dev/null || die "'$tool' not found"
+    done
+    /usr/bin/time --version 2>&1 | grep -q GNU || die "GNU time is needed at /usr/bin/time (apt-get install time)"
+    command -v socat >/dev/null || log "socat not found (apt-get install socat): its rows will be skipped"
+    log "building release binaries and the udp_limit example (cargo -j1)"
+    cargo build --release -j1 --quiet --bins
+    cargo build --release -j1 --quiet -p mproxy-common --example udp_limit
+    if ! peers_installed; then
+        # outside the namespace: cargo needs the network
+        log "installing mproxy-client/mproxy-server $PEER_VERSION into $PEERS_DIR"
+        mkdir -p "$PEERS_DIR"
+        flock "$PEERS_DIR/.lock" cargo install -j1 --quiet --root "$PEERS_DIR" \
+            "mproxy-client@$PEER_VERSION" "mproxy-server@$PEER_VERSION" >&2 \
+            || log "cargo install failed: the mproxy $PEER_VERSION rows will be skipped"
+    fi
+    export MPROXY_BENCH_IN_NETNS=1 MPROXY_BENCH_STARTED=$EPOCHREALTIME
+    if [ "$(id -u)" = 0 ] && unshare --net true 2>/dev/null; then
+        exec unshare --net "$SELF" "$@"
+    elif unshare --user --map-root-user --net true 2>/dev/null; then
+        exec unshare --user --map-root-user --net "$SELF" "$@"
+    fi
+    die "cannot create a private network namespace; run as root or enable unprivileged user namespaces"
+fi
+
+# --- inside the private namespace from here on ------------------------------
+ip link set lo up
+ip link set lo multicast on
+ip route add 224.0.0.0/4 dev lo
+BIN=$ROOT/target/release
+UDPL=$BIN/examples/udp_limit
+PEER=$PEERS_DIR/bin
+TMPBASE=${BENCH_TMPDIR:-/dev/shm}
+[ -d "$TMPBASE" ] && [ -w "$TMPBASE" ] || TMPBASE=${TMPDIR:-/tmp}
+WORK=$(mktemp -d "$TMPBASE/mproxy-bench.XXXXXX")
+RUN=$WORK/run
+INPUT=$WORK/input
+SEND_TIMEOUT=300 # s, any sender
+BG_TIMEOUT=900   # s, any receiver or relay (they are stopped long before)
+IDLE_US=1000000  # an output that has not grown for this long is complete
+MAX_WAIT_US=60000000
+PORT=20000
+
+BG_TPIDS=() # rusage.py pids of the current run's background processes
+BG_PIDS=()  # and the pids of their commands
+cleanup() {
+    local p
+    for p in "${BG_PIDS[@]}" "${BG_TPIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+now_us() {
+    local t=$EPOCHREALTIME
+    echo "${t/./}"
+}
+
+rcvbuf_errors() {
+    awk '/^Udp:/ { if (seen) { for (i = 2; i <= NF; i++) if (h[i] == "RcvbufErrors") print $i; exit }
+                   for (i = 2; i <= NF; i++) h[i] = $i; seen = 1 }' /proc/net/snmp
+}
+
+alive() { # PID: running (not a zombie)
+    local state
+    state=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) || return 1
+    [ -n "$state" ] && [ "$state" != Z ]
+}
+
+new_run() {
+    rm -rf "$RUN"
+    mkdir -p "$RUN"
+    BG_TPIDS=()
+    BG_PIDS=()
+    OUTS=()
+    R_NOTE=""
+    R_GOT=""
+    R_LAST=""
+    PORT=$((PORT + 10))
+    DROPS0=$(rcvbuf_errors)
+}
+
+# start_bg NAME CMD...: CMD in the background under rusage.py (usage in
+# $RUN/NAME.time, output in NAME.out/.err); sets BG_PID (CMD) and BG_TP
+start_bg() {
+    local name=$1 child=""
+    shift
+    "$RUSAGE" --timeout "$BG_TIMEOUT" "$RUN/$name.time" -- "$@" >"$RUN/$name.out" 2>"$RUN/$name.err" &
+    BG_TP=$!
+    BG_TPIDS+=("$BG_TP")
+    for _ in $(seq 500); do
+        child=$(cat "$RUN/$name.time.pid" 2>/dev/null || true)
+        [ -n "$child" ] && break
+        sleep 0.01
+    done
+    [ -n "$child" ] || die "could not start $name: $(cat "$RUN/$name.err")"
+    BG_PID=$child
+    BG_PIDS+=("$child")
+}
+
+# stop_bg SIG PID TPID: signal PID, wait (at most 10 s, then SIGKILL) for
+# its rusage.py to exit
+stop_bg() {
+    local sig=$1 pid=$2 tp=$3
+    kill -"$sig" "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+        alive "$tp" || break
+        sleep 0.1
+    done
+    if alive "$tp"; then
+        log "pid $pid ignored SIG$sig for 10 s; killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$tp" 2>/dev/null || true
+}
+
+# wait_exit TPID SECS: wait for a process that stops by itself
+wait_exit() {
+    local tp=$1 n=$(($2 * 10))
+    for _ in $(seq "$n"); do
+        alive "$tp" || break
+        sleep 0.1
+    done
+    if alive "$tp"; then
+        log "a receiver did not stop within $2 s; killing it"
+        kill -INT "$tp" 2>/dev/null || true
+    fi
+    wait "$tp" 2>/dev/null || true
+}
+
+wait_udp() { # PORT COUNT: until COUNT sockets are bound to udp PORT (5 s)
+    for _ in $(seq 250); do
+        [ "$(ss -Hlun "sport = :$1" | wc -l)" -ge "$2" ] && return 0
+        sleep 0.02
+    done
+    die "nothing listening on udp port $1 after 5 s (see $RUN/*.err)"
+}
+
+wait_tcp() { # PORT
+    for _ in $(seq 250); do
+        [ "$(ss -Hltn "sport = :$1" | wc -l)" -ge 1 ] && return 0
+        sleep 0.02
+    done
+    die "nothing listening on tcp port $1 after 5 s"
+}
+
+wait_log() { # FILE STRING (5 s)
+    for _ in $(seq 250); do
+        grep -q -- "$2" "$1" 2>/dev/null && return 0
+        sleep 0.02
+    done
+    die "'$2' did not appear in $1 after 5 s"
+}
+
+# send_fg NAME CMD...: the sender, under rusage.py: R_WALL, R_T0
+send_fg() {
+    local name=$1 rc=0
+    shift
+    "$RUSAGE" --timeout "$SEND_TIMEOUT" "$RUN/$name.time" -- "$@" >"$RUN/$name.out" 2>"$RUN/$name.err" || rc=$?
+    read -r R_WALL _ _ _ R_T0 _ <"$RUN/$name.time" || die "$name: no usage record"
+    if [ "$rc" != 0 ]; then
+        log "$name exited with status $rc: $(tail -2 "$RUN/$name.err" | tr '\n' ' ')"
+        R_NOTE+=" sender-exit-$rc"
+    fi
+}
+
+out_bytes() {
+    local t=0 f s
+    for f in "${OUTS[@]}"; do
+        s=$(stat -c %s "$f" 2>/dev/null || echo 0)
+        t=$((t + s))
+    done
+    echo "$t"
+}
+
+# wait_outputs WANT: until the outputs hold WANT bytes in all, or have not
+# grown for IDLE_US (at most MAX_WAIT_US); then note the last write time
+wait_outputs() {
+    local want=$1 last=-1 since start total now
+    start=$(now_us)
+    since=$start
+    while :; do
+        total=$(out_bytes)
+        now=$(now_us)
+        [ "$total" -ge "$want" ] && break
+        if [ "$total" != "$last" ]; then
+            last=$total
+            since=$now
+        fi
+        [ $((now - since)) -ge "$IDLE_US" ] && break
+        if [ $((now - start)) -ge "$MAX_WAIT_US" ]; then
+            log "outputs still growing after $((MAX_WAIT_US / 1000000)) s; stopping"
+            break
+        fi
+        sleep 0.05
+    done
+    R_LAST=$(stat -c %.9Y "${OUTS[@]}" 2>/dev/null | sort -g | tail -1)
+}
+
+# finish_run RECEIVERS: totals of the run (R_GOT may be preset)
+finish_run() {
+    local k=$1 f ok=0
+    R_K=$k
+    R_EXP=$((k * LEN))
+    [ -n "$R_GOT" ] || R_GOT=$(out_bytes)
+    read -r R_CPU R_RSS < <(cat "$RUN"/*.time | awk '{ cpu += $2; if ($3 > rss) rss = $3 } END { printf "%.3f %d\n", cpu, rss }')
+    R_DROPS=$(($(rcvbuf_errors) - DROPS0))
+    if [ "${#OUTS[@]}" = 0 ]; then
+        R_IDENT=-
+    else
+        for f in "${OUTS[@]}"; do
+            if [ "$(stat -c %s "$f" 2>/dev/null || echo 0)" = "$LEN" ] && cmp -s "$INPUT" "$f"; then
+                ok=$((ok + 1))
+            fi
+        done
+        R_IDENT=$([ "$ok" = "$k" ] && echo 1 || echo 0)
+    fi
+    # per run: sender Gbit/s (input), delivered Gbit/s, e2e Gbit/s, %
+    R_SEND_GBPS=$(awk -v b="$LEN" -v t="$R_WALL" 'BEGIN { printf "%.3f", b * 8 / t / 1e9 }')
+    R_GBPS=$(awk -v g="$R_GOT" -v k="$k" -v t="$R_WALL" 'BEGIN { printf "%.3f", g / k * 8 / t / 1e9 }')
+    R_E2E=$(awk -v g="$R_GOT" -v k="$k" -v t0="$R_T0" -v t1="${R_LAST:-0}" \
+        'BEGIN { d = t1 - t0; if (g == 0 || d <= 0) print "-"; else printf "%.3f", g / k * 8 / d / 1e9 }')
+    R_PCT=$(awk -v g="$R_GOT" -v e="$R_EXP" 'BEGIN { printf "%.3f", g * 100 / e }')
+    R_CPUGB=$(awk -v c="$R_CPU" -v g="$R_GOT" 'BEGIN { if (g == 0) print "-"; else printf "%.3f", c / (g / 1e9) }')
+    log "    run: $R_GBPS Gbit/s (sender wall ${R_WALL}s), e2e $R_E2E, delivered $R_PCT%, drops $R_DROPS, exact $R_IDENT, cpu ${R_CPU}s, rss ${R_RSS}KiB${R_NOTE}"
+}
+
+# ---------------------------------------------------------------- cases
+# Each case function does one run and leaves its figures in R_*.
+
+# case_kernel PAYLOAD OFFLOAD(0|1): udp_limit, sendmmsg/recvmmsg x64 (+GSO/GRO)
+case_kernel() {
+    local payload=$1 off=() rtp line
+    if [ "$2" = 1 ]; then off=(--gso); fi
+    new_run
+    start_bg recv "$UDPL" recv --addr "127.0.0.1:$PORT" --batch 64 ${off[@]+--gro} --idle-ms 1000 --max-wait-s 30
+    rtp=$BG_TP
+    wait_udp "$PORT" 1
+    send_fg send "$UDPL" send --addr "127.0.0.1:$PORT" --bytes "$LEN" --payload "$payload" --batch 64 ${off[@]+"${off[@]}"}
+    "$UDPL" mark --addr "127.0.0.1:$PORT" 2>>"$RUN/send.err" || true
+    wait_exit "$rtp" 40
+    line=$(grep -h '^udp_limit role=recv' "$RUN/recv.out" || true)
+    R_GOT=$(sed -n 's/.* bytes=\([0-9]*\).*/\1/p' <<<"$line")
+    R_GOT=${R_GOT:-0}
+    R_LAST=$(sed -n 's/.* last_ns=\([0-9]*\).*/\1/p' <<<"$line" | awk '{ if ($1 > 0) printf "%.9f", $1 / 1e9 }')
+    R_NOTE+=" $(sed -n 's/.* mode=\([a-z]*\).*/\1/p' "$RUN/send.out")+$(sed -n 's/.* mode=\([a-z]*\).*/\1/p' <<<"$line")"
+    if grep -q 'note=' "$RUN/send.out" "$RUN/recv.out" 2>/dev/null; then
+        R_NOTE+=" $(grep -ho 'note=[^ ]*' "$RUN/send.out" "$RUN/recv.out" | tr '\n' ' ')"
+    fi
+    finish_run 1
+}
+
+# case_mproxy DEST(uni|mc1|mc3) DATAGRAM WIRE(raw|mpx) [client args...]
+case_mproxy() {
+    local dest=$1 dg=$2 wire=$3 k=1 addr i
+    shift 3
+    new_run
+    case $dest in
+        uni) addr=127.0.0.1:$PORT ;;
+        mc1) addr=239.255.10.1:$PORT ;;
+        mc3) addr=239.255.10.1:$PORT k=3 ;;
+    esac
+    local pids=() tps=()
+    for i in $(seq "$k"); do
+        start_bg "srv$i" "$BIN/mproxy-server" --listen-addr "$addr" --path "$RUN/out$i"
+        pids+=("$BG_PID")
+        tps+=("$BG_TP")
+        OUTS+=("$RUN/out$i")
+    done
+    wait_udp "$PORT" "$k"
+    local mpx=()
+    if [ "$wire" = mpx ]; then mpx=(--mpx); fi
+    send_fg client "$BIN/mproxy-client" --path "$INPUT" --server-addr "$addr" --max-datagram "$dg" \
+        ${mpx[@]+"${mpx[@]}"} "$@"
+    wait_outputs $((k * LEN))
+    for i in $(seq 0 $((k - 1))); do stop_bg INT "${pids[$i]}" "${tps[$i]}"; done
+    finish_run "$k"
+}
+
+# case_chain DATAGRAM [client args...]: client -> proxy -> reverseproxy
+# (UDP in, multicast group, TCP out) -> socat TCP reader -> file
+case_chain() {
+    local dg=$1 rp rptp px pxtp rd rdtp
+    shift
+    new_run
+    start_bg rp "$BIN/mproxy-reverseproxy" --udp-listen-addr "127.0.0.1:$((PORT + 1))" \
+        --multicast-addr "239.255.77.18:$((PORT + 3))" --tcp-output-addr "127.0.0.1:$((PORT + 2))"
+    rp=$BG_PID rptp=$BG_TP
+    start_bg px "$BIN/mproxy-proxy" --udp-listen-addr "127.0.0.1:$PORT" \
+        --udp-downstream-addr "127.0.0.1:$((PORT + 1))"
+    px=$BG_PID pxtp=$BG_TP
+    wait_udp "$((PORT + 1))" 1
+    wait_udp "$PORT" 1
+    wait_tcp "$((PORT + 2))"
+    OUTS=("$RUN/out1")
+    start_bg reader socat -u "TCP:127.0.0.1:$((PORT + 2))" "OPEN:$RUN/out1,creat,trunc"
+    rd=$BG_PID rdtp=$BG_TP
+    wait_log "$RUN/rp.err" "connected"
+    send_fg client "$BIN/mproxy-client" --path "$INPUT" --server-addr "127.0.0.1:$PORT" --max-datagram "$dg" "$@"
+    wait_outputs "$LEN"
+    stop_bg INT "$px" "$pxtp"
+    stop_bg INT "$rp" "$rptp"
+    stop_bg TERM "$rd" "$rdtp"
+    R_NOTE+=" $(grep -ho '[0-9]* kernel drops' "$RUN/px.err" "$RUN/rp.err" | awk '{ s = s "/" $1 } END { print "proxy/rp-in/rp-out drops " substr(s, 2) }')"
+    finish_run 1
+}
+
+SOCAT_RCVBUF=rcvbuf=8388608
+# case_socat BLOCK: socat -u -b BLOCK file -> UDP -> socat -> file
+case_socat() {
+    local b=$1 r rtp
+    new_run
+    OUTS=("$RUN/out1")
+    start_bg recv socat -u -b 65536 "UDP-RECV:$PORT,bind=127.0.0.1,$SOCAT_RCVBUF" "OPEN:$RUN/out1,creat,trunc"
+    r=$BG_PID rtp=$BG_TP
+    wait_udp "$PORT" 1
+    send_fg send socat -u -b "$b" "OPEN:$INPUT" "UDP-SENDTO:127.0.0.1:$PORT"
+    wait_outputs "$LEN"
+    stop_bg TERM "$r" "$rtp"
+    finish_run 1
+}
+
+# case_peer CLIENT(old|new) SERVER(old|new): the published 0.1.8 binaries,
+# and each of them against ours (raw, unicast, unpaced)
+case_peer() {
+    local c=$1 s=$2 r rtp
+    new_run
+    OUTS=("$RUN/out1")
+    if [ "$s" = old ]; then
+        start_bg srv "$PEER/mproxy-server" --path "$RUN/out1" --listen-addr "127.0.0.1:$PORT"
+    else
+        start_bg srv "$BIN/mproxy-server" --path "$RUN/out1" --listen-addr "127.0.0.1:$PORT"
+    fi
+    r=$BG_PID rtp=$BG_TP
+    wait_udp "$PORT" 1
+    if [ "$c" = old ]; then
+        send_fg client "$PEER/mproxy-client" --path "$INPUT" --server-addr "127.0.0.1:$PORT"
+    else
+        send_fg client "$BIN/mproxy-client" --path "$INPUT" --server-addr "127.0.0.1:$PORT"
+    fi
+    wait_outputs "$LEN"
+    # the 0.1.8 server has no clean shutdown (and writes every datagram at once)
+    if [ "$s" = old ]; then stop_bg KILL "$r" "$rtp"; else stop_bg INT "$r" "$rtp"; fi
+    finish_run 1
+}
+
+# ------------------------------------------------------------ medians, table
+median() { # values... ("-" when any is "-")
+    printf '%s\n' "$@" | sort -g | awk '$1 == "-" { dash = 1 } { v[NR] = $1 }
+        END { if (dash || NR == 0) { print "-"; exit }
+              if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+FMT='%-40s %7s %7s %8s %7s %5s %8s %7s  %s\n'
+ROWS=()
+row() { # the formatted row, kept for the final table and logged
+    local r
+    # shellcheck disable=SC2059
+    r=$(printf "$FMT" "$@")
+    ROWS+=("$r")
+    log "ROW $r"
+}
+section() { ROWS+=("-- $1"); }
+
+# measure NAME CASE ARGS...: RUNS runs of the case; one row of medians;
+# leaves the median sender rate in M_SEND_GBPS and the worst run's loss in
+# M_LOSSY (1 when any run lost data)
+measure() {
+    local name=$1 i
+    shift
+    local gbps=() e2e=() pct=() drops=() cpu=() rss=() ident=0 send=() notes=""
+    M_LOSSY=0
+    log "$name"
+    for i in $(seq "$RUNS"); do
+        "$@"
+        gbps+=("$R_GBPS")
+        e2e+=("$R_E2E")
+        pct+=("$R_PCT")
+        drops+=("$R_DROPS")
+        cpu+=("$R_CPUGB")
+        rss+=("$R_RSS")
+        send+=("$R_SEND_GBPS")
+        if [ "$R_IDENT" = 1 ]; then ident=$((ident + 1)); fi
+        if [ "$R_GOT" -lt "$R_EXP" ]; then M_LOSSY=1; fi
+        if [ -n "$R_NOTE" ]; then notes=$R_NOTE; fi
+    done
+    M_SEND_GBPS=$(median "${send[@]}")
+    if [ -n "$RATE_GBPS" ]; then
+        notes="$(awk -v a="$(median "${gbps[@]}")" -v r="$RATE_GBPS" 'BEGIN { printf "%.0f%% of --rate", a * 100 / r }'); $PICK_NOTE$notes"
+    fi
+    local exact="$ident/$RUNS"
+    if [ "$R_IDENT" = - ]; then exact=-; fi
+    row "$name" "$(median "${gbps[@]}")" "$(median "${e2e[@]}")" "$(median "${pct[@]}")" \
+        "$(median "${drops[@]}")" "$exact" "$(median "${cpu[@]}")" \
+        "$(awk -v k="$(median "${rss[@]}")" 'BEGIN { printf "%.1f", k / 1024 }')" "${notes# }"
+}
+
+# Paced runs: the rate ladder (Gbit/s) probed from the highest rung at or
+# below the unpaced sender rate downwards, one run per probe, until a run
+# delivers everything (at most 4 probes).
+RUNGS=(10 8 6 5 4 3 2.5 2 1.5 1 0.75 0.5 0.35 0.25 0.15 0.1)
+pick_rate() { # TOP_GBPS CASE ARGS... -> PICKED (Gbit/s), PICK_NOTE
+    local top=$1 rung probes=0
+    shift
+    PICKED="" PICK_NOTE=""
+    for rung in "${RUNGS[@]}"; do
+        awk -v r="$rung" -v t="$top" 'BEGIN { exit !(r <= t) }' || continue
+        probes=$((probes + 1))
+        log "  probe --rate ${rung}gbit"
+        "$@" --rate "${rung}gbit"
+        PICKED=$rung
+        if [ "$R_GOT" -ge "$R_EXP" ]; then
+            PICK_NOTE="top 0-loss rung"
+            return 0
+        fi
+        [ "$probes" -ge 4 ] && break
+    done
+    [ -n "$PICKED" ] || PICKED=${RUNGS[-1]}
+    PICK_NOTE="lossy at all 4 rungs probed"
+}
+
+RATE_GBPS=""
+measure_with_paced() { # NAME CASE ARGS...: unpaced row, then the paced row
+    local name=$1
+    shift
+    measure "$name" "$@"
+    pick_rate "$M_SEND_GBPS" "$@"
+    RATE_GBPS=$PICKED
+    measure "$name, --rate ${PICKED}gbit" "$@" --rate "${PICKED}gbit"
+    RATE_GBPS=""
+}
+
+# ------------------------------------------------------------------- input
+log "input: $MB MiB of text lines (seeded), in $WORK"
+python3 - "$INPUT" "$MB" <<'PY'
+import random, sys
+random.seed(7)
+out, size = sys.argv[1], int(sys.argv[2]) << 20
+alpha = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789,.;:-+*"
+table = bytes(alpha[i % len(alpha)] for i in range(256))
+written = n = 0
+with open(out, "wb") as f:
+    while written < size:
+        block = random.randbytes(1 << 20).translate(table)
+        parts, pos = [], 0
+        while pos < len(block) - 200:
+            length = random.randint(20, 180)  # NMEA/CSV-like lines, 30-190 bytes
+            parts += [b"%09d," % n, block[pos:pos + length], b"\n"]
+            pos += length
+            n += 1
+        chunk = b"".join(parts)
+        if written + len(chunk) >= size:
+            chunk = chunk[:size - written - 1] + b"\n"
+        f.write(chunk)
+        written += len(chunk)
+PY
+LEN=$(stat -c %s "$INPUT")
+
+# socat gets the same forced 8 MiB receive buffer as mproxy-server when this
+# socat knows how to set it (SO_RCVBUFFORCE = 33 at SOL_SOCKET = 1)
+if command -v socat >/dev/null; then
+    new_run
+    start_bg probe socat -u "UDP-RECV:$PORT,bind=127.0.0.1,setsockopt-listen=1:33:8388608" "OPEN:$RUN/x,creat"
+    sleep 0.3
+    if ss -Hlunm "sport = :$PORT" | grep -q 'rb16777216'; then
+        SOCAT_RCVBUF=setsockopt-listen=1:33:8388608
+    fi
+    stop_bg TERM "$BG_PID" "$BG_TP"
+fi
+
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+T_START=$(now_us)
+
+section "kernel limit: crates/mproxy-common/examples/udp_limit, unicast 127.0.0.1, unpaced"
+for payload in 1400 8192; do
+    measure "sendmmsg/recvmmsg x64, $payload B" case_kernel "$payload" 0
+    measure "UDP GSO/GRO + mmsg x64, $payload B" case_kernel "$payload" 1
+done
+
+section "mproxy 0.2: client -> mproxy-server(s), file -> file; B = --max-datagram; --rate: see notes"
+for dg in 1472 8192; do
+    for wire in raw mpx; do
+        measure_with_paced "$wire, 127.0.0.1, $dg B" case_mproxy uni "$dg" "$wire"
+        measure_with_paced "$wire, multicast x1, $dg B" case_mproxy mc1 "$dg" "$wire"
+        measure_with_paced "$wire, multicast x3, $dg B" case_mproxy mc3 "$dg" "$wire"
+    done
+done
+
+section "full chain: client -> proxy -> reverseproxy (UDP in, group, TCP out) -> socat TCP reader -> file (raw)"
+for dg in 1472 8192; do
+    measure_with_paced "chain, raw, $dg B" case_chain "$dg"
+done
+
+section "socat -u -b B file -> UDP 127.0.0.1 -> socat UDP-RECV -> file ($SOCAT_RCVBUF)"
+if command -v socat >/dev/null; then
+    for b in 1472 8192; do measure "socat -> socat, -b $b" case_socat "$b"; done
+else
+    ROWS+=("   (skipped: socat not installed)")
+fi
+
+section "published mproxy $PEER_VERSION (client: 8096+96-byte datagrams, unpaced; server: default rcvbuf, write per datagram)"
+if [ -x "$PEER/mproxy-client" ] && [ -x "$PEER/mproxy-server" ]; then
+    measure "0.1.8 client -> 0.1.8 server" case_peer old old
+    measure "0.1.8 client -> 0.2 server" case_peer old new
+    measure "0.2 client (raw, 1472) -> 0.1.8 server" case_peer new old
+else
+    ROWS+=("   (skipped: $PEER/mproxy-client or mproxy-server missing)")
+fi
+
+ELAPSED=$((($(now_us) - T_START) / 1000000))
+TOTAL=$(awk -v a="$MPROXY_BENCH_STARTED" -v b="$EPOCHREALTIME" 'BEGIN { printf "%d", b - a }')
+echo "mproxy bench: $((LEN >> 20)) MiB of text lines, median of $RUNS run(s)$([ "$QUICK" = 1 ] && echo ' (--quick)'); $(nproc) CPUs, Linux $(uname -r); loadavg $LOAD0 -> $(cut -d' ' -f1-3 /proc/loadavg); cases ${ELAPSED}s, total ${TOTAL}s"
+# shellcheck disable=SC2059
+printf "$FMT" "case" "Gbit/s" "e2e" "deliv. %" "drops" "exact" "CPU s/GB" "RSS MiB" "notes"
+for r in "${ROWS[@]}"; do
+    if [ "${r:0:3}" = "-- " ]; then echo "${r}"; else echo "$r"; fi
+done
