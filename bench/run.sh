@@ -5,19 +5,23 @@
 #
 #   bench/run.sh [--quick]
 #
-# Default: a 256 MiB input of text lines, every figure the median of 3
-# runs. --quick: 64 MiB, 1 run. BENCH_RUNS=N and BENCH_MB=M override both.
+# Default: a 128 MiB input of text lines, every figure the median of 3
+# runs (about 10 minutes on 2 CPUs). --quick: 32 MiB, 1 run, 2000 latency
+# lines. BENCH_RUNS=N, BENCH_MB=M and BENCH_LAT_LINES=L override them.
 # Release binaries; the published 0.1.8 peers are installed on demand with
 # `cargo install --root ${MPROXY_PEERS_DIR:-/tmp/mproxy-peers}`.
 #
 # Every process runs under bench/rusage.py (fork, exec GNU time, which
 # forks and execs the process; wait4). Per run:
-#   Gbit/s    delivered bytes x 8 / the sender's wall time, from that fork
-#             to its exit (start-up included, ~2 ms); with several
-#             receivers the mean delivered per receiver
-#   e2e       the same over the time from the sender's fork to the last
-#             write of any output (its mtime), or to the last datagram
-#             counted (udp_limit)
+#   Gbit/s    delivered bytes x 8 / the time from the sender's fork to the
+#             last write of any output (its mtime), or to the last datagram
+#             counted (udp_limit), or the last read (tcp_sink); with
+#             several receivers the mean delivered per receiver (fan-out:
+#             the median TCP client). The headline figure: the targets
+#             below the table are ratios of it
+#   snd-wall  the same over the sender's wall time, fork to exit (start-up
+#             included, ~2 ms; an mpx client also lingers >= 300 ms after
+#             EOF for repair requests, which this column counts)
 #   deliv. %  delivered / sent (x receivers)
 #   drops     the namespace's UDP RcvbufErrors: datagrams the kernel
 #             dropped at a full receive queue
@@ -27,7 +31,7 @@
 #   RSS MiB   the largest peak RSS (GNU time %M) among them
 # Each column is the median of its own values over the runs. Paced rows:
 # a ladder of --rate values is probed (one run each) from the highest rung
-# at or below the unpaced sender rate downwards until a run loses nothing
+# at or below the unpaced row's Gbit/s downwards until a run loses nothing
 # (at most 4 probes); that rate is then measured like the others. No CPU
 # pinning: processes share the machine's CPUs as the scheduler places them.
 #
@@ -52,7 +56,7 @@ for arg in "$@"; do
             ;;
     esac
 done
-if [ "$QUICK" = 1 ]; then RUNS=${BENCH_RUNS:-1}; MB=${BENCH_MB:-64}; else RUNS=${BENCH_RUNS:-3}; MB=${BENCH_MB:-256}; fi
+if [ "$QUICK" = 1 ]; then RUNS=${BENCH_RUNS:-1}; MB=${BENCH_MB:-32}; else RUNS=${BENCH_RUNS:-3}; MB=${BENCH_MB:-128}; fi
 PEERS_DIR=${MPROXY_PEERS_DIR:-/tmp/mproxy-peers}
 PEER_VERSION=0.1.8
 RUSAGE=$ROOT/bench/rusage.py
@@ -75,9 +79,9 @@ if [ "${MPROXY_BENCH_IN_NETNS:-}" != 1 ]; then
     done
     /usr/bin/time --version 2>&1 | grep -q GNU || die "GNU time is needed at /usr/bin/time (apt-get install time)"
     command -v socat >/dev/null || log "socat not found (apt-get install socat): its rows will be skipped"
-    log "building release binaries and the udp_limit example (cargo -j1)"
-    cargo build --release -j1 --quiet --bins
-    cargo build --release -j1 --quiet -p mproxy-common --example udp_limit
+    log "building release binaries and the bench examples (cargo -j2, target ${CARGO_TARGET_DIR:-target})"
+    cargo build --release -j2 --quiet --bins
+    cargo build --release -j2 --quiet -p mproxy-common --example udp_limit --example latency --example tcp_sink
     if ! peers_installed; then
         # outside the namespace: cargo needs the network
         log "installing mproxy-client/mproxy-server $PEER_VERSION into $PEERS_DIR"
@@ -99,8 +103,10 @@ fi
 ip link set lo up
 ip link set lo multicast on
 ip route add 224.0.0.0/4 dev lo
-BIN=$ROOT/target/release
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 UDPL=$BIN/examples/udp_limit
+LATENCY=$BIN/examples/latency
+TCPSINK=$BIN/examples/tcp_sink
 PEER=$PEERS_DIR/bin
 TMPBASE=${BENCH_TMPDIR:-/dev/shm}
 [ -d "$TMPBASE" ] && [ -w "$TMPBASE" ] || TMPBASE=${TMPDIR:-/tmp}
@@ -267,13 +273,13 @@ wait_outputs() {
         fi
         sleep 0.05
     done
-    R_LAST=$(stat -c %.9Y "${OUTS[@]}" 2>/dev/null | sort -g | tail -1)
+    R_LAST=$(stat -c %.9Y "${OUTS[@]}" 2>/dev/null | sort -g | tail -1 || true)
 }
 
 # finish_run RECEIVERS: totals of the run (R_GOT may be preset)
 finish_run() {
     local k=$1 f ok=0
-    R_K=$k
+
     R_EXP=$((k * LEN))
     [ -n "$R_GOT" ] || R_GOT=$(out_bytes)
     read -r R_CPU R_RSS < <(cat "$RUN"/*.time | awk '{ cpu += $2; if ($3 > rss) rss = $3 } END { printf "%.3f %d\n", cpu, rss }')
@@ -288,14 +294,13 @@ finish_run() {
         done
         R_IDENT=$([ "$ok" = "$k" ] && echo 1 || echo 0)
     fi
-    # per run: sender Gbit/s (input), delivered Gbit/s, e2e Gbit/s, %
-    R_SEND_GBPS=$(awk -v b="$LEN" -v t="$R_WALL" 'BEGIN { printf "%.3f", b * 8 / t / 1e9 }')
+    # per run: delivered Gbit/s over the sender's wall time and end to end, %
     R_GBPS=$(awk -v g="$R_GOT" -v k="$k" -v t="$R_WALL" 'BEGIN { printf "%.3f", g / k * 8 / t / 1e9 }')
     R_E2E=$(awk -v g="$R_GOT" -v k="$k" -v t0="$R_T0" -v t1="${R_LAST:-0}" \
         'BEGIN { d = t1 - t0; if (g == 0 || d <= 0) print "-"; else printf "%.3f", g / k * 8 / d / 1e9 }')
     R_PCT=$(awk -v g="$R_GOT" -v e="$R_EXP" 'BEGIN { printf "%.3f", g * 100 / e }')
     R_CPUGB=$(awk -v c="$R_CPU" -v g="$R_GOT" 'BEGIN { if (g == 0) print "-"; else printf "%.3f", c / (g / 1e9) }')
-    log "    run: $R_GBPS Gbit/s (sender wall ${R_WALL}s), e2e $R_E2E, delivered $R_PCT%, drops $R_DROPS, exact $R_IDENT, cpu ${R_CPU}s, rss ${R_RSS}KiB${R_NOTE}"
+    log "    run: $R_E2E Gbit/s, over sender wall (${R_WALL}s) $R_GBPS, delivered $R_PCT%, drops $R_DROPS, exact $R_IDENT, cpu ${R_CPU}s, rss ${R_RSS}KiB${R_NOTE}"
 }
 
 # ---------------------------------------------------------------- cases
@@ -332,6 +337,7 @@ case_mproxy() {
         uni) addr=127.0.0.1:$PORT ;;
         mc1) addr=239.255.10.1:$PORT ;;
         mc3) addr=239.255.10.1:$PORT k=3 ;;
+        proxy) addr=127.0.0.1:$((PORT + 1)) ;;
     esac
     local pids=() tps=()
     for i in $(seq "$k"); do
@@ -340,12 +346,20 @@ case_mproxy() {
         tps+=("$BG_TP")
         OUTS+=("$RUN/out$i")
     done
-    wait_udp "$PORT" "$k"
-    local mpx=()
+    local mpx=() px="" pxtp=""
     if [ "$wire" = mpx ]; then mpx=(--mpx); fi
+    if [ "$dest" = proxy ]; then
+        # client -> proxy (forwards datagrams as they are) -> server
+        wait_udp "$((PORT + 1))" 1
+        start_bg px "$BIN/mproxy-proxy" --udp-listen-addr "127.0.0.1:$PORT" --udp-downstream-addr "$addr"
+        px=$BG_PID pxtp=$BG_TP
+        addr=127.0.0.1:$PORT
+    fi
+    wait_udp "$PORT" "$k"
     send_fg client "$BIN/mproxy-client" --path "$INPUT" --server-addr "$addr" --max-datagram "$dg" \
         ${mpx[@]+"${mpx[@]}"} "$@"
     wait_outputs $((k * LEN))
+    if [ -n "$px" ]; then stop_bg INT "$px" "$pxtp"; fi
     for i in $(seq 0 $((k - 1))); do stop_bg INT "${pids[$i]}" "${tps[$i]}"; done
     finish_run "$k"
 }
@@ -417,6 +431,101 @@ case_peer() {
     finish_run 1
 }
 
+# case_fanout CLIENTS: client (raw, 1472 B, unpaced) -> reverseproxy (UDP
+# in, group, TCP out) -> CLIENTS TCP connections of one tcp_sink process;
+# R_GBPS is the median connection's bytes over the time from the sender's
+# fork to the last read of any connection
+case_fanout() {
+    local n=$1 rp rptp sktp line med
+    new_run
+    start_bg rp "$BIN/mproxy-reverseproxy" --udp-listen-addr "127.0.0.1:$PORT" \
+        --multicast-addr "239.255.77.19:$((PORT + 3))" --tcp-output-addr "127.0.0.1:$((PORT + 2))"
+    rp=$BG_PID rptp=$BG_TP
+    wait_udp "$PORT" 1
+    wait_tcp "$((PORT + 2))"
+    start_bg sink "$TCPSINK" --addr "127.0.0.1:$((PORT + 2))" --conns "$n" --idle-ms 1000 --max-wait-s 60
+    sktp=$BG_TP
+    for _ in $(seq 250); do
+        [ "$(grep -c 'connected' "$RUN/rp.err" 2>/dev/null || true)" -ge "$n" ] && break
+        sleep 0.02
+    done
+    [ "$(grep -c 'connected' "$RUN/rp.err" || true)" -ge "$n" ] || die "reverseproxy did not see $n TCP clients (see $RUN/rp.err)"
+    send_fg client "$BIN/mproxy-client" --path "$INPUT" --server-addr "127.0.0.1:$PORT" --max-datagram 1472
+    wait_exit "$sktp" 90
+    stop_bg INT "$rp" "$rptp"
+    line=$(grep -h '^tcp_sink ' "$RUN/sink.out" || true)
+    [ -n "$line" ] || log "tcp_sink printed nothing: $(tail -2 "$RUN/sink.err" | tr '\n' ' ')"
+    R_GOT=$(sed -n 's/.* total=\([0-9]*\).*/\1/p' <<<"$line")
+    R_GOT=${R_GOT:-0}
+    med=$(sed -n 's/.* median=\([0-9]*\).*/\1/p' <<<"$line")
+    R_LAST=$(sed -n 's/.* last_ns=\([0-9]*\).*/\1/p' <<<"$line" | awk '{ if ($1 > 0) printf "%.9f", $1 / 1e9 }')
+    R_NOTE+=" min/median/max per client $(sed -n 's/.* min=\([0-9]*\) median=\([0-9]*\) max=\([0-9]*\).*/\1\/\2\/\3/p' <<<"$line") B"
+    finish_run "$n"
+    # per client: the median connection over the fork -> last read time
+    R_GBPS=$(awk -v g="${med:-0}" -v t0="$R_T0" -v t1="${R_LAST:-0}" \
+        'BEGIN { d = t1 - t0; if (g == 0 || d <= 0) print "0"; else printf "%.3f", g * 8 / d / 1e9 }')
+    R_E2E=$R_GBPS
+}
+
+LAT_COUNT=5000
+# case_latency PATH(udp|client|server|proxy): LAT_COUNT stamped 100-byte
+# lines at 1000/s through PATH; L_* are the receiver's figures
+#   udp     latency send --udp -> latency recv --udp (no mproxy)
+#   client  FIFO -> mproxy-client -> UDP -> latency recv
+#   server  FIFO -> mproxy-client -> mproxy-server --path FIFO -> latency recv
+#   proxy   FIFO -> mproxy-client -> mproxy-proxy -> UDP -> latency recv
+case_latency() {
+    local path=$1 rtp ctp stp ptp line
+    local c s p
+    new_run
+    mkfifo "$RUN/in" "$RUN/out"
+    case $path in
+        udp)
+            start_bg recv "$LATENCY" recv --udp "127.0.0.1:$PORT" --count "$LAT_COUNT"
+            rtp=$BG_TP
+            wait_udp "$PORT" 1
+            send_fg send "$LATENCY" send --udp "127.0.0.1:$PORT" --count "$LAT_COUNT" --rate 1000 --size 100
+            ;;
+        client | proxy)
+            start_bg recv "$LATENCY" recv --udp "127.0.0.1:$((PORT + 1))" --count "$LAT_COUNT"
+            rtp=$BG_TP
+            wait_udp "$((PORT + 1))" 1
+            local dst=127.0.0.1:$((PORT + 1))
+            if [ "$path" = proxy ]; then
+                start_bg proxy "$BIN/mproxy-proxy" --udp-listen-addr "127.0.0.1:$PORT" --udp-downstream-addr "$dst"
+                p=$BG_PID ptp=$BG_TP
+                wait_udp "$PORT" 1
+                dst=127.0.0.1:$PORT
+            fi
+            start_bg client "$BIN/mproxy-client" --path "$RUN/in" --server-addr "$dst"
+            c=$BG_PID ctp=$BG_TP
+            send_fg send "$LATENCY" send --file "$RUN/in" --count "$LAT_COUNT" --rate 1000 --size 100
+            ;;
+        server)
+            start_bg recv "$LATENCY" recv --file "$RUN/out" --count "$LAT_COUNT"
+            rtp=$BG_TP
+            start_bg server "$BIN/mproxy-server" --listen-addr "127.0.0.1:$PORT" --path "$RUN/out"
+            s=$BG_PID stp=$BG_TP
+            wait_udp "$PORT" 1
+            start_bg client "$BIN/mproxy-client" --path "$RUN/in" --server-addr "127.0.0.1:$PORT"
+            c=$BG_PID ctp=$BG_TP
+            send_fg send "$LATENCY" send --file "$RUN/in" --count "$LAT_COUNT" --rate 1000 --size 100
+            ;;
+    esac
+    wait_exit "$rtp" 10
+    if [ -n "${ctp:-}" ]; then stop_bg INT "$c" "$ctp"; fi
+    if [ -n "${stp:-}" ]; then stop_bg INT "$s" "$stp"; fi
+    if [ -n "${ptp:-}" ]; then stop_bg INT "$p" "$ptp"; fi
+    line=$(grep -h '^latency ' "$RUN/recv.out" || true)
+    [ -n "$line" ] || die "latency recv printed nothing for path $path: $(tail -2 "$RUN/recv.err" | tr '\n' ' ')"
+    L_LOST=$(sed -n 's/.* lost=\([0-9]*\).*/\1/p' <<<"$line")
+    L_P50=$(sed -n 's/.* p50_us=\([0-9.NaN]*\).*/\1/p' <<<"$line")
+    L_P99=$(sed -n 's/.* p99_us=\([0-9.NaN]*\).*/\1/p' <<<"$line")
+    L_P999=$(sed -n 's/.* p999_us=\([0-9.NaN]*\).*/\1/p' <<<"$line")
+    L_MAX=$(sed -n 's/.* max_us=\([0-9.NaN]*\).*/\1/p' <<<"$line")
+    log "    run: p50 ${L_P50} us, p99 ${L_P99} us, p99.9 ${L_P999} us, max ${L_MAX} us, lost ${L_LOST}"
+}
+
 # ------------------------------------------------------------ medians, table
 median() { # values... ("-" when any is "-")
     printf '%s\n' "$@" | sort -g | awk '$1 == "-" { dash = 1 } { v[NR] = $1 }
@@ -424,7 +533,8 @@ median() { # values... ("-" when any is "-")
               if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
-FMT='%-40s %7s %7s %8s %7s %5s %8s %7s  %s\n'
+declare -A G LOSSY PACED # median delivered Gbit/s, delivered %, any lossy run; by row name
+FMT='%-40s %7s %8s %8s %7s %5s %8s %7s  %s\n'
 ROWS=()
 row() { # the formatted row, kept for the final table and logged
     local r
@@ -436,12 +546,12 @@ row() { # the formatted row, kept for the final table and logged
 section() { ROWS+=("-- $1"); }
 
 # measure NAME CASE ARGS...: RUNS runs of the case; one row of medians;
-# leaves the median sender rate in M_SEND_GBPS and the worst run's loss in
-# M_LOSSY (1 when any run lost data)
+# leaves the median Gbit/s in M_GBPS (and G[NAME]) and M_LOSSY=1 (and
+# LOSSY[NAME]) when any run lost data
 measure() {
     local name=$1 i
     shift
-    local gbps=() e2e=() pct=() drops=() cpu=() rss=() ident=0 send=() notes=""
+    local gbps=() e2e=() pct=() drops=() cpu=() rss=() ident=0 notes=""
     M_LOSSY=0
     log "$name"
     for i in $(seq "$RUNS"); do
@@ -452,18 +562,19 @@ measure() {
         drops+=("$R_DROPS")
         cpu+=("$R_CPUGB")
         rss+=("$R_RSS")
-        send+=("$R_SEND_GBPS")
         if [ "$R_IDENT" = 1 ]; then ident=$((ident + 1)); fi
         if [ "$R_GOT" -lt "$R_EXP" ]; then M_LOSSY=1; fi
         if [ -n "$R_NOTE" ]; then notes=$R_NOTE; fi
     done
-    M_SEND_GBPS=$(median "${send[@]}")
+    M_GBPS=$(median "${e2e[@]}")
+    G["$name"]=$M_GBPS
+    if [ "$M_LOSSY" = 1 ]; then LOSSY["$name"]=1; fi
     if [ -n "$RATE_GBPS" ]; then
-        notes="$(awk -v a="$(median "${gbps[@]}")" -v r="$RATE_GBPS" 'BEGIN { printf "%.0f%% of --rate", a * 100 / r }'); $PICK_NOTE$notes"
+        notes="$(awk -v a="$(median "${e2e[@]}")" -v r="$RATE_GBPS" 'BEGIN { printf "%.0f%% of --rate", a * 100 / r }'); $PICK_NOTE$notes"
     fi
     local exact="$ident/$RUNS"
     if [ "$R_IDENT" = - ]; then exact=-; fi
-    row "$name" "$(median "${gbps[@]}")" "$(median "${e2e[@]}")" "$(median "${pct[@]}")" \
+    row "$name" "$(median "${e2e[@]}")" "$(median "${gbps[@]}")" "$(median "${pct[@]}")" \
         "$(median "${drops[@]}")" "$exact" "$(median "${cpu[@]}")" \
         "$(awk -v k="$(median "${rss[@]}")" 'BEGIN { printf "%.1f", k / 1024 }')" "${notes# }"
 }
@@ -492,14 +603,39 @@ pick_rate() { # TOP_GBPS CASE ARGS... -> PICKED (Gbit/s), PICK_NOTE
     PICK_NOTE="lossy at all 4 rungs probed"
 }
 
+# measure_latency NAME PATH: RUNS runs of case_latency; one row of medians
+LFMT='%-40s %7s %7s %7s %8s %6s  %s\n'
+declare -A LAT99 LAT50
+measure_latency() {
+    local name=$1 i p50=() p99=() p999=() max=() lost=() r
+    shift
+    log "$name"
+    for i in $(seq "$RUNS"); do
+        case_latency "$@"
+        p50+=("$L_P50")
+        p99+=("$L_P99")
+        p999+=("$L_P999")
+        max+=("$L_MAX")
+        lost+=("$L_LOST")
+    done
+    LAT50["$1"]=$(median "${p50[@]}")
+    LAT99["$1"]=$(median "${p99[@]}")
+    # shellcheck disable=SC2059
+    r=$(printf "$LFMT" "$name" "${LAT50[$1]}" "${LAT99[$1]}" "$(median "${p999[@]}")" \
+        "$(median "${max[@]}")" "$(median "${lost[@]}")" "$LAT_COUNT lines at 1000/s")
+    ROWS+=("$r")
+    log "ROW $r"
+}
+
 RATE_GBPS=""
 measure_with_paced() { # NAME CASE ARGS...: unpaced row, then the paced row
     local name=$1
     shift
     measure "$name" "$@"
-    pick_rate "$M_SEND_GBPS" "$@"
+    pick_rate "$M_GBPS" "$@"
     RATE_GBPS=$PICKED
-    measure "$name, --rate ${PICKED}gbit" "$@" --rate "${PICKED}gbit"
+    PACED["$name"]="$name, --rate ${PICKED}gbit"
+    measure "${PACED[$name]}" "$@" --rate "${PICKED}gbit"
     RATE_GBPS=""
 }
 
@@ -543,6 +679,8 @@ fi
 
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$(now_us)
+K1="sendmmsg/recvmmsg x64, 1400 B"
+K8="sendmmsg/recvmmsg x64, 8192 B"
 
 section "kernel limit: crates/mproxy-common/examples/udp_limit, unicast 127.0.0.1, unpaced"
 for payload in 1400 8192; do
@@ -553,16 +691,32 @@ done
 section "mproxy 0.2: client -> mproxy-server(s), file -> file; B = --max-datagram; --rate: see notes"
 for dg in 1472 8192; do
     for wire in raw mpx; do
-        measure_with_paced "$wire, 127.0.0.1, $dg B" case_mproxy uni "$dg" "$wire"
-        measure_with_paced "$wire, multicast x1, $dg B" case_mproxy mc1 "$dg" "$wire"
-        measure_with_paced "$wire, multicast x3, $dg B" case_mproxy mc3 "$dg" "$wire"
+        if [ "$wire" = mpx ]; then
+            measure_with_paced "$wire, 127.0.0.1, $dg B" case_mproxy uni "$dg" "$wire"
+        else
+            measure "$wire, 127.0.0.1, $dg B" case_mproxy uni "$dg" "$wire"
+        fi
+        if [ "$dg" = 1472 ]; then
+            measure "$wire, multicast x1, $dg B" case_mproxy mc1 "$dg" "$wire"
+            measure "$wire, multicast x3, $dg B" case_mproxy mc3 "$dg" "$wire"
+        fi
     done
+done
+
+section "proxy hop: client -> mproxy-proxy -> mproxy-server, file -> file"
+for dg in 1472 8192; do
+    measure "raw, via proxy, $dg B" case_mproxy proxy "$dg" raw
+    measure "mpx, via proxy, $dg B" case_mproxy proxy "$dg" mpx
 done
 
 section "full chain: client -> proxy -> reverseproxy (UDP in, group, TCP out) -> socat TCP reader -> file (raw)"
 for dg in 1472 8192; do
-    measure_with_paced "chain, raw, $dg B" case_chain "$dg"
+    measure "chain, raw, $dg B" case_chain "$dg"
 done
+
+section "reverseproxy fan-out: client (raw, 1472 B) -> reverseproxy -> N TCP clients (tcp_sink); Gbit/s per client"
+measure "fan-out, 1 TCP client" case_fanout 1
+measure "fan-out, 32 TCP clients" case_fanout 32
 
 section "socat -u -b B file -> UDP 127.0.0.1 -> socat UDP-RECV -> file ($SOCAT_RCVBUF)"
 if command -v socat >/dev/null; then
@@ -580,11 +734,60 @@ else
     ROWS+=("   (skipped: $PEER/mproxy-client or mproxy-server missing)")
 fi
 
+if [ "$QUICK" = 1 ]; then LAT_COUNT=${BENCH_LAT_LINES:-2000}; else LAT_COUNT=${BENCH_LAT_LINES:-5000}; fi
+section "latency: 100-byte stamped lines at 1000/s (examples/latency), one-way, CLOCK_MONOTONIC, raw"
+# shellcheck disable=SC2059
+ROWS+=("$(printf "$LFMT" "path" "p50 us" "p99 us" "p99.9us" "max us" "lost" "")")
+measure_latency "UDP socket -> socket (no mproxy)" udp
+measure_latency "FIFO -> client -> UDP socket" client
+measure_latency "FIFO -> client -> server -> FIFO" server
+measure_latency "FIFO -> client -> proxy -> UDP socket" proxy
+
 ELAPSED=$((($(now_us) - T_START) / 1000000))
 TOTAL=$(awk -v a="$MPROXY_BENCH_STARTED" -v b="$EPOCHREALTIME" 'BEGIN { printf "%d", b - a }')
 echo "mproxy bench: $((LEN >> 20)) MiB of text lines, median of $RUNS run(s)$([ "$QUICK" = 1 ] && echo ' (--quick)'); $(nproc) CPUs, Linux $(uname -r); loadavg $LOAD0 -> $(cut -d' ' -f1-3 /proc/loadavg); cases ${ELAPSED}s, total ${TOTAL}s"
 # shellcheck disable=SC2059
-printf "$FMT" "case" "Gbit/s" "e2e" "deliv. %" "drops" "exact" "CPU s/GB" "RSS MiB" "notes"
-for r in "${ROWS[@]}"; do
-    if [ "${r:0:3}" = "-- " ]; then echo "${r}"; else echo "$r"; fi
+printf "$FMT" "case" "Gbit/s" "snd-wall" "deliv. %" "drops" "exact" "CPU s/GB" "RSS MiB" "notes"
+for r in "${ROWS[@]}"; do echo "$r"; done
+
+# ------------------------------------------------------------------ targets
+ratio() { # A B -> A/B with 2 decimals, "-" when either is missing
+    awk -v a="${1:--}" -v b="${2:--}" 'BEGIN { if (a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'
+}
+verdict() { # RATIO OP LIMIT -> met / NOT met
+    awk -v r="$1" -v op="$2" -v l="$3" 'BEGIN { if (r == "-") { print "n/a"; exit }
+        ok = (op == ">=") ? (r + 0 >= l + 0) : (r + 0 <= l + 0); print ok ? "met" : "NOT met" }'
+}
+target() { # TEXT RATIO OP LIMIT [EXTRA]
+    printf '  %-74s %6s  %s %s  %s\n' "$1" "$2" "$3" "$4" "$(verdict "$2" "$3" "$4")${5:+ ($5)}"
+}
+zero_loss() { # NAME -> "0 loss" or "lossy"
+    if [ -z "${G[$1]:-}" ]; then echo "not run"; elif [ -n "${LOSSY[$1]:-}" ]; then echo "lost data in a run"; else echo "0 loss in every run"; fi
+}
+echo
+echo "targets (ratios of the medians above, all from this run):"
+for dg in 1472 8192; do
+    kn=$K1
+    if [ "$dg" = 8192 ]; then kn=$K8; fi
+    pn=${PACED["mpx, 127.0.0.1, $dg B"]:-}
+    target "mpx $dg B paced (${pn##*--rate }) / kernel ($kn)" "$(ratio "${G[$pn]:-}" "${G[$kn]:-}")" ">=" 0.70 "$(zero_loss "$pn")"
 done
+for dg in 1472 8192; do
+    peer="0.1.8 client -> 0.1.8 server"
+    target "mpx $dg B unpaced / published $peer" "$(ratio "${G["mpx, 127.0.0.1, $dg B"]:-}" "${G[$peer]:-}")" ">=" 5
+    target "mpx $dg B unpaced / socat -b $dg" "$(ratio "${G["mpx, 127.0.0.1, $dg B"]:-}" "${G["socat -> socat, -b $dg"]:-}")" ">=" 1
+done
+for dg in 1472 8192; do
+    for wire in raw mpx; do
+        r=$(ratio "${G["$wire, via proxy, $dg B"]:-}" "${G["$wire, 127.0.0.1, $dg B"]:-}")
+        target "proxy hop, $wire $dg B: via proxy / direct (cost = 1 - ratio <= 15%)" "$r" ">=" 0.85
+    done
+    r=$(ratio "${G["chain, raw, $dg B"]:-}" "${G["raw, 127.0.0.1, $dg B"]:-}")
+    target "full chain (proxy + reverseproxy + TCP), raw $dg B / direct (2 hops)" "$r" ">=" 0.7225 "0.85^2"
+done
+target "fan-out: per-client Gbit/s, 32 clients / 1 client" "$(ratio "${G["fan-out, 32 TCP clients"]:-}" "${G["fan-out, 1 TCP client"]:-}")" ">=" 0.50
+printf '  %-74s %6s  %s %s  %s\n' "p99 latency, FIFO -> client -> server -> FIFO (us)" "${LAT99[server]:--}" "<" 200 \
+    "$(awk -v v="${LAT99[server]:--}" 'BEGIN { if (v == "-") print "n/a"; else print (v + 0 < 200) ? "met" : "NOT met" }')"
+printf '  %-74s %6s  %s %s  %s\n' "p99 latency added by the proxy hop: p99(proxy path) - p99(client path) (us)" \
+    "$(awk -v a="${LAT99[proxy]:--}" -v b="${LAT99[client]:--}" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%.1f", a - b }')" "<" 200 \
+    "$(awk -v v="${LAT99[proxy]:--}" 'BEGIN { if (v == "-") print "n/a"; else print (v + 0 < 200) ? "met (whole path p99 " v " us)" : "NOT met (whole path p99 " v " us)" }')"
