@@ -796,6 +796,8 @@ for dg in 1472 8192; do
     if [ "$dg" = 8192 ]; then kn=$K8; fi
     pn=${PACED["mpx, 127.0.0.1, $dg B"]:-}
     target "mpx $dg B paced (${pn##*--rate }) / kernel ($kn)" "$(ratio "${G[$pn]:-}" "${G[$kn]:-}")" ">=" 0.70 "$(zero_loss "$pn")"
+    gn="UDP GSO/GRO + mmsg x64, ${kn##*x64, }"
+    target "  the same / kernel with offloads ($gn)" "$(ratio "${G[$pn]:-}" "${G[$gn]:-}")" ">=" 0.70 "for reference"
 done
 for dg in 1472 8192; do
     peer="0.1.8 client -> 0.1.8 server"
