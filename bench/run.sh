@@ -48,7 +48,9 @@
 # the host's network. Every process has a timeout; the script stops by
 # itself and removes its processes and temp files on exit or interrupt.
 #
-# Progress and per-run figures go to stderr; the table to stdout.
+# Progress and per-run figures go to stderr; the table to stdout. The logs
+# of every run that lost data or whose sender failed are kept (in
+# BENCH_LOGDIR, default /dev/shm/mproxy-bench-logs.TIME).
 set -euo pipefail
 export LC_ALL=C
 SELF=$(readlink -f "$0")
@@ -134,6 +136,8 @@ PORT=20000
 
 BG_TPIDS=() # rusage.py pids of the current run's background processes
 BG_PIDS=()  # and the pids of their commands
+LOGS=${BENCH_LOGDIR:-$TMPBASE/mproxy-bench-logs.$(date +%Y%m%dT%H%M%S)}
+KEPT=0 # runs whose logs were kept in LOGS (lossy or failed)
 NETNS=$(readlink /proc/$$/ns/net)
 # ns_pids: every process of this private network namespace but this shell
 # and the subshell running the function; all of them were started by this
@@ -162,6 +166,7 @@ cleanup() {
     wait 2>/dev/null || true
     [ -z "$left" ] || echo "bench: processes still running after cleanup: $left" >&2
     rm -rf "$WORK"
+    if [ "$KEPT" -gt 0 ]; then echo "bench: logs of $KEPT lossy or failed run(s) kept in $LOGS" >&2; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -341,7 +346,19 @@ finish_run() {
         'BEGIN { d = t1 - t0; if (g == 0 || d <= 0) print "-"; else printf "%.3f", g / k * 8 / d / 1e9 }')
     R_PCT=$(awk -v g="$R_GOT" -v e="$R_EXP" 'BEGIN { printf "%.3f", g * 100 / e }')
     R_CPUGB=$(awk -v c="$R_CPU" -v g="$R_GOT" 'BEGIN { if (g == 0) print "-"; else printf "%.3f", c / (g / 1e9) }')
+    if [ "$R_GOT" -lt "$R_EXP" ] || [[ $R_NOTE == *sender-exit* ]]; then keep_logs; fi
     log "    run: $R_E2E Gbit/s, over sender wall (${R_WALL}s) $R_GBPS, delivered $R_PCT%, drops $R_DROPS, exact $R_IDENT, cpu ${R_CPU}s, rss ${R_RSS}KiB${R_NOTE}"
+}
+
+# keep_logs: copy the current run's logs and usage records (not its data)
+# to LOGS, so a lossy or failed run can be looked into afterwards
+keep_logs() {
+    local dir
+    KEPT=$((KEPT + 1))
+    dir=$LOGS/$(printf '%03d' "$KEPT")-port$PORT
+    mkdir -p "$dir"
+    cp "$RUN"/*.err "$RUN"/*.out "$RUN"/*.time "$dir"/ 2>/dev/null || true
+    log "    (logs of this run kept in $dir)"
 }
 
 # ---------------------------------------------------------------- cases
