@@ -370,6 +370,16 @@ impl Shared {
         self.tee.write(payload);
         self.fanout.send(payload);
     }
+
+    /// Forward several datagrams (none empty), one sendmmsg per destination
+    pub(crate) fn forward_many(&self, payloads: &[&[u8]]) {
+        if self.tee.enabled() {
+            for p in payloads {
+                self.tee.write(p);
+            }
+        }
+        self.fanout.send_many(payloads);
+    }
 }
 
 /// A proxy with its sockets bound, ready to run

@@ -11,7 +11,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use mproxy_common::cli::Shutdown;
 use mproxy_common::mpx::Encoder;
-use mproxy_common::net::{recv_meta, MAX_UDP_PAYLOAD, RECV_BUF_LEN};
+use mproxy_common::net::{RecvBatch, MAX_UDP_PAYLOAD, RECV_BUF_LEN};
 use mproxy_common::pack::Framing;
 use mproxy_common::stats::LogLimiter;
 use mproxy_common::wire::{classify, Datagram};
@@ -70,7 +70,8 @@ pub(crate) fn run(
         }
     }
     let mut events = Events::with_capacity(64);
-    let mut buf = vec![0u8; RECV_BUF_LEN];
+    let mut batch = RecvBatch::new(BATCH, RECV_BUF_LEN);
+    let mut out = OutBatch::default();
     let log = LogLimiter::default();
     let forward = |f: &[u8]| shared.forward(f);
     // inputs whose last drain stopped at the budget, data still queued
@@ -98,7 +99,7 @@ pub(crate) fn run(
         }
         for (input, p) in inputs.iter_mut().zip(pending.iter_mut()) {
             if *p {
-                *p = drain(input, &mut buf, shared, &log);
+                *p = drain(input, &mut batch, &mut out, shared, &log);
             }
         }
         let now = Instant::now();
@@ -130,6 +131,9 @@ pub(crate) fn run(
     Ok(())
 }
 
+/// Datagrams received (recvmmsg) and forwarded (sendmmsg) per system call
+const BATCH: usize = 32;
+
 /// Most datagrams taken from one socket per readiness event: under a
 /// constant flood the socket never runs dry, and the loop must still see
 /// shutdown requests, timers and the other inputs. mio's readiness is
@@ -137,12 +141,55 @@ pub(crate) fn run(
 /// without waiting for a new event.
 const DRAIN_BUDGET: usize = 1024;
 
-/// Forward what is queued on `input`; true if the budget ran out first
-/// (more may be queued)
-fn drain(input: &mut Input, buf: &mut [u8], shared: &Shared, log: &LogLimiter) -> bool {
-    for _ in 0..DRAIN_BUDGET {
-        let meta = match recv_meta(&input.sock, buf) {
-            Ok(m) => m,
+/// Datagrams to forward together; buffers are reused
+#[derive(Default)]
+struct OutBatch {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl OutBatch {
+    fn push(&mut self, d: &[u8]) {
+        if !d.is_empty() {
+            self.buf.extend_from_slice(d);
+            self.ends.push(self.buf.len());
+        }
+    }
+
+    /// Forward everything queued (one sendmmsg per destination) and clear
+    fn flush(&mut self, shared: &Shared) {
+        if self.ends.is_empty() {
+            return;
+        }
+        let mut start = 0;
+        let frames: Vec<&[u8]> = self
+            .ends
+            .iter()
+            .map(|&end| {
+                let f = &self.buf[start..end];
+                start = end;
+                f
+            })
+            .collect();
+        shared.forward_many(&frames);
+        self.buf.clear();
+        self.ends.clear();
+    }
+}
+
+/// Forward what is queued on `input`, a batch per system call; true if the
+/// budget ran out first (more may be queued)
+fn drain(
+    input: &mut Input,
+    batch: &mut RecvBatch,
+    out: &mut OutBatch,
+    shared: &Shared,
+    log: &LogLimiter,
+) -> bool {
+    let mut taken = 0;
+    while taken < DRAIN_BUDGET {
+        let n = match batch.recv(&input.sock) {
+            Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -153,31 +200,41 @@ fn drain(input: &mut Input, buf: &mut [u8], shared: &Shared, log: &LogLimiter) -
                 return false;
             }
         };
-        input.stats.datagrams.inc();
-        input.stats.bytes.add(meta.len as u64);
-        if meta.truncated() {
-            input.stats.truncated.inc();
-            if let Some(n) = log.allow() {
-                tracing::warn!(listen = %input.spec, from = %meta.from, suppressed = n,
-                    "datagram of {} bytes truncated to {}", meta.wire_len, meta.len);
+        taken += n.max(1);
+        let now = Instant::now();
+        for i in 0..n {
+            let Some((data, meta)) = batch.get(i) else {
+                continue;
+            };
+            input.stats.datagrams.inc();
+            input.stats.bytes.add(meta.len as u64);
+            if meta.truncated() {
+                input.stats.truncated.inc();
+                if let Some(n) = log.allow() {
+                    tracing::warn!(listen = %input.spec, from = %meta.from, suppressed = n,
+                        "datagram of {} bytes truncated to {}", meta.wire_len, meta.len);
+                }
+            }
+            if let Some(d) = meta.kernel_drops {
+                if d != input.last_drops {
+                    input
+                        .stats
+                        .kernel_drops
+                        .add(u64::from(d.wrapping_sub(input.last_drops)));
+                    input.last_drops = d;
+                }
+            }
+            match input.encoder.as_mut() {
+                // frames (valid or not) pass untouched; only raw payloads are framed
+                Some(enc) if matches!(classify(data), Datagram::Raw(_)) => {
+                    enc.push(now, data, |f| out.push(f));
+                }
+                _ => out.push(data),
             }
         }
-        if let Some(d) = meta.kernel_drops {
-            if d != input.last_drops {
-                input
-                    .stats
-                    .kernel_drops
-                    .add(u64::from(d.wrapping_sub(input.last_drops)));
-                input.last_drops = d;
-            }
-        }
-        let data = &buf[..meta.len];
-        match input.encoder.as_mut() {
-            // frames (valid or not) pass untouched; only raw payloads are framed
-            Some(enc) if matches!(classify(data), Datagram::Raw(_)) => {
-                enc.push(Instant::now(), data, |f| shared.forward(f));
-            }
-            _ => shared.forward(data),
+        out.flush(shared);
+        if n < BATCH {
+            return false;
         }
     }
     true
