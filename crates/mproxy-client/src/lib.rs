@@ -725,6 +725,7 @@ impl Client {
                     self.config.rate,
                     s,
                     start,
+                    shutdown.clone(),
                 )?;
                 if let Encoder::Mpx(sender) = &mut encoder {
                     sender.set_epoch(m.epoch_for(start));

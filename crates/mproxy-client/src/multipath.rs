@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::{Control, MAX_CONTROL};
 use anyhow::Context as _;
+use mproxy_common::cli::Shutdown;
 use mproxy_common::mpx::{PathConfig, PathState, Scheduler, SchedulerConfig, Sender};
 use mproxy_common::net::bind_sender;
 use mproxy_common::rate::Rate;
@@ -44,6 +45,8 @@ pub(crate) struct Multipath {
     session: u64,
     sent_since_poll: u32,
     nacks: Vec<Control>,
+    /// Pacing sleeps end on a shutdown request
+    shutdown: Shutdown,
 }
 
 impl Multipath {
@@ -54,6 +57,7 @@ impl Multipath {
         total_rate: Option<Rate>,
         session: u64,
         now: Instant,
+        shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
         let mut paths = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -99,6 +103,7 @@ impl Multipath {
             session,
             sent_since_poll: 0,
             nacks: Vec::new(),
+            shutdown,
         })
     }
 
@@ -164,8 +169,8 @@ impl Multipath {
                     let (i, wait) = self.sched.pick(Instant::now(), frame.len());
                     // the pacer keeps the debt, so skipping short sleeps
                     // only batches them (sleep granularity is ~60 us)
-                    if wait >= crate::MIN_SLEEP {
-                        std::thread::sleep(wait);
+                    if wait >= crate::MIN_SLEEP && !self.shutdown.is_set() {
+                        mproxy_common::io::sleep_unless(&self.shutdown, wait);
                     }
                     if self.send_on(i, frame) {
                         break;
