@@ -24,7 +24,7 @@ use mio::{Events, Poll, Token};
 use mproxy_common::cli::Shutdown;
 use mproxy_common::io::Tee;
 use mproxy_common::mpx::{new_session_id, Encoder};
-use mproxy_common::net::{bind_receiver, RECV_BUF_LEN};
+use mproxy_common::net::bind_receiver;
 use mproxy_common::pack::Framing;
 use mproxy_common::stats::LogLimiter;
 use mproxy_common::wire::{classify, Datagram, Frame, FrameType, HEADER_LEN};
@@ -278,7 +278,7 @@ impl UdpInput {
         let _span = tracing::info_span!("udp-input", listen = %self.stats.spec).entered();
         tracing::debug!(local = %self.stats.local, "listening");
         let mut events = Events::with_capacity(8);
-        let mut buf = vec![0u8; RECV_BUF_LEN];
+        let mut batch = crate::poller::recv_batch();
         let logs = RecvLogs::default();
         let mut more = false;
         while !self.shutdown.is_set() {
@@ -292,7 +292,7 @@ impl UdpInput {
             let mut stream = self.stream.as_mut();
             more = drain_udp(
                 &self.sock,
-                &mut buf,
+                &mut batch,
                 &stats.recv,
                 &logs,
                 &self.shutdown,

@@ -41,7 +41,7 @@ use anyhow::Context as _;
 use mio::{Events, Poll, Token};
 use mproxy_common::cli::Shutdown;
 use mproxy_common::mpx::ReceiverConfig;
-use mproxy_common::net::{bind_receiver, RECV_BUF_LEN};
+use mproxy_common::net::bind_receiver;
 use mproxy_common::stats::{Counter, LogLimiter};
 use mproxy_common::Fanout;
 use rustls::{ServerConfig, ServerConnection};
@@ -180,7 +180,7 @@ impl TcpOutput {
         let _span = tracing::info_span!("tcp-output", listen = %self.stats.spec).entered();
         tracing::debug!(local = %self.stats.local, "listening");
         let mut events = Events::with_capacity(8);
-        let mut buf = vec![0u8; RECV_BUF_LEN];
+        let mut batch = crate::poller::recv_batch();
         let logs = RecvLogs::default();
         let mut clients: Vec<Client> = Vec::new();
         let mut reassembly = Reassembly::new(self.accept, &self.receiver);
@@ -200,7 +200,7 @@ impl TcpOutput {
             let now = Instant::now();
             more = drain_udp(
                 &self.sock,
-                &mut buf,
+                &mut batch,
                 &self.stats.recv,
                 &logs,
                 &self.shutdown,
@@ -722,7 +722,7 @@ impl UdpOutput {
     pub(crate) fn run(mut self) -> anyhow::Result<()> {
         let _span = tracing::info_span!("udp-output", dest = %self.stats.spec).entered();
         let mut events = Events::with_capacity(8);
-        let mut buf = vec![0u8; RECV_BUF_LEN];
+        let mut batch = crate::poller::recv_batch();
         let logs = RecvLogs::default();
         let mut reassembly = self
             .strip
@@ -741,7 +741,7 @@ impl UdpOutput {
             let now = Instant::now();
             more = drain_udp(
                 &self.sock,
-                &mut buf,
+                &mut batch,
                 &stats.recv,
                 &logs,
                 &self.shutdown,

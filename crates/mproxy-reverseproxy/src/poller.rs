@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use mproxy_common::cli::Shutdown;
-use mproxy_common::net::recv_meta;
+use mproxy_common::net::{RecvBatch, RECV_BUF_LEN};
 use mproxy_common::stats::LogLimiter;
 
 use crate::stats::RecvStats;
@@ -19,6 +19,14 @@ pub(crate) const TICK: Duration = Duration::from_millis(100);
 
 /// Datagrams received per wake-up before other work gets a turn
 pub(crate) const BUDGET: usize = 256;
+/// Datagrams received per system call (recvmmsg)
+pub(crate) const RECV_BATCH: usize = 32;
+
+/// A receive batch for [`drain_udp`]: [`RECV_BATCH`] slots of the largest
+/// datagram
+pub(crate) fn recv_batch() -> RecvBatch {
+    RecvBatch::new(RECV_BATCH, RECV_BUF_LEN)
+}
 
 /// Watch `fd` for readability (edge-triggered: drain to `WouldBlock`)
 pub(crate) fn register(poll: &Poll, fd: RawFd, token: Token) -> io::Result<()> {
@@ -74,19 +82,21 @@ pub(crate) struct RecvLogs {
 /// this round, so a persistent error costs one attempt per wake-up.
 pub(crate) fn drain_udp(
     sock: &UdpSocket,
-    buf: &mut [u8],
+    batch: &mut RecvBatch,
     stats: &RecvStats,
     logs: &RecvLogs,
     shutdown: &Shutdown,
     mut f: impl FnMut(SocketAddr, &[u8]),
 ) -> bool {
-    for _ in 0..BUDGET {
+    let mut taken = 0;
+    while taken < BUDGET {
         if shutdown.is_set() {
             return false;
         }
-        let meta = match recv_meta(sock, buf) {
-            Ok(meta) => meta,
+        let n = match batch.recv(sock) {
+            Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 stats.errors.inc();
                 if let Some(suppressed) = logs.errors.allow() {
@@ -95,38 +105,47 @@ pub(crate) fn drain_udp(
                 return false;
             }
         };
-        stats.datagrams.inc();
-        stats.bytes.add(meta.wire_len as u64);
-        if let Some(drops) = meta.kernel_drops.map(u64::from) {
-            if drops > stats.kernel_drops.get() {
-                stats.kernel_drops.max(drops);
-                if let Some(suppressed) = logs.kernel_drops.allow() {
-                    tracing::warn!(
-                        suppressed,
-                        "the kernel dropped {drops} datagrams so far (receive queue full; \
-                         a larger --rcvbuf may help)"
-                    );
+        taken += n.max(1);
+        for i in 0..n {
+            let Some((data, meta)) = batch.get(i) else {
+                continue;
+            };
+            stats.datagrams.inc();
+            stats.bytes.add(meta.wire_len as u64);
+            if let Some(drops) = meta.kernel_drops.map(u64::from) {
+                if drops > stats.kernel_drops.get() {
+                    stats.kernel_drops.max(drops);
+                    if let Some(suppressed) = logs.kernel_drops.allow() {
+                        tracing::warn!(
+                            suppressed,
+                            "the kernel dropped {drops} datagrams so far (receive queue full; \
+                             a larger --rcvbuf may help)"
+                        );
+                    }
                 }
             }
-        }
-        if meta.truncated() {
-            stats.truncated.inc();
-            if let Some(suppressed) = logs.truncated.allow() {
-                tracing::warn!(
-                    from = %meta.from,
-                    suppressed,
-                    "dropped a datagram of {} bytes: larger than the {}-byte receive buffer",
-                    meta.wire_len,
-                    buf.len()
-                );
+            if meta.truncated() {
+                stats.truncated.inc();
+                if let Some(suppressed) = logs.truncated.allow() {
+                    tracing::warn!(
+                        from = %meta.from,
+                        suppressed,
+                        "dropped a datagram of {} bytes: larger than the {}-byte receive buffer",
+                        meta.wire_len,
+                        meta.len
+                    );
+                }
+                continue;
             }
-            continue;
+            if meta.len == 0 {
+                stats.empty.inc();
+                continue;
+            }
+            f(meta.from, data);
         }
-        if meta.len == 0 {
-            stats.empty.inc();
-            continue;
+        if n < RECV_BATCH {
+            return false;
         }
-        f(meta.from, &buf[..meta.len]);
     }
     true
 }
