@@ -115,9 +115,10 @@ pub struct Cli {
     #[arg(long)]
     pub mpx: bool,
 
-    /// mpx stream id of this input (with --mpx)
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub stream_id: u32,
+    /// mpx stream id of this input (with --mpx or --mode stripe|redundant)
+    /// [default: 1]
+    #[arg(long, value_name = "N")]
+    pub stream_id: Option<u32>,
 
     /// Pace sending to this rate per destination, e.g. 100mbit, 2MiB, 50000
     /// (bytes/s) [default: as fast as the input and sockets allow]
@@ -157,17 +158,16 @@ pub struct Cli {
 
     /// mpx: data frames per FEC block (1-1024). Bigger blocks survive
     /// random loss far better at the same overhead (10 % over 5 % loss:
-    /// 256 frames fail 0.1 % of the time, 20 frames 9 %)
-    #[arg(long, value_name = "FRAMES", default_value_t = DEFAULT_FEC_BLOCK,
-          value_parser = parse_fec_block)]
-    pub fec_block: usize,
+    /// 256 frames fail 0.1 % of the time, 20 frames 9 %) [default: 256]
+    #[arg(long, value_name = "FRAMES", value_parser = parse_fec_block)]
+    pub fec_block: Option<usize>,
 
     /// mpx: close a partial FEC block once its first frame is this many
     /// milliseconds old (slow streams, end of a burst). Receivers must wait
     /// longer than this for a missing frame: keep it well below the
-    /// server's --reorder-timeout (default 200 ms)
-    #[arg(long, value_name = "MS", default_value_t = DEFAULT_FEC_MAX_DELAY.as_millis() as u64)]
-    pub fec_delay: u64,
+    /// server's --reorder-timeout (default 200 ms) [default: 50]
+    #[arg(long, value_name = "MS")]
+    pub fec_delay: Option<u64>,
 
     /// Log per-destination / per-path counters every N seconds (0: only
     /// in the final summary)
@@ -264,10 +264,27 @@ impl TryFrom<Cli> for Config {
                 HEADER_LEN + 1
             );
         }
+        if cli.stream_id.is_some() && !cli.mpx && !multipath {
+            bail!("--stream-id needs --mpx (raw datagrams carry no stream id)");
+        }
+        if cli.fec == 0 {
+            if let Some(flag) = [
+                cli.fec_block.map(|_| "--fec-block"),
+                cli.fec_delay.map(|_| "--fec-delay"),
+            ]
+            .into_iter()
+            .flatten()
+            .next()
+            {
+                bail!("{flag} needs --fec PERCENT");
+            }
+        }
         let fec = (cli.fec > 0).then_some(FecConfig {
             overhead_percent: cli.fec,
-            block_frames: cli.fec_block,
-            max_delay: Duration::from_millis(cli.fec_delay),
+            block_frames: cli.fec_block.unwrap_or(DEFAULT_FEC_BLOCK),
+            max_delay: cli
+                .fec_delay
+                .map_or(DEFAULT_FEC_MAX_DELAY, Duration::from_millis),
         });
         if let Some(f) = &fec {
             if !cli.mpx && !multipath {
@@ -295,7 +312,7 @@ impl TryFrom<Cli> for Config {
             framing: cli.framing,
             rate: cli.rate,
             // striping and redundancy only make sense with sequence numbers
-            mpx_stream: (cli.mpx || multipath).then_some(cli.stream_id),
+            mpx_stream: (cli.mpx || multipath).then_some(cli.stream_id.unwrap_or(1)),
             stats_interval: (cli.stats_interval > 0)
                 .then(|| Duration::from_secs(cli.stats_interval)),
             repair_buffer: cli.repair_buffer,

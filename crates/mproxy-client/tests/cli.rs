@@ -92,6 +92,20 @@ fn fec_options_are_checked() {
             ][..],
             "use a smaller block",
         ),
+        (
+            &[
+                "--fec-block",
+                "100",
+                "--mpx",
+                "--server-addr",
+                "127.0.0.1:9",
+            ][..],
+            "--fec-block needs --fec",
+        ),
+        (
+            &["--stream-id", "5", "--server-addr", "127.0.0.1:9"][..],
+            "--stream-id needs --mpx",
+        ),
     ] {
         let out = run(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
