@@ -526,6 +526,15 @@ impl Out {
     }
 }
 
+/// Credit a pacer may bank: 4 datagrams, or 1 ms of the rate if more. A
+/// sleep overshoots by tens of microseconds; with a bucket of only 4
+/// datagrams the credit earned meanwhile was capped away, and the client
+/// reached 58% of a 1500mbit --rate (872 Mbit/s, 128 MiB, loopback)
+fn pacer_burst(rate: Rate, max_datagram: usize) -> usize {
+    let per_ms = usize::try_from(rate.bytes_per_sec() / 1000).unwrap_or(usize::MAX);
+    (4 * max_datagram).max(per_ms)
+}
+
 /// Pacing waits shorter than this are not slept but carried as debt by the
 /// pacer, so sleep granularity does not cap the rate
 pub(crate) const MIN_SLEEP: Duration = Duration::from_micros(250);
@@ -755,7 +764,7 @@ impl Client {
             Out::Fanout(_) => self
                 .config
                 .rate
-                .map(|r| Pacer::new(r, 4 * self.config.max_datagram)),
+                .map(|r| Pacer::new(r, pacer_burst(r, self.config.max_datagram))),
             Out::Multi(_) => None,
         };
         let mut tx = Tx {
@@ -938,5 +947,18 @@ impl Client {
             }
         }
         Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod pacing_tests {
+    use super::*;
+
+    #[test]
+    fn test_pacer_burst_is_four_datagrams_or_a_millisecond() {
+        let slow: Rate = "2kB".parse().unwrap();
+        assert_eq!(pacer_burst(slow, 1472), 4 * 1472);
+        let fast: Rate = "1500mbit".parse().unwrap();
+        assert_eq!(pacer_burst(fast, 1472), 187_500);
     }
 }
