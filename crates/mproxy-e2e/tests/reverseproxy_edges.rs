@@ -11,23 +11,22 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod pki;
+
 use mproxy_e2e::{run, start, stop};
 use mproxy_testsupport::{
     in_netns, skip, spawn_with_stdin, wait_for_tcp_bound, wait_for_udp_bound, wait_until,
     ChildGuard, SplitMix64, TempDir,
 };
-use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use pki::{issue, make_ca, Issued, Leaf};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 /// Bound of every wait that is not a whole transfer
@@ -43,73 +42,6 @@ fn addr(s: &str) -> SocketAddr {
 
 // ---------------------------------------------------------------- certificates
 
-/// A certificate, its key, and both as PEM files
-struct Issued {
-    cert: Certificate,
-    key: KeyPair,
-    cert_pem: PathBuf,
-    key_pem: PathBuf,
-}
-
-impl Issued {
-    fn chain(&self) -> Vec<CertificateDer<'static>> {
-        vec![self.cert.der().clone()]
-    }
-
-    fn private_key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()))
-    }
-}
-
-fn write_pems(dir: &Path, name: &str, cert: Certificate, key: KeyPair) -> Issued {
-    let cert_pem = dir.join(format!("{name}.pem"));
-    let key_pem = dir.join(format!("{name}.key"));
-    std::fs::write(&cert_pem, cert.pem()).unwrap();
-    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
-    Issued {
-        cert,
-        key,
-        cert_pem,
-        key_pem,
-    }
-}
-
-fn dn(cn: &str) -> DistinguishedName {
-    let mut d = DistinguishedName::new();
-    d.push(DnType::CommonName, cn);
-    d
-}
-
-fn make_ca(dir: &Path, name: &str) -> Issued {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name = dn(&format!("mproxy test {name}"));
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = p.self_signed(&key).unwrap();
-    write_pems(dir, name, cert, key)
-}
-
-fn issue(dir: &Path, name: &str, ca: &Issued, sans: &[&str], client: bool) -> Issued {
-    let key = KeyPair::generate().unwrap();
-    let sans: Vec<String> = sans.iter().map(|s| (*s).to_string()).collect();
-    let mut p = CertificateParams::new(sans).unwrap();
-    p.distinguished_name = dn(&format!("mproxy test {name}"));
-    p.is_ca = IsCa::NoCa;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![if client {
-        ExtendedKeyUsagePurpose::ClientAuth
-    } else {
-        ExtendedKeyUsagePurpose::ServerAuth
-    }];
-    let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    write_pems(dir, name, cert, key)
-}
-
 /// A CA, the proxy's server certificate, a client certificate, and a CA
 /// nobody trusts
 struct Pki {
@@ -124,8 +56,14 @@ impl Pki {
         let ca = make_ca(dir, "ca");
         let rogue_ca = make_ca(dir, "rogue-ca");
         Self {
-            server: issue(dir, "server", &ca, &["127.0.0.1", "localhost"], false),
-            client: issue(dir, "client", &ca, &["reader.test"], true),
+            server: issue(
+                dir,
+                "server",
+                &ca,
+                &["127.0.0.1", "localhost"],
+                Leaf::Server,
+            ),
+            client: issue(dir, "client", &ca, &["reader.test"], Leaf::Client),
             ca,
             rogue_ca,
         }

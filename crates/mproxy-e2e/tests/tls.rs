@@ -10,22 +10,21 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod pki;
+
 use mproxy_e2e::{reached_len, run, start, start_server, stop, wait_for_len, TIMEOUT};
 use mproxy_testsupport::{
     assert_files_equal, in_netns, skip, spawn_with_stdin, wait_for_tcp_bound, wait_until, TempDir,
 };
-use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use pki::{issue, make_ca, Issued, Leaf};
+
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, ServerConnection, StreamOwned};
 
@@ -34,83 +33,6 @@ fn s(p: &Path) -> &str {
 }
 
 // ---------------------------------------------------------------- certificates
-
-/// A certificate, its key, and both as PEM files
-struct Issued {
-    cert: Certificate,
-    key: KeyPair,
-    cert_pem: PathBuf,
-    key_pem: PathBuf,
-}
-
-impl Issued {
-    fn chain(&self) -> Vec<CertificateDer<'static>> {
-        vec![self.cert.der().clone()]
-    }
-
-    fn private_key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()))
-    }
-}
-
-fn write_pems(dir: &Path, name: &str, cert: Certificate, key: KeyPair) -> Issued {
-    let cert_pem = dir.join(format!("{name}.pem"));
-    let key_pem = dir.join(format!("{name}.key"));
-    std::fs::write(&cert_pem, cert.pem()).unwrap();
-    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
-    Issued {
-        cert,
-        key,
-        cert_pem,
-        key_pem,
-    }
-}
-
-fn dn(cn: &str) -> DistinguishedName {
-    let mut d = DistinguishedName::new();
-    d.push(DnType::CommonName, cn);
-    d
-}
-
-fn make_ca(dir: &Path, name: &str) -> Issued {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name = dn(&format!("mproxy test {name}"));
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = p.self_signed(&key).unwrap();
-    write_pems(dir, name, cert, key)
-}
-
-#[derive(Clone, Copy)]
-enum Leaf {
-    Server,
-    ExpiredServer,
-    Client,
-}
-
-fn issue(dir: &Path, name: &str, ca: &Issued, sans: &[&str], kind: Leaf) -> Issued {
-    let key = KeyPair::generate().unwrap();
-    let sans: Vec<String> = sans.iter().map(|s| (*s).to_string()).collect();
-    let mut p = CertificateParams::new(sans).unwrap();
-    p.distinguished_name = dn(&format!("mproxy test {name}"));
-    p.is_ca = IsCa::NoCa;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![match kind {
-        Leaf::Client => ExtendedKeyUsagePurpose::ClientAuth,
-        _ => ExtendedKeyUsagePurpose::ServerAuth,
-    }];
-    if let Leaf::ExpiredServer = kind {
-        p.not_before = rcgen::date_time_ymd(2000, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2001, 1, 1);
-    }
-    let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    write_pems(dir, name, cert, key)
-}
 
 /// Everything the tests need, in `dir`
 struct Pki {
