@@ -45,7 +45,7 @@ use mproxy_common::mpx::{
 use mproxy_common::pack::Framing;
 use mproxy_common::rate::{Pacer, Rate};
 use mproxy_common::stats::{human_bytes, human_rate};
-use mproxy_common::wire::{classify, Datagram, FrameType};
+use mproxy_common::wire::{classify, Datagram, FrameType, Repr};
 use mproxy_common::wire::{symbol_len_for, FEC_MAX_BLOCK, HEADER_LEN};
 use mproxy_common::{Endpoint, Fanout, PathSpec, SocketOptions};
 
@@ -451,7 +451,7 @@ fn serve_control(
 ) -> bool {
     let now = Instant::now();
     let mut nacked = false;
-    for c in tx.take_nacks(session, buf) {
+    for c in tx.take_control(session, buf) {
         match c.frame_type {
             FrameType::Nack => {
                 nacked = true;
@@ -493,6 +493,21 @@ pub(crate) struct Control {
     pub(crate) frame_type: FrameType,
     pub(crate) seq: u32,
     pub(crate) payload: Vec<u8>,
+}
+
+impl Control {
+    /// The frame `r` (payload `p`) from `from`, if it is a NACK or WINDOW
+    /// frame of `session`
+    pub(crate) fn from_frame(from: SocketAddr, r: &Repr, p: &[u8], session: u64) -> Option<Self> {
+        (matches!(r.frame_type, FrameType::Nack | FrameType::Window) && r.session == session).then(
+            || Self {
+                from,
+                frame_type: r.frame_type,
+                seq: r.seq,
+                payload: p.to_vec(),
+            },
+        )
+    }
 }
 
 /// Where datagrams go
@@ -573,7 +588,7 @@ struct Tx {
 
 impl Tx {
     /// NACK and WINDOW frames for `session` that arrived on our sockets
-    fn take_nacks(&mut self, session: u64, buf: &mut [u8]) -> Vec<Control> {
+    fn take_control(&mut self, session: u64, buf: &mut [u8]) -> Vec<Control> {
         match &mut self.out {
             Out::Fanout(Some(f)) => {
                 let mut got = Vec::new();
@@ -582,16 +597,7 @@ impl Tx {
                         break;
                     };
                     if let Datagram::Mpx(r, p) = classify(&buf[..n]) {
-                        if matches!(r.frame_type, FrameType::Nack | FrameType::Window)
-                            && r.session == session
-                        {
-                            got.push(Control {
-                                from,
-                                frame_type: r.frame_type,
-                                seq: r.seq,
-                                payload: p.to_vec(),
-                            });
-                        }
+                        got.extend(Control::from_frame(from, &r, p, session));
                     }
                 }
                 got
@@ -599,7 +605,7 @@ impl Tx {
             Out::Fanout(None) => Vec::new(),
             Out::Multi(m) => {
                 m.poll_feedback();
-                m.take_nacks()
+                m.take_control()
             }
         }
     }

@@ -44,7 +44,7 @@ pub(crate) struct Multipath {
     pub(crate) bad_feedback: u64,
     session: u64,
     sent_since_poll: u32,
-    nacks: Vec<Control>,
+    control: Vec<Control>,
     /// Pacing sleeps end on a shutdown request
     shutdown: Shutdown,
 }
@@ -102,7 +102,7 @@ impl Multipath {
             bad_feedback: 0,
             session,
             sent_since_poll: 0,
-            nacks: Vec::new(),
+            control: Vec::new(),
             shutdown,
         })
     }
@@ -204,19 +204,11 @@ impl Multipath {
                             None => self.bad_feedback += 1,
                         }
                     }
-                    Datagram::Mpx(r, p)
-                        if matches!(r.frame_type, FrameType::Nack | FrameType::Window)
-                            && r.session == self.session =>
-                    {
-                        if self.nacks.len() < MAX_CONTROL {
-                            self.nacks.push(Control {
-                                from,
-                                frame_type: r.frame_type,
-                                seq: r.seq,
-                                payload: p.to_vec(),
-                            });
-                        }
-                    }
+                    Datagram::Mpx(r, p) => match Control::from_frame(from, &r, p, self.session) {
+                        Some(c) if self.control.len() < MAX_CONTROL => self.control.push(c),
+                        Some(_) => {}
+                        None => self.bad_feedback += 1,
+                    },
                     _ => self.bad_feedback += 1,
                 }
             }
@@ -224,8 +216,8 @@ impl Multipath {
     }
 
     /// NACK and WINDOW frames received since the last call
-    pub(crate) fn take_nacks(&mut self) -> Vec<Control> {
-        std::mem::take(&mut self.nacks)
+    pub(crate) fn take_control(&mut self) -> Vec<Control> {
+        std::mem::take(&mut self.control)
     }
 
     /// Probes and health checks; call when [`Multipath::poll_timeout`] is due
