@@ -81,16 +81,12 @@ fn run(mib: u64, drop: f64, seed: u64) {
     let log = server.stderr_text();
     let (_, st) = rec.single_stream();
     // every copy of a DATA frame the relay dropped, originals and re-sends
-    let lost_copies: u64 = st
-        .frames
-        .values()
-        .map(|f| u64::from(f.received - f.forwarded.min(f.received)))
-        .sum();
-    let lost_bytes: u64 = st
-        .frames
-        .values()
-        .map(|f| u64::from(f.received - f.forwarded.min(f.received)) * f.payload.len() as u64)
-        .sum();
+    let (mut lost_copies, mut lost_bytes) = (0u64, 0u64);
+    for f in st.frames.values() {
+        let dropped = u64::from(f.received.saturating_sub(f.forwarded));
+        lost_copies += dropped;
+        lost_bytes += dropped * f.payload.len() as u64;
+    }
     let resent: u64 = summary
         .split(" frames re-sent")
         .next()

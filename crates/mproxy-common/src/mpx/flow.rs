@@ -23,6 +23,7 @@
 //! Sequence numbers are compared in 32-bit serial arithmetic (RFC 1982),
 //! as they are on the wire.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -104,7 +105,7 @@ struct Peer {
 pub struct FlowControl {
     config: FlowConfig,
     peers: Vec<Peer>,
-    events: Vec<FlowEvent>,
+    events: VecDeque<FlowEvent>,
     stats: FlowStats,
     /// The stream's first sequence number
     first_seq: u32,
@@ -126,7 +127,7 @@ impl FlowControl {
         Self {
             config,
             peers: Vec::new(),
-            events: Vec::new(),
+            events: VecDeque::new(),
             stats: FlowStats::default(),
             first_seq,
             started: None,
@@ -175,7 +176,7 @@ impl FlowControl {
                 last_heard: now,
                 cut: false,
             });
-            self.events.push(FlowEvent::Joined(from));
+            self.events.push_back(FlowEvent::Joined(from));
         } else {
             self.stats.ignored += 1;
             return;
@@ -197,7 +198,7 @@ impl FlowControl {
                 continue;
             }
             if now.saturating_duration_since(p.last_heard) >= timeout {
-                self.events.push(FlowEvent::TimedOut(p.addr));
+                self.events.push_back(FlowEvent::TimedOut(p.addr));
                 self.stats.timed_out += 1;
                 // forgotten: if it comes back it joins again
                 self.peers.swap_remove(i);
@@ -222,7 +223,7 @@ impl FlowControl {
                 if lag > max_lag && (lag as i32) > 0 {
                     p.cut = true;
                     self.stats.cut += 1;
-                    self.events.push(FlowEvent::Cut { addr: p.addr, lag });
+                    self.events.push_back(FlowEvent::Cut { addr: p.addr, lag });
                 }
             }
         }
@@ -256,11 +257,7 @@ impl FlowControl {
 
     /// Next thing to log, if any
     pub fn poll_event(&mut self) -> Option<FlowEvent> {
-        if self.events.is_empty() {
-            None
-        } else {
-            Some(self.events.remove(0))
-        }
+        self.events.pop_front()
     }
 
     /// Receivers currently waited for
