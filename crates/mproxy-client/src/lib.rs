@@ -42,6 +42,7 @@ use mproxy_common::mpx::{
     new_session_id, Encoder, FecConfig, FecEncoderStats, FlowConfig, FlowControl, FlowEvent,
     FlowStats, SenderStats, DEFAULT_FEC_BLOCK, DEFAULT_FEC_MAX_DELAY, FEC_STREAM_BYTES,
 };
+use mproxy_common::net::DatagramBatch;
 use mproxy_common::pack::Framing;
 use mproxy_common::rate::{Pacer, Rate};
 use mproxy_common::stats::{human_bytes, human_rate};
@@ -558,29 +559,11 @@ pub(crate) const MIN_SLEEP: Duration = Duration::from_micros(250);
 /// than the socket
 const BATCH: usize = 64;
 
-/// Datagrams waiting to go out together (sendmmsg); its buffers are reused
-#[derive(Default)]
-struct TxBatch {
-    buf: Vec<u8>,
-    ends: Vec<usize>,
-}
-
-impl TxBatch {
-    fn push(&mut self, d: &[u8]) {
-        self.buf.extend_from_slice(d);
-        self.ends.push(self.buf.len());
-    }
-
-    fn len(&self) -> usize {
-        self.ends.len()
-    }
-}
-
 /// The sending side of a run: destinations, pacing, batching, counters
 struct Tx {
     out: Out,
     pacer: Option<Pacer>,
-    batch: TxBatch,
+    batch: DatagramBatch,
     datagrams: u64,
     /// Pacing sleeps end early on a shutdown request
     shutdown: Shutdown,
@@ -635,25 +618,13 @@ impl Tx {
     /// Send what is queued (called after each input read, so a line read
     /// from stdin goes out at once)
     fn flush(&mut self) {
-        if self.batch.len() == 0 {
+        if self.batch.is_empty() {
             return;
         }
         if let Out::Fanout(Some(f)) = &self.out {
-            let mut start = 0;
-            let frames: Vec<&[u8]> = self
-                .batch
-                .ends
-                .iter()
-                .map(|&end| {
-                    let f = &self.batch.buf[start..end];
-                    start = end;
-                    f
-                })
-                .collect();
-            f.send_many(&frames);
+            f.send_many(&self.batch.frames());
         }
-        self.batch.buf.clear();
-        self.batch.ends.clear();
+        self.batch.clear();
     }
 }
 
@@ -776,7 +747,7 @@ impl Client {
         let mut tx = Tx {
             out,
             pacer,
-            batch: TxBatch::default(),
+            batch: DatagramBatch::default(),
             datagrams: 0,
             shutdown: shutdown.clone(),
         };

@@ -11,7 +11,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use mproxy_common::cli::Shutdown;
 use mproxy_common::mpx::Encoder;
-use mproxy_common::net::{RecvBatch, MAX_UDP_PAYLOAD, RECV_BUF_LEN};
+use mproxy_common::net::{DatagramBatch, RecvBatch, MAX_UDP_PAYLOAD, RECV_BUF_LEN};
 use mproxy_common::pack::Framing;
 use mproxy_common::stats::LogLimiter;
 use mproxy_common::wire::{classify, Datagram};
@@ -71,7 +71,7 @@ pub(crate) fn run(
     }
     let mut events = Events::with_capacity(64);
     let mut batch = RecvBatch::new(BATCH, RECV_BUF_LEN);
-    let mut out = OutBatch::default();
+    let mut out = DatagramBatch::default();
     let log = LogLimiter::default();
     let forward = |f: &[u8]| shared.forward(f);
     // inputs whose last drain stopped at the budget, data still queued
@@ -141,48 +141,12 @@ const BATCH: usize = 32;
 /// without waiting for a new event.
 const DRAIN_BUDGET: usize = 1024;
 
-/// Datagrams to forward together; buffers are reused
-#[derive(Default)]
-struct OutBatch {
-    buf: Vec<u8>,
-    ends: Vec<usize>,
-}
-
-impl OutBatch {
-    fn push(&mut self, d: &[u8]) {
-        if !d.is_empty() {
-            self.buf.extend_from_slice(d);
-            self.ends.push(self.buf.len());
-        }
-    }
-
-    /// Forward everything queued (one sendmmsg per destination) and clear
-    fn flush(&mut self, shared: &Shared) {
-        if self.ends.is_empty() {
-            return;
-        }
-        let mut start = 0;
-        let frames: Vec<&[u8]> = self
-            .ends
-            .iter()
-            .map(|&end| {
-                let f = &self.buf[start..end];
-                start = end;
-                f
-            })
-            .collect();
-        shared.forward_many(&frames);
-        self.buf.clear();
-        self.ends.clear();
-    }
-}
-
 /// Forward what is queued on `input`, a batch per system call; true if the
 /// budget ran out first (more may be queued)
 fn drain(
     input: &mut Input,
     batch: &mut RecvBatch,
-    out: &mut OutBatch,
+    out: &mut DatagramBatch,
     shared: &Shared,
     log: &LogLimiter,
 ) -> bool {
@@ -229,10 +193,15 @@ fn drain(
                 Some(enc) if matches!(classify(data), Datagram::Raw(_)) => {
                     enc.push(now, data, |f| out.push(f));
                 }
+                // nothing to forward for an empty datagram
+                _ if data.is_empty() => {}
                 _ => out.push(data),
             }
         }
-        out.flush(shared);
+        if !out.is_empty() {
+            shared.forward_many(&out.frames());
+            out.clear();
+        }
         if n < BATCH {
             return false;
         }

@@ -324,3 +324,66 @@ fn send_to_retrying(sock: &UdpSocket, payload: &[u8], addr: SocketAddr) -> io::R
         }
     }
 }
+
+/// Datagrams queued to go out together (one sendmmsg per destination, see
+/// [`Fanout::send_many`]), packed into one buffer that is reused
+#[derive(Debug, Default)]
+pub struct DatagramBatch {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl DatagramBatch {
+    /// Queue a copy of `d`
+    pub fn push(&mut self, d: &[u8]) {
+        self.buf.extend_from_slice(d);
+        self.ends.push(self.buf.len());
+    }
+
+    /// Datagrams queued
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether nothing is queued
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The queued datagrams, in order
+    pub fn frames(&self) -> Vec<&[u8]> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let f = &self.buf[start..end];
+                start = end;
+                f
+            })
+            .collect()
+    }
+
+    /// Forget what is queued (keeping the buffers)
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.ends.clear();
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::DatagramBatch;
+
+    #[test]
+    fn test_batch_keeps_datagrams_whole_and_in_order() {
+        let mut b = DatagramBatch::default();
+        assert!(b.is_empty());
+        b.push(b"ab");
+        b.push(b"");
+        b.push(b"cde");
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.frames(), [&b"ab"[..], b"", b"cde"]);
+        b.clear();
+        assert!(b.is_empty() && b.frames().is_empty());
+    }
+}
