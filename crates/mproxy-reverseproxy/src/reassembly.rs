@@ -30,7 +30,14 @@ impl Reassembly {
     pub(crate) fn new(accept: Accept, config: &ReceiverConfig) -> Self {
         Self {
             accept,
-            receiver: (accept != Accept::Raw).then(|| Receiver::new(config.clone())),
+            receiver: (accept != Accept::Raw).then(|| {
+                Receiver::new(ReceiverConfig {
+                    // auto: a raw datagram that merely begins with the
+                    // magic is delivered, as on the server
+                    invalid_as_raw: accept == Accept::Auto,
+                    ..config.clone()
+                })
+            }),
             closed: StreamStats::default(),
             raw_dropped: 0,
             log_raw: LogLimiter::default(),
@@ -200,5 +207,24 @@ mod tests {
         mpx.publish(&stats);
         assert_eq!(stats.get().raw_dropped, 1);
         assert_eq!(stats.get().receiver.streams_closed, 1);
+
+        // a binary raw datagram that merely begins with the magic: delivered
+        // in auto mode (and counted), dropped as invalid in mpx mode
+        let lookalike = [0xa7, 0x4d, 0xf1, 1, 2, 3, 4, 5];
+        let mut auto = Reassembly::new(Accept::Auto, &ReceiverConfig::default());
+        let mut got = Vec::new();
+        auto.handle(t, from, &lookalike, |p| got.push(p.to_vec()));
+        assert_eq!(got, vec![lookalike.to_vec()]);
+        auto.publish(&stats);
+        assert_eq!(stats.get().receiver.raw_lookalike, 1);
+        let mut got = Vec::new();
+        mpx.handle(t, from, &lookalike, |p| got.push(p.to_vec()));
+        assert!(got.is_empty());
+        mpx.publish(&stats);
+        assert_eq!(
+            stats.get().receiver.truncated,
+            1,
+            "8 bytes: shorter than a header"
+        );
     }
 }

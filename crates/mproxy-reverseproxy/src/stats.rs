@@ -429,15 +429,23 @@ impl MpxSnapshot {
     fn summary(&self) -> String {
         let r = &self.receiver;
         let invalid = r.truncated + r.unknown_version + r.checksum_errors;
-        if r.frames + invalid + self.raw_dropped == 0 {
+        if r.frames + invalid + self.raw_dropped + r.raw_lookalike == 0 {
             return String::new();
         }
         let c = &self.closed;
+        let lookalike = if r.raw_lookalike > 0 {
+            format!(
+                "; {} raw datagrams that began like an mpx frame (delivered as raw)",
+                r.raw_lookalike
+            )
+        } else {
+            String::new()
+        };
         format!(
             "; mpx: {} frames, {} streams ({} refused, {} evicted), closed streams: \
              {} bytes, {} gaps ({} lost), {} dups, {} reordered, {} late; invalid: \
              {} truncated, {} unknown version, {} bad checksum, {} unknown type, \
-             {} out of range; {} raw datagrams dropped (--accept mpx)",
+             {} out of range; {} raw datagrams dropped (--accept mpx){lookalike}",
             r.frames,
             r.streams_opened,
             r.streams_rejected,

@@ -258,9 +258,6 @@ pub struct Summary {
     pub mpx_streams: StreamStats,
     /// Raw datagrams dropped because `--accept mpx`
     pub raw_dropped: u64,
-    /// `--accept auto`: datagrams that start with the mpx magic but are no
-    /// valid frame, written as raw
-    pub raw_lookalike: u64,
     /// Feedback reports sent to mpx senders
     pub feedback_sent: u64,
     /// Feedback reports that could not be sent
@@ -361,11 +358,11 @@ impl fmt::Display for Summary {
                 self.raw_dropped
             )?;
         }
-        if self.raw_lookalike > 0 {
+        if m.raw_lookalike > 0 {
             write!(
                 f,
                 "; {} raw datagrams that began like an mpx frame (written as raw)",
-                self.raw_lookalike
+                m.raw_lookalike
             )?;
         }
         Ok(())
@@ -391,7 +388,6 @@ struct Core {
     sink: Sink,
     closed_totals: StreamStats,
     raw_dropped: u64,
-    raw_lookalike: u64,
 }
 
 impl Core {
@@ -407,15 +403,6 @@ impl Core {
             Accept::Raw => self.sink.write(None, data),
             Accept::Auto | Accept::Mpx => {
                 let datagram = classify(data);
-                if self.accept == Accept::Auto && matches!(datagram, Datagram::Invalid(_)) {
-                    // Starts with the mpx magic but is no valid frame: far
-                    // likelier a binary raw datagram that happens to begin
-                    // with A7 4D (1 in 65536) than a damaged frame (UDP has
-                    // its own checksum), so it is written, not dropped.
-                    self.raw_lookalike += 1;
-                    self.sink.write(None, data);
-                    return;
-                }
                 if let (Datagram::Mpx(repr, payload), Some(fb), Some(l)) =
                     (&datagram, self.feedback.as_mut(), listener)
                 {
@@ -508,6 +495,8 @@ impl Server {
         // ~2.5 KiB of kernel budget per full-size datagram, or a window's
         // burst would overflow the kernel queue.
         let mut mpx = config.mpx.clone();
+        // auto: a raw datagram that merely begins with the magic is written
+        mpx.invalid_as_raw = config.accept == Accept::Auto;
         if mpx.window && mpx.window_frames == 0 {
             let budget = listeners
                 .iter()
@@ -531,7 +520,6 @@ impl Server {
             sink,
             closed_totals: StreamStats::default(),
             raw_dropped: 0,
-            raw_lookalike: 0,
         };
         Ok(Self {
             config,
@@ -682,7 +670,6 @@ impl Server {
             mpx: self.core.receiver.stats(),
             mpx_streams: self.core.closed_totals,
             raw_dropped: self.core.raw_dropped,
-            raw_lookalike: self.core.raw_lookalike,
             feedback_sent: self.core.feedback_sent,
             feedback_errors: self.core.feedback_errors,
             nack_errors: self.core.nack_errors,

@@ -386,7 +386,7 @@ impl Kind {
     fn of(bytes: &[u8]) -> Self {
         match classify(bytes) {
             Datagram::Raw(_) => Self::Raw,
-            Datagram::Invalid(_) => Self::Other,
+            Datagram::Invalid(..) => Self::Other,
             Datagram::Mpx(repr, _) => {
                 let key = StreamKey {
                     session: repr.session,

@@ -46,6 +46,10 @@ pub struct ReceiverConfig {
     /// also keep it within what the socket's receive buffer holds, or a
     /// burst of a full window overflows the kernel queue
     pub window_frames: usize,
+    /// Hand datagrams that start with the mpx magic but are no valid frame
+    /// back as raw (counted in [`ReceiverStats::raw_lookalike`]) instead
+    /// of dropping them: for receivers that accept raw and mpx alike
+    pub invalid_as_raw: bool,
     /// Seed of the NACK-delay jitter; 0 picks a random one. Simulations
     /// set it so a run can be replayed exactly.
     pub jitter_seed: u64,
@@ -71,6 +75,7 @@ impl Default for ReceiverConfig {
             nack_tries: 5,
             window: false,
             window_frames: 0,
+            invalid_as_raw: false,
             jitter_seed: 0,
             fec: true,
             fec_memory: 64 << 20,
@@ -222,6 +227,9 @@ pub enum Event {
 pub struct ReceiverStats {
     /// Datagrams passed through as raw (not mpx)
     pub raw: u64,
+    /// Datagrams that began with the mpx magic but were no valid frame,
+    /// passed through as raw (`invalid_as_raw`)
+    pub raw_lookalike: u64,
     /// Valid mpx frames
     pub frames: u64,
     /// Frames shorter than the header
@@ -497,7 +505,14 @@ impl Receiver {
                 self.stats.raw += 1;
                 Some(raw)
             }
-            Datagram::Invalid(e) => {
+            // auto mode: far likelier a binary raw datagram that happens to
+            // begin with the magic (1 in 65536) than a damaged frame (UDP
+            // has its own checksum), so it is delivered, not dropped
+            Datagram::Invalid(_, bytes) if self.config.invalid_as_raw => {
+                self.stats.raw_lookalike += 1;
+                Some(bytes)
+            }
+            Datagram::Invalid(e, _) => {
                 match e {
                     WireError::UnknownVersion(_) => self.stats.unknown_version += 1,
                     WireError::Checksum => self.stats.checksum_errors += 1,
@@ -516,7 +531,8 @@ impl Receiver {
     ///
     /// Returns the datagram back as `Some` if it is raw (not mpx), for the
     /// caller to deliver as is; mpx frames are consumed (see
-    /// [`Receiver::poll_event`]) and invalid ones counted and dropped.
+    /// [`Receiver::poll_event`]) and invalid ones counted and dropped (or,
+    /// with [`ReceiverConfig::invalid_as_raw`], returned as raw).
     pub fn handle_datagram<'a>(
         &mut self,
         now: Instant,

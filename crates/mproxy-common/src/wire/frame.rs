@@ -393,8 +393,9 @@ pub enum Datagram<'a> {
     Raw(&'a [u8]),
     /// A valid mpx frame
     Mpx(Repr, &'a [u8]),
-    /// Starts with the mpx magic but is not a valid frame: count and drop
-    Invalid(Error),
+    /// Starts with the mpx magic but is not a valid frame (why, and the
+    /// whole datagram): count and drop, or in an auto mode deliver as raw
+    Invalid(Error, &'a [u8]),
 }
 
 /// Tell raw payloads and mpx frames apart
@@ -412,7 +413,7 @@ pub fn classify(bytes: &[u8]) -> Datagram<'_> {
     let frame = Frame::new_unchecked(bytes);
     match Repr::parse(&frame) {
         Ok(repr) => Datagram::Mpx(repr, &bytes[field::PAYLOAD]),
-        Err(e) => Datagram::Invalid(e),
+        Err(e) => Datagram::Invalid(e, bytes),
     }
 }
 
@@ -526,7 +527,7 @@ mod tests {
         assert!(matches!(classify(&[0xa7]), Datagram::Raw(_)));
         assert!(matches!(
             classify(&[0xa7, 0x4d, 1]),
-            Datagram::Invalid(Error::Truncated)
+            Datagram::Invalid(Error::Truncated, [0xa7, 0x4d, 0x01])
         ));
         let b = frame_bytes();
         match classify(&b) {
