@@ -7,8 +7,10 @@
 #
 # Default: a 128 MiB input of text lines, every figure the median of 3
 # runs (about 10 minutes on 2 CPUs). --quick: 32 MiB, 1 run, 2000 latency
-# lines. BENCH_RUNS=N, BENCH_MB=M and BENCH_LAT_LINES=L override them.
-# Release binaries; the published 0.1.8 peers are installed on demand with
+# lines. BENCH_RUNS=N, BENCH_MB=M and BENCH_LAT_LINES=L override them;
+# BENCH_ONLY=REGEX runs only the rows whose name matches (the targets of
+# rows left out print n/a). Release binaries; the published 0.1.8 peers
+# are installed on demand with
 # `cargo install --root ${MPROXY_PEERS_DIR:-/tmp/mproxy-peers}`.
 #
 # Every process runs under bench/rusage.py (fork, exec GNU time, which
@@ -603,12 +605,23 @@ row() { # the formatted row, kept for the final table and logged
 }
 section() { ROWS+=("-- $1"); }
 
+# skipped NAME: true when BENCH_ONLY (an extended regex) is set and the row
+# NAME does not match it; the kernel rows always run when a paced row may
+# need them (BENCH_ONLY='fan-out' runs just the fan-out rows)
+skipped() {
+    [ -n "${BENCH_ONLY:-}" ] || return 1
+    if [[ $1 =~ $BENCH_ONLY ]]; then return 1; fi
+    if [[ $1 == sendmmsg/recvmmsg* ]] && [[ "mpx, 127.0.0.1, --rate" =~ $BENCH_ONLY ]]; then return 1; fi
+    return 0
+}
+
 # measure NAME CASE ARGS...: RUNS runs of the case; one row of medians;
 # leaves the median Gbit/s in M_GBPS (and G[NAME]) and M_LOSSY=1 (and
 # LOSSY[NAME]) when any run lost data
 measure() {
     local name=$1 i
     shift
+    if skipped "$name"; then return 0; fi
     local gbps=() e2e=() pct=() drops=() cpu=() rss=() ident=0 notes=""
     M_LOSSY=0
     log "$name"
@@ -643,6 +656,7 @@ declare -A LAT99 LAT50
 measure_latency() {
     local name=$1 i p50=() p99=() p999=() max=() lost=() r
     shift
+    if skipped "$name"; then return 0; fi
     log "$name"
     for i in $(seq "$RUNS"); do
         case_latency "$@"
@@ -811,7 +825,7 @@ echo "targets (ratios of the medians above, all from this run):"
 for dg in 1472 8192; do
     kn=$K1
     if [ "$dg" = 8192 ]; then kn=$K8; fi
-    pn=${PACED["mpx, 127.0.0.1, $dg B"]:-}
+    pn=${PACED["mpx, 127.0.0.1, $dg B"]:-not run}
     target "mpx $dg B paced (${pn##*--rate }) / kernel ($kn)" "$(ratio "${G[$pn]:-}" "${G[$kn]:-}")" ">=" 0.70 "$(zero_loss "$pn")"
     gn="UDP GSO/GRO + mmsg x64, ${kn##*x64, }"
     target "  the same / kernel with offloads ($gn)" "$(ratio "${G[$pn]:-}" "${G[$gn]:-}")" ">=" 0.70 "for reference"
