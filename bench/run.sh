@@ -757,6 +757,15 @@ for dg in 1472 8192; do
             measure "$wire, multicast x3, $dg B" case_mproxy mc3 "$dg" "$wire"
         fi
     done
+    # --framing bytes: every datagram full-size, so runs of them leave as
+    # UDP GSO messages and arrive as GRO batches (lines framing gives
+    # datagrams of varying size, which GSO cannot carry)
+    if [ "$dg" = 1472 ]; then kn=$K1; else kn=$K8; fi
+    measure "raw, 127.0.0.1, $dg B, --framing bytes" case_mproxy uni "$dg" raw --framing bytes
+    measure_with_paced "mpx, 127.0.0.1, $dg B, --framing bytes" "$kn" case_mproxy uni "$dg" mpx --framing bytes
+    if [ "$dg" = 1472 ]; then
+        measure "mpx, multicast x3, $dg B, --framing bytes" case_mproxy mc3 "$dg" mpx --framing bytes
+    fi
 done
 
 section "proxy hop: client -> mproxy-proxy -> mproxy-server, file -> file"

@@ -48,6 +48,14 @@ pub struct CommonArgs {
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub sndbuf: Option<usize>,
 
+    /// UDP segmentation offload: runs of equal-sized datagrams leave in one
+    /// GSO system call and receivers take coalesced batches (GRO), where
+    /// the kernel and route support it (Linux 4.18/5.0+); off: one
+    /// datagram per kernel send, as before
+    #[arg(long, value_name = "on|off", default_value = "on",
+          value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub offload: bool,
+
     /// More log output (-v debug, -vv trace); RUST_LOG overrides
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -67,6 +75,7 @@ impl CommonArgs {
             sources: self.sources.clone(),
             rcvbuf: self.rcvbuf,
             sndbuf: self.sndbuf,
+            offload: self.offload,
         }
     }
 

@@ -41,7 +41,9 @@ use mproxy_common::mpx::{
     Event, FeedbackTracker, PathKey, Receiver, ReceiverConfig, ReceiverStats, StreamStats,
     REPORT_LEN,
 };
-use mproxy_common::net::{bind_receiver, kernel_drops, recv_buffer_size, RecvBatch, RECV_BUF_LEN};
+use mproxy_common::net::{
+    bind_receiver, enable_gro, kernel_drops, recv_buffer_size, RecvBatch, RECV_BUF_LEN,
+};
 use mproxy_common::stats::{human_bytes, LogLimiter};
 use mproxy_common::wire::{classify, Datagram, FrameType};
 use mproxy_common::{Endpoint, SocketOptions};
@@ -480,7 +482,9 @@ impl Server {
             let sock = bind_receiver(addr, &config.socket)
                 .with_context(|| format!("--listen-addr {ep}"))?;
             let addr = sock.local_addr().unwrap_or(addr);
-            tracing::info!(listen = %ep, %addr, "listening");
+            // read only by RecvBatch, which splits coalesced buffers
+            let gro = config.socket.offload && enable_gro(&sock);
+            tracing::info!(listen = %ep, %addr, gro, "listening");
             listeners.push(Listener {
                 sock,
                 addr,

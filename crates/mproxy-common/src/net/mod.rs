@@ -7,11 +7,12 @@ pub mod socket;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub use socket::{
-    bind_receiver, bind_sender, kernel_drops, recv_buffer_size, recv_meta, send_batch, RecvBatch,
-    RecvMeta, DEFAULT_RCVBUF,
+    bind_receiver, bind_sender, enable_gro, gso_run, gso_supported, kernel_drops, recv_buffer_size,
+    recv_meta, send_batch, send_segments, RecvBatch, RecvMeta, DEFAULT_RCVBUF, GSO_MAX_BYTES,
+    GSO_MAX_SEGMENTS,
 };
 
 use crate::addr::{Endpoint, Interface};
@@ -59,6 +60,9 @@ pub struct SocketOptions {
     pub rcvbuf: Option<usize>,
     /// Send buffer request (`None`: kernel default)
     pub sndbuf: Option<usize>,
+    /// Use UDP segmentation offload (GSO) on sends and GRO on receives
+    /// where the kernel supports them (`--offload`)
+    pub offload: bool,
 }
 
 impl Default for SocketOptions {
@@ -70,6 +74,7 @@ impl Default for SocketOptions {
             sources: Vec::new(),
             rcvbuf: None,
             sndbuf: None,
+            offload: true,
         }
     }
 }
@@ -108,6 +113,9 @@ struct Dest {
     addr: SocketAddr,
     stats: DestStats,
     log: LogLimiter,
+    /// Runs of equal-sized datagrams go out as UDP GSO messages; cleared
+    /// for good when the route refuses one
+    gso: AtomicBool,
 }
 
 /// Sends every datagram to every destination, counting per destination
@@ -148,6 +156,7 @@ impl Fanout {
                 addr,
                 stats: DestStats::default(),
                 log: LogLimiter::default(),
+                gso: AtomicBool::new(false),
             });
         }
         let v4 = if dests.iter().any(|d| d.addr.is_ipv4()) {
@@ -160,6 +169,12 @@ impl Fanout {
         } else {
             None
         };
+        let gso4 = opts.offload && v4.as_ref().is_some_and(gso_supported);
+        let gso6 = opts.offload && v6.as_ref().is_some_and(gso_supported);
+        for d in &dests {
+            let on = if d.addr.is_ipv4() { gso4 } else { gso6 };
+            d.gso.store(on, Ordering::Relaxed);
+        }
         Ok(Self { v4, v6, dests })
     }
 
@@ -208,11 +223,11 @@ impl Fanout {
     }
 
     /// Send every datagram of `frames` to every destination, batching them
-    /// into as few system calls as the kernel accepts (sendmmsg); returns
-    /// the number of successful datagram sends
+    /// into as few system calls as the kernel accepts (sendmmsg, and UDP
+    /// GSO for runs of equal-sized datagrams where the route takes it);
+    /// returns the number of successful datagram sends
     pub fn send_many(&self, frames: &[&[u8]]) -> usize {
         let mut ok = 0;
-        let mut items: Vec<(&[u8], SocketAddr)> = Vec::with_capacity(frames.len());
         for d in &self.dests {
             let sock = if d.addr.is_ipv4() {
                 self.v4.as_ref()
@@ -220,14 +235,13 @@ impl Fanout {
                 self.v6.as_ref()
             };
             let Some(sock) = sock else { continue };
-            items.clear();
-            items.extend(frames.iter().map(|f| (*f, d.addr)));
             let mut done = 0;
             let mut retries = 0;
-            while done < items.len() {
-                match send_batch(sock, &items[done..]) {
+            while done < frames.len() {
+                let gso = d.gso.load(Ordering::Relaxed);
+                match send_segments(sock, &frames[done..], d.addr, gso) {
                     Ok(k) => {
-                        let bytes: usize = items[done..done + k].iter().map(|(f, _)| f.len()).sum();
+                        let bytes: usize = frames[done..done + k].iter().map(|f| f.len()).sum();
                         d.stats.datagrams.fetch_add(k as u64, Ordering::Relaxed);
                         d.stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                         ok += k;
@@ -241,6 +255,15 @@ impl Fanout {
                         retries += 1;
                         std::thread::sleep(std::time::Duration::from_micros(200));
                     }
+                    Err(e) if gso && gso_run(&frames[done..], true) > 1 && gso_refused(&e) => {
+                        // the route cannot segment (no checksum offload,
+                        // segment over the MTU): plain datagrams from now on
+                        d.gso.store(false, Ordering::Relaxed);
+                        tracing::info!(
+                            dest = %d.spec,
+                            "UDP GSO refused ({e}); sending datagrams one by one"
+                        );
+                    }
                     Err(e) => {
                         // the first datagram of the rest failed: count it, go on
                         d.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -249,7 +272,7 @@ impl Fanout {
                                 dest = %d.spec,
                                 suppressed,
                                 "send of {} bytes failed: {e}",
-                                items[done].0.len()
+                                frames[done].len()
                             );
                         }
                         done += 1;
@@ -302,6 +325,14 @@ impl Fanout {
             .collect::<Vec<_>>()
             .join("; ")
     }
+}
+
+/// Errors with which a route turns down a UDP GSO message it cannot segment
+fn gso_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::EMSGSIZE | libc::ENOPROTOOPT)
+    )
 }
 
 /// `send_to`, retrying on EINTR and waiting out transient ENOBUFS/EAGAIN

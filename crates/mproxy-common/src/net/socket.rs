@@ -498,14 +498,76 @@ pub fn kernel_drops(sock: &UdpSocket) -> Option<u32> {
     (rc == 0 && (len as usize) > idx * size_of::<u32>()).then(|| info[idx])
 }
 
-/// Receives up to `n` datagrams per system call (recvmmsg), each with its
-/// true size and the kernel drop counter, like [`recv_meta`]
+/// Most segments the kernel takes in one UDP GSO message (`UDP_MAX_SEGMENTS`
+/// on every GSO-capable Linux; newer kernels allow 128)
+pub const GSO_MAX_SEGMENTS: usize = 64;
+
+/// Most payload bytes in one UDP GSO message: the whole super-datagram must
+/// fit one UDP length field (65,507 bytes over IPv4), with room to spare
+pub const GSO_MAX_BYTES: usize = 65_000;
+
+/// Whether the kernel accepts UDP GSO (`UDP_SEGMENT`, Linux 4.18+) on `sock`
+///
+/// Probes by setting the socket-wide segment size to 0 (no segmentation
+/// unless a message asks for it), which is what it already is.
+pub fn gso_supported(sock: &UdpSocket) -> bool {
+    set_int_opt(sock, libc::SOL_UDP, libc::UDP_SEGMENT, 0).is_ok()
+}
+
+/// Turn on UDP GRO (`UDP_GRO`, Linux 5.0+) on a receiving socket; returns
+/// whether the kernel accepted it
+///
+/// The kernel may then hand over several datagrams from one sender,
+/// coalesced into one buffer with their segment size in a control message
+/// (on loopback: a UDP GSO send arrives whole instead of being cut up).
+/// Only for sockets read with [`RecvBatch`], which splits such buffers back
+/// into datagrams; other readers would see the datagrams glued together.
+pub fn enable_gro(sock: &UdpSocket) -> bool {
+    set_int_opt(sock, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok()
+}
+
+/// How many of `frames`, from the first, go into one message: with `gso`,
+/// a run of frames of the first one's size, optionally ended by one
+/// shorter frame (what `UDP_SEGMENT` requires), within
+/// [`GSO_MAX_SEGMENTS`] and [`GSO_MAX_BYTES`]; otherwise 1
+pub fn gso_run(frames: &[&[u8]], gso: bool) -> usize {
+    let Some(first) = frames.first() else {
+        return 0;
+    };
+    let seg = first.len();
+    if !gso || seg == 0 {
+        return 1;
+    }
+    let mut n = 1;
+    let mut bytes = seg;
+    for f in &frames[1..] {
+        if n == GSO_MAX_SEGMENTS || f.len() > seg || f.is_empty() || bytes + f.len() > GSO_MAX_BYTES
+        {
+            break;
+        }
+        n += 1;
+        bytes += f.len();
+        if f.len() < seg {
+            break;
+        }
+    }
+    n
+}
+
+/// Receives up to `n` messages per system call (recvmmsg), each datagram
+/// with its true size and the kernel drop counter, like [`recv_meta`]
+///
+/// On a socket with [`enable_gro`] a message may hold several datagrams of
+/// one sender; they are split here, so [`RecvBatch::get`] always yields
+/// single datagrams, exactly as they were sent.
 pub struct RecvBatch {
     slot: usize,
     bufs: Vec<u8>,
     names: Vec<libc::sockaddr_storage>,
     controls: Vec<[u64; 8]>,
-    metas: Vec<RecvMeta>,
+    /// Datagrams of the last receive: where each starts in `bufs`, its meta
+    segs: Vec<(usize, RecvMeta)>,
+    messages: usize,
 }
 
 impl std::fmt::Debug for RecvBatch {
@@ -518,7 +580,8 @@ impl std::fmt::Debug for RecvBatch {
 }
 
 impl RecvBatch {
-    /// Room for `n` datagrams of up to `slot` bytes each
+    /// Room for `n` messages of up to `slot` bytes each (a slot of
+    /// [`super::RECV_BUF_LEN`] holds any coalesced GRO buffer)
     pub fn new(n: usize, slot: usize) -> Self {
         let n = n.max(1);
         // SAFETY: all-zero sockaddr_storage is a valid value.
@@ -528,12 +591,14 @@ impl RecvBatch {
             bufs: vec![0; n * slot],
             names: vec![zero; n],
             controls: vec![[0u64; 8]; n],
-            metas: Vec::with_capacity(n),
+            segs: Vec::with_capacity(n),
+            messages: 0,
         }
     }
 
-    /// Receive what is queued, up to the batch size; returns how many
-    /// datagrams arrived (see [`RecvBatch::get`])
+    /// Receive what is queued, up to the batch size in messages; returns
+    /// how many datagrams arrived (see [`RecvBatch::get`]), which with GRO
+    /// may be more than the batch size
     ///
     /// # Errors
     /// The OS error (`WouldBlock` when nothing is queued on a
@@ -581,9 +646,11 @@ impl RecvBatch {
                 return Err(err);
             }
         };
-        self.metas.clear();
-        for h in hdrs.iter().take(got) {
+        self.segs.clear();
+        self.messages = got;
+        for (idx, h) in hdrs.iter().take(got).enumerate() {
             let mut kernel_drops = None;
+            let mut segment = 0usize;
             // SAFETY: the kernel filled msg_control with well-formed cmsgs.
             unsafe {
                 let mut cmsg = libc::CMSG_FIRSTHDR(&h.msg_hdr);
@@ -592,29 +659,62 @@ impl RecvBatch {
                     if c.cmsg_level == libc::SOL_SOCKET && c.cmsg_type == libc::SO_RXQ_OVFL {
                         kernel_drops =
                             Some(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const u32));
+                    } else if c.cmsg_level == libc::SOL_UDP && c.cmsg_type == libc::UDP_GRO {
+                        let g =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int);
+                        segment = usize::try_from(g).unwrap_or(0);
                     }
                     cmsg = libc::CMSG_NXTHDR(&h.msg_hdr, cmsg);
                 }
             }
-            let idx = self.metas.len();
             let wire_len = h.msg_len as usize;
             let from =
                 read_sockaddr(&self.names[idx]).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-            self.metas.push(RecvMeta {
-                len: wire_len.min(self.slot),
-                wire_len,
-                from,
-                kernel_drops,
-            });
+            let base = idx * self.slot;
+            if segment == 0 || segment >= wire_len {
+                self.segs.push((
+                    base,
+                    RecvMeta {
+                        len: wire_len.min(self.slot),
+                        wire_len,
+                        from,
+                        kernel_drops,
+                    },
+                ));
+                continue;
+            }
+            // a coalesced buffer: datagrams of `segment` bytes, the last
+            // one possibly shorter (only a jumbo GRO buffer could exceed
+            // the slot: what lies beyond it shows as truncated datagrams)
+            let mut off = 0;
+            while off < wire_len {
+                let seg_len = segment.min(wire_len - off);
+                let len = seg_len.min(self.slot.saturating_sub(off));
+                self.segs.push((
+                    base + off,
+                    RecvMeta {
+                        len,
+                        wire_len: seg_len,
+                        from,
+                        kernel_drops,
+                    },
+                ));
+                off += seg_len;
+            }
         }
-        Ok(got)
+        Ok(self.segs.len())
+    }
+
+    /// Messages (system-level datagrams or GRO buffers) of the last
+    /// [`RecvBatch::recv`]; equal to the batch size when more may be queued
+    pub fn messages(&self) -> usize {
+        self.messages
     }
 
     /// Datagram `i` of the last [`RecvBatch::recv`]
     pub fn get(&self, i: usize) -> Option<(&[u8], &RecvMeta)> {
-        let meta = self.metas.get(i)?;
-        let start = i * self.slot;
-        Some((&self.bufs[start..start + meta.len], meta))
+        let (start, meta) = self.segs.get(i)?;
+        Some((&self.bufs[*start..*start + meta.len], meta))
     }
 }
 
@@ -645,20 +745,34 @@ pub fn send_batch(sock: &UdpSocket, items: &[(&[u8], SocketAddr)]) -> io::Result
             // SAFETY: an all-zero mmsghdr is a valid starting value.
             let mut h: libc::mmsghdr = unsafe { zeroed() };
             h.msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_hdr.msg_namelen = match items[i].1 {
-                SocketAddr::V4(_) => size_of::<libc::sockaddr_in>(),
-                SocketAddr::V6(_) => size_of::<libc::sockaddr_in6>(),
-            } as libc::socklen_t;
+            h.msg_hdr.msg_namelen = sockaddr_len(&items[i].1);
             h.msg_hdr.msg_iov = &mut iovs[i];
             h.msg_hdr.msg_iovlen = 1;
             h
         })
         .collect();
+    sendmmsg_retrying(sock, &mut hdrs)
+}
+
+fn sockaddr_len(addr: &SocketAddr) -> libc::socklen_t {
+    (match addr {
+        SocketAddr::V4(_) => size_of::<libc::sockaddr_in>(),
+        SocketAddr::V6(_) => size_of::<libc::sockaddr_in6>(),
+    }) as libc::socklen_t
+}
+
+fn sendmmsg_retrying(sock: &UdpSocket, hdrs: &mut [libc::mmsghdr]) -> io::Result<usize> {
     loop {
-        // SAFETY: every header points at live buffers for the whole call;
-        // the kernel only reads the payloads.
-        let rc =
-            unsafe { libc::sendmmsg(sock.as_raw_fd(), hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
+        // SAFETY: the caller's headers point at live buffers for the whole
+        // call; the kernel only reads the payloads.
+        let rc = unsafe {
+            libc::sendmmsg(
+                sock.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                hdrs.len() as libc::c_uint,
+                0,
+            )
+        };
         if rc >= 0 {
             return Ok(rc as usize);
         }
@@ -667,6 +781,77 @@ pub fn send_batch(sock: &UdpSocket, items: &[(&[u8], SocketAddr)]) -> io::Result
             return Err(err);
         }
     }
+}
+
+/// Send `frames` to `addr` with one system call (sendmmsg); with `gso`,
+/// each run of equal-sized frames (see [`gso_run`]) goes out as one UDP
+/// GSO message that the kernel cuts into those same datagrams, read in
+/// place from `frames` (no copy)
+///
+/// Returns how many frames, from the first, the kernel took; the caller
+/// retries the rest.
+///
+/// # Errors
+/// The OS error if not even the first message could be sent. With `gso`,
+/// `EIO`, `EINVAL` or `EOPNOTSUPP` on a message of several segments means
+/// this route cannot segment (no checksum offload, segment over the MTU):
+/// send again without `gso`.
+pub fn send_segments(
+    sock: &UdpSocket,
+    frames: &[&[u8]],
+    addr: SocketAddr,
+    gso: bool,
+) -> io::Result<usize> {
+    if frames.is_empty() {
+        return Ok(0);
+    }
+    let frames = &frames[..frames.len().min(1024)];
+    // SAFETY: an all-zero sockaddr_storage is valid.
+    let mut name: libc::sockaddr_storage = unsafe { zeroed() };
+    write_sockaddr(&mut name, addr);
+    let namelen = sockaddr_len(&addr);
+    let iovs: Vec<libc::iovec> = frames
+        .iter()
+        .map(|f| libc::iovec {
+            iov_base: f.as_ptr() as *mut libc::c_void,
+            iov_len: f.len(),
+        })
+        .collect();
+    // (first frame, frames) of each message
+    let mut plan: Vec<(usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i < frames.len() {
+        let k = gso_run(&frames[i..], gso).max(1);
+        plan.push((i, k));
+        i += k;
+    }
+    let mut controls: Vec<[u64; 4]> = vec![[0u64; 4]; plan.len()];
+    let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(plan.len());
+    for (m, &(first, k)) in plan.iter().enumerate() {
+        // SAFETY: an all-zero mmsghdr is a valid starting value.
+        let mut h: libc::mmsghdr = unsafe { zeroed() };
+        h.msg_hdr.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+        h.msg_hdr.msg_namelen = namelen;
+        h.msg_hdr.msg_iov = iovs[first..].as_ptr() as *mut libc::iovec;
+        h.msg_hdr.msg_iovlen = k as _;
+        if k > 1 {
+            let segment = u16::try_from(frames[first].len()).unwrap_or(u16::MAX);
+            h.msg_hdr.msg_control = controls[m].as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE of a u16 (24 bytes) fits the 32-byte
+            // buffer; CMSG_FIRSTHDR points into it and is non-null.
+            unsafe {
+                h.msg_hdr.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as _;
+                let cmsg = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+                (*cmsg).cmsg_level = libc::SOL_UDP;
+                (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
+            }
+        }
+        hdrs.push(h);
+    }
+    let sent = sendmmsg_retrying(sock, &mut hdrs)?;
+    Ok(plan.iter().take(sent).map(|&(_, k)| k).sum())
 }
 
 /// Receive one datagram without blocking, even on a blocking socket

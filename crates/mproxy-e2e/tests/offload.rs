@@ -1,0 +1,221 @@
+//! UDP segmentation offload (GSO on send, GRO on receive): every datagram
+//! arrives whole, in order and with its own size, whether or not the kernel
+//! coalesced them, and the binaries move files byte-exact with it on and off
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::time::Duration;
+
+use mproxy_common::addr::Endpoint;
+use mproxy_common::net::{
+    bind_receiver, enable_gro, gso_run, gso_supported, Fanout, RecvBatch, SocketOptions,
+    GSO_MAX_SEGMENTS, RECV_BUF_LEN,
+};
+use mproxy_e2e::{reached_len, run_ok, start_server, stop};
+use mproxy_testsupport::{assert_files_equal, in_netns, random_file, TempDir};
+
+/// Frames of mixed sizes: runs of equal size (longer than one GSO message),
+/// a shorter frame ending a run, a longer one starting a new run, a 1-byte
+/// frame, and a run of full 8 KiB frames
+fn mixed_frames() -> Vec<Vec<u8>> {
+    let mut sizes = Vec::new();
+    sizes.extend(std::iter::repeat_n(1472, 150));
+    sizes.push(100);
+    sizes.extend(std::iter::repeat_n(1400, 3));
+    sizes.push(1472);
+    sizes.push(1);
+    sizes.extend(std::iter::repeat_n(8192, 20));
+    sizes.push(5);
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (0..n).map(|j| (i * 31 + j) as u8).collect())
+        .collect()
+}
+
+/// Send `frames` with `Fanout::send_many` to a GRO receiver; what arrives
+/// and in how many receive messages
+fn gso_round_trip(frames: &[Vec<u8>], offload: bool) -> (Vec<Vec<u8>>, usize) {
+    let listen: SocketAddr = "127.0.0.1:7301".parse().unwrap();
+    let opts = SocketOptions {
+        offload,
+        ..SocketOptions::default()
+    };
+    let rx = bind_receiver(listen, &opts).unwrap();
+    assert!(enable_gro(&rx), "UDP_GRO refused by this kernel");
+    rx.set_nonblocking(false).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let dest: Endpoint = listen.to_string().parse().unwrap();
+    let fanout = Fanout::new(&[dest], &opts).unwrap();
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    assert_eq!(fanout.send_many(&refs), frames.len());
+    let mut batch = RecvBatch::new(8, RECV_BUF_LEN);
+    let mut got = Vec::new();
+    let mut messages = 0;
+    while got.len() < frames.len() {
+        let n = batch.recv(&rx).expect("datagrams missing");
+        messages += batch.messages();
+        for i in 0..n {
+            let (data, meta) = batch.get(i).unwrap();
+            assert!(!meta.truncated());
+            got.push(data.to_vec());
+        }
+    }
+    (got, messages)
+}
+
+#[test]
+fn gso_sends_arrive_as_the_same_datagrams_through_gro() {
+    in_netns(|_| {
+        let frames = mixed_frames();
+        let (got, messages) = gso_round_trip(&frames, true);
+        assert_eq!(got.len(), frames.len());
+        for (i, (g, f)) in got.iter().zip(&frames).enumerate() {
+            assert_eq!(
+                g,
+                f,
+                "datagram {i} differs ({} vs {} bytes)",
+                g.len(),
+                f.len()
+            );
+        }
+        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+        if gso_supported(&probe) {
+            // on loopback a GSO message reaches a GRO socket whole: the
+            // 150-frame run alone needs at least 3 messages of 44 and 1
+            assert!(
+                messages < frames.len() / 4,
+                "{messages} receive messages for {} datagrams: GSO/GRO not in use",
+                frames.len()
+            );
+        }
+    });
+}
+
+#[test]
+fn offload_off_sends_one_datagram_per_message() {
+    in_netns(|_| {
+        let frames = mixed_frames();
+        let (got, messages) = gso_round_trip(&frames, false);
+        assert_eq!(got, frames);
+        assert_eq!(messages, frames.len());
+    });
+}
+
+#[test]
+fn gso_runs_follow_the_kernel_rules() {
+    let f = |sizes: &[usize]| -> usize {
+        let frames: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0; n]).collect();
+        let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        gso_run(&refs, true)
+    };
+    assert_eq!(f(&[]), 0);
+    assert_eq!(f(&[10]), 1);
+    assert_eq!(f(&[10, 10, 10]), 3);
+    assert_eq!(f(&[10, 10, 4, 10]), 3, "a shorter frame ends the run");
+    assert_eq!(f(&[10, 11]), 1, "a longer frame cannot follow");
+    assert_eq!(f(&[0, 0]), 1, "empty frames are sent alone");
+    assert_eq!(f(&[10, 0]), 1);
+    assert_eq!(f(&vec![100; 200]), GSO_MAX_SEGMENTS);
+    assert_eq!(f(&vec![1472; 200]), 44, "65,000 bytes at most");
+    assert_eq!(f(&[40_000; 3]), 1);
+    let frames = [vec![0u8; 10], vec![0; 10]];
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    assert_eq!(
+        gso_run(&refs, false),
+        1,
+        "without GSO one frame per message"
+    );
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// client --framing bytes (full-size datagrams: GSO runs) → server(s)
+fn transfer(listen: &str, receivers: usize, client_extra: &[&str], offload: &str) {
+    let dir = TempDir::new();
+    let input = dir.join("in");
+    random_file(&input, 12 << 20, 61);
+    let len = std::fs::metadata(&input).unwrap().len();
+    let outs: Vec<_> = (0..receivers)
+        .map(|i| dir.join(format!("out{i}")))
+        .collect();
+    let servers: Vec<_> = outs
+        .iter()
+        .map(|out| {
+            start_server(
+                &[
+                    "--listen-addr",
+                    listen,
+                    "--path",
+                    s(out),
+                    "--offload",
+                    offload,
+                ],
+                &[7302],
+            )
+        })
+        .collect();
+    let mut args = vec![
+        "--path",
+        s(&input),
+        "--server-addr",
+        listen,
+        "--framing",
+        "bytes",
+        "--offload",
+        offload,
+    ];
+    args.extend_from_slice(client_extra);
+    let client = run_ok("mproxy-client", &args);
+    let summary = String::from_utf8_lossy(&client.stderr);
+    assert!(summary.contains(", 0 send errors"), "{summary}");
+    for out in &outs {
+        reached_len(out, len, Duration::from_secs(30));
+    }
+    for (server, out) in servers.into_iter().zip(&outs) {
+        let text = stop(server);
+        assert!(
+            text.contains(&format!("gro={}", offload == "on")),
+            "server did not say whether GRO is on: {text}"
+        );
+        assert_files_equal(&input, out);
+    }
+}
+
+#[test]
+fn mpx_file_transfer_with_offload_is_byte_exact() {
+    in_netns(|_| {
+        transfer(
+            "127.0.0.1:7302",
+            1,
+            &["--mpx", "--max-datagram", "1472"],
+            "on",
+        )
+    });
+}
+
+#[test]
+fn raw_8k_file_transfer_with_offload_is_byte_exact() {
+    in_netns(|_| {
+        transfer(
+            "127.0.0.1:7302",
+            1,
+            &["--max-datagram", "8192", "--rate", "400mbit"],
+            "on",
+        )
+    });
+}
+
+#[test]
+fn mpx_multicast_to_two_receivers_with_offload_is_byte_exact() {
+    in_netns(|_| transfer("239.255.73.2:7302", 2, &["--mpx"], "on"));
+}
+
+#[test]
+fn mpx_file_transfer_with_offload_off_is_byte_exact() {
+    in_netns(|_| transfer("127.0.0.1:7302", 1, &["--mpx"], "off"));
+}
