@@ -60,6 +60,7 @@
 
 #![deny(missing_docs)]
 
+mod control;
 mod keepalive;
 mod tcp;
 mod tls;
@@ -83,6 +84,7 @@ use mproxy_common::pack::Framing;
 use mproxy_common::stats::{human_bytes, Counter};
 use mproxy_common::{Endpoint, Fanout, SocketOptions};
 
+pub use control::{ControlStats, MAX_SESSIONS};
 pub use tcp::UpstreamStats;
 pub use tls::{TlsFailure, TlsOptions};
 pub use upstream::{Transport, UpstreamAddr, UpstreamAddrError};
@@ -149,6 +151,15 @@ pub struct Cli {
     /// already are mpx frames are always forwarded untouched
     #[arg(long)]
     pub mpx: bool,
+
+    /// Send the control frames that mpx receivers address to this proxy
+    /// (NACK repair requests, flow-control WINDOWs, path FEEDBACK) back to
+    /// the mpx sender whose frames it forwarded, from the listen address
+    /// that sender used; other datagrams arriving downstream are counted
+    /// and dropped, never forwarded
+    #[arg(long, value_name = "on|off", default_value = "on",
+          value_parser = mproxy_common::cli::parse_on_off, action = clap::ArgAction::Set)]
+    pub relay_control: bool,
 
     /// Longest wait between reconnect attempts, in seconds
     #[arg(long, value_name = "SECS", default_value_t = 30)]
@@ -229,6 +240,8 @@ pub struct Config {
     pub keepalive: Option<Duration>,
     /// Frame raw inputs with mpx
     pub mpx: bool,
+    /// Relay receivers' control frames back to the mpx senders of UDP inputs
+    pub relay_control: bool,
     /// Multicast and buffer options
     pub socket: SocketOptions,
 }
@@ -249,6 +262,7 @@ impl Config {
             idle_timeout: None,
             keepalive: Some(DEFAULT_KEEPALIVE),
             mpx: false,
+            relay_control: true,
             socket: SocketOptions::default(),
         }
     }
@@ -327,6 +341,7 @@ impl TryFrom<Cli> for Config {
             idle_timeout: cli.idle_timeout.map(Duration::from_secs),
             keepalive: (cli.tcp_keepalive > 0).then(|| Duration::from_secs(cli.tcp_keepalive)),
             mpx: cli.mpx,
+            relay_control: cli.relay_control,
             socket: cli.common.socket_options(),
         })
     }
@@ -408,6 +423,8 @@ pub struct Summary {
     pub tcp_upstreams: Vec<Arc<UpstreamStats>>,
     /// Per destination, as one line
     pub destinations: String,
+    /// The control relay's counters (`None`: off, or no UDP input)
+    pub control: Option<Arc<ControlStats>>,
     /// Wall time
     pub elapsed: Duration,
 }
@@ -431,6 +448,9 @@ impl fmt::Display for Summary {
         }
         if !self.destinations.is_empty() {
             write!(f, "; {}", self.destinations)?;
+        }
+        if let Some(c) = &self.control {
+            write!(f, "; {c}")?;
         }
         Ok(())
     }
@@ -524,11 +544,16 @@ impl Proxy {
             .iter()
             .map(|u| (u.spec.clone(), Arc::clone(&u.stats)))
             .collect();
+        let control = (self.config.relay_control && !self.udp.is_empty())
+            .then(|| Arc::new(ControlStats::default()));
         let result = if self.udp.is_empty() {
             while mproxy_common::io::sleep_unless(shutdown, Duration::from_millis(200)) {}
             Ok(())
         } else {
-            udp::run(self.udp, &self.shared, shutdown)
+            let relay = control
+                .as_ref()
+                .map(|c| udp::Relay::new(Arc::clone(c), self.shared.session));
+            udp::run(self.udp, &self.shared, relay, shutdown)
         };
         shutdown.trigger();
         for h in handles {
@@ -539,6 +564,7 @@ impl Proxy {
             udp_inputs,
             tcp_upstreams: tcp_stats,
             destinations: self.shared.fanout.summary(),
+            control,
             elapsed: start.elapsed(),
         })
     }
