@@ -42,6 +42,31 @@
 //! cannot be combined with `--max-datagram`). With `--mpx` the 24-byte
 //! frame header comes off that limit.
 //!
+//! ## mpx senders behind the proxy
+//!
+//! mpx receivers send their control frames (NACK repair requests,
+//! flow-control WINDOWs, path FEEDBACK) to the source address of the frames
+//! they receive, which behind the proxy is the proxy's downstream socket.
+//! With `--relay-control on` (the default) the proxy remembers, for each
+//! mpx session whose DATA, HEARTBEAT or FEC frames it forwards from a
+//! `--udp-listen-addr`, the sender's address and the listen socket they
+//! arrived on (at most [`MAX_SESSIONS`] sessions; the least recently seen
+//! are evicted and counted). It reads its downstream sockets and sends each
+//! valid control frame of a known session back to that sender, from that
+//! listen socket, so the sender hears it from the address it sends to and
+//! gets flow control and NACK repair end to end. A FEEDBACK report
+//! describes one path, so it is sent back only while the session has come
+//! from a single source address for at least a second (a multipath sender
+//! striping through one proxy gets none, and keeps its static weights).
+//! Everything else that arrives downstream (raw datagrams, invalid frames,
+//! sender frame types, unknown sessions, control frames for the proxy's
+//! own `--mpx` session, which keeps no repair buffer) is counted in
+//! [`ControlStats`] and dropped: the proxy never sends anything to an
+//! address it did not learn from a sender's own frames. Raw datagrams pass
+//! exactly as before. The downstream sockets are read after every batch
+//! forwarded and every millisecond while a session was active in the last
+//! 5 s.
+//!
 //! ```no_run
 //! use mproxy_proxy::{Config, Proxy};
 //! use mproxy_common::cli::Shutdown;
