@@ -209,8 +209,8 @@ impl std::fmt::Display for ControlStats {
 /// What to do with a datagram that arrived on a downstream socket
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
-    /// Send it back to `route`
-    Relay(Route),
+    /// Send it back to `route`; count it with [`ControlStats::sent`] once sent
+    Relay(Route, FrameType),
     /// Drop it (already counted)
     Drop,
 }
@@ -227,15 +227,13 @@ pub(crate) fn judge(
         stats.not_control.inc();
         return Verdict::Drop;
     };
-    let counter = match repr.frame_type {
-        FrameType::Nack => &stats.nacks,
-        FrameType::Window => &stats.windows,
-        FrameType::Feedback => &stats.feedback,
-        _ => {
-            stats.not_control.inc();
-            return Verdict::Drop;
-        }
-    };
+    if !matches!(
+        repr.frame_type,
+        FrameType::Nack | FrameType::Window | FrameType::Feedback
+    ) {
+        stats.not_control.inc();
+        return Verdict::Drop;
+    }
     if own == Some(repr.session) {
         stats.own_session.inc();
         return Verdict::Drop;
@@ -248,29 +246,40 @@ pub(crate) fn judge(
         stats.feedback_ambiguous.inc();
         return Verdict::Drop;
     }
-    counter.inc();
-    Verdict::Relay(*route)
+    Verdict::Relay(*route, repr.frame_type)
 }
 
-/// Send `datagram` back upstream from `sock` to `to`; a failure is counted
-/// and logged (rate-limited), never fatal
+impl ControlStats {
+    /// Count a control frame of type `t` sent back upstream
+    pub(crate) fn sent(&self, t: FrameType) {
+        match t {
+            FrameType::Nack => self.nacks.inc(),
+            FrameType::Window => self.windows.inc(),
+            FrameType::Feedback => self.feedback.inc(),
+            _ => {}
+        }
+    }
+}
+
+/// Send `datagram` back upstream from `sock` to `to`; true if sent. A
+/// failure is counted and logged (rate-limited), never fatal
 pub(crate) fn send_back(
     sock: &UdpSocket,
     datagram: &[u8],
     to: SocketAddr,
     stats: &ControlStats,
     log: &LogLimiter,
-) {
+) -> bool {
     loop {
         match sock.send_to(datagram, to) {
-            Ok(_) => return,
+            Ok(_) => return true,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 stats.send_errors.inc();
                 if let Some(n) = log.allow() {
                     tracing::warn!(to = %to, suppressed = n, "relaying a control frame upstream failed: {e}");
                 }
-                return;
+                return false;
             }
         }
     }
@@ -350,7 +359,7 @@ mod tests {
         let fb = frame(FrameType::Feedback, 7);
         assert!(matches!(
             judge(&fb, &m, None, &stats, t0),
-            Verdict::Relay(r) if r.from == addr(1)
+            Verdict::Relay(r, FrameType::Feedback) if r.from == addr(1)
         ));
         // a second path of the same session: reports are now ambiguous
         m.learn(7, addr(2), 1, t0 + Duration::from_millis(10));
@@ -363,14 +372,15 @@ mod tests {
         let nack = frame(FrameType::Nack, 7);
         assert!(matches!(
             judge(&nack, &m, None, &stats, t0 + Duration::from_millis(20)),
-            Verdict::Relay(r) if r.from == addr(2) && r.input == 1
+            Verdict::Relay(r, FrameType::Nack) if r.from == addr(2) && r.input == 1
         ));
         // one source for a second: reports flow again
         assert!(matches!(
             judge(&fb, &m, None, &stats, t0 + Duration::from_millis(1010)),
-            Verdict::Relay(_)
+            Verdict::Relay(_, FrameType::Feedback)
         ));
-        assert_eq!((stats.nacks.get(), stats.feedback.get()), (1, 2));
+        stats.sent(FrameType::Nack);
+        assert_eq!((stats.nacks.get(), stats.feedback.get()), (1, 0));
     }
 
     #[test]

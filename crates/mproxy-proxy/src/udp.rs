@@ -71,15 +71,18 @@ impl Relay {
             let Some(d) = self.buf.get(..n) else {
                 continue;
             };
-            if let Verdict::Relay(route) =
+            let Verdict::Relay(route, t) =
                 control::judge(d, &self.sessions, self.own, &self.stats, now)
-            {
-                match inputs.get(route.input) {
-                    Some(input) => {
-                        control::send_back(&input.sock, d, route.from, &self.stats, &self.log);
+            else {
+                continue;
+            };
+            match inputs.get(route.input) {
+                Some(input) => {
+                    if control::send_back(&input.sock, d, route.from, &self.stats, &self.log) {
+                        self.stats.sent(t);
                     }
-                    None => self.stats.send_errors.inc(),
                 }
+                None => self.stats.send_errors.inc(),
             }
         }
         self.stats.sessions.max(self.sessions.learned);
