@@ -42,6 +42,31 @@
 //! cannot be combined with `--max-datagram`). With `--mpx` the 24-byte
 //! frame header comes off that limit.
 //!
+//! ## mpx senders behind the proxy
+//!
+//! mpx receivers send their control frames (NACK repair requests,
+//! flow-control WINDOWs, path FEEDBACK) to the source address of the frames
+//! they receive, which behind the proxy is the proxy's downstream socket.
+//! With `--relay-control on` (the default) the proxy remembers, for each
+//! mpx session whose DATA, HEARTBEAT or FEC frames it forwards from a
+//! `--udp-listen-addr`, the sender's address and the listen socket they
+//! arrived on (at most [`MAX_SESSIONS`] sessions; the least recently seen
+//! are evicted and counted). It reads its downstream sockets and sends each
+//! valid control frame of a known session back to that sender, from that
+//! listen socket, so the sender hears it from the address it sends to and
+//! gets flow control and NACK repair end to end. A FEEDBACK report
+//! describes one path, so it is sent back only while the session has come
+//! from a single source address for at least a second (a multipath sender
+//! striping through one proxy gets none, and keeps its static weights).
+//! Everything else that arrives downstream (raw datagrams, invalid frames,
+//! sender frame types, unknown sessions, control frames for the proxy's
+//! own `--mpx` session, which keeps no repair buffer) is counted in
+//! [`ControlStats`] and dropped: the proxy never sends anything to an
+//! address it did not learn from a sender's own frames. Raw datagrams pass
+//! exactly as before. The downstream sockets are read after every batch
+//! forwarded and every millisecond while a session was active in the last
+//! 5 s.
+//!
 //! ```no_run
 //! use mproxy_proxy::{Config, Proxy};
 //! use mproxy_common::cli::Shutdown;
@@ -60,6 +85,7 @@
 
 #![deny(missing_docs)]
 
+mod control;
 mod keepalive;
 mod tcp;
 mod tls;
@@ -83,6 +109,7 @@ use mproxy_common::pack::Framing;
 use mproxy_common::stats::{human_bytes, Counter};
 use mproxy_common::{Endpoint, Fanout, SocketOptions};
 
+pub use control::{ControlStats, MAX_SESSIONS};
 pub use tcp::UpstreamStats;
 pub use tls::{TlsFailure, TlsOptions};
 pub use upstream::{Transport, UpstreamAddr, UpstreamAddrError};
@@ -149,6 +176,15 @@ pub struct Cli {
     /// already are mpx frames are always forwarded untouched
     #[arg(long)]
     pub mpx: bool,
+
+    /// Send the control frames that mpx receivers address to this proxy
+    /// (NACK repair requests, flow-control WINDOWs, path FEEDBACK) back to
+    /// the mpx sender whose frames it forwarded, from the listen address
+    /// that sender used; other datagrams arriving downstream are counted
+    /// and dropped, never forwarded
+    #[arg(long, value_name = "on|off", default_value = "on",
+          value_parser = mproxy_common::cli::parse_on_off, action = clap::ArgAction::Set)]
+    pub relay_control: bool,
 
     /// Longest wait between reconnect attempts, in seconds
     #[arg(long, value_name = "SECS", default_value_t = 30)]
@@ -229,6 +265,8 @@ pub struct Config {
     pub keepalive: Option<Duration>,
     /// Frame raw inputs with mpx
     pub mpx: bool,
+    /// Relay receivers' control frames back to the mpx senders of UDP inputs
+    pub relay_control: bool,
     /// Multicast and buffer options
     pub socket: SocketOptions,
 }
@@ -249,6 +287,7 @@ impl Config {
             idle_timeout: None,
             keepalive: Some(DEFAULT_KEEPALIVE),
             mpx: false,
+            relay_control: true,
             socket: SocketOptions::default(),
         }
     }
@@ -327,6 +366,7 @@ impl TryFrom<Cli> for Config {
             idle_timeout: cli.idle_timeout.map(Duration::from_secs),
             keepalive: (cli.tcp_keepalive > 0).then(|| Duration::from_secs(cli.tcp_keepalive)),
             mpx: cli.mpx,
+            relay_control: cli.relay_control,
             socket: cli.common.socket_options(),
         })
     }
@@ -408,6 +448,8 @@ pub struct Summary {
     pub tcp_upstreams: Vec<Arc<UpstreamStats>>,
     /// Per destination, as one line
     pub destinations: String,
+    /// The control relay's counters (`None`: off, or no UDP input)
+    pub control: Option<Arc<ControlStats>>,
     /// Wall time
     pub elapsed: Duration,
 }
@@ -431,6 +473,9 @@ impl fmt::Display for Summary {
         }
         if !self.destinations.is_empty() {
             write!(f, "; {}", self.destinations)?;
+        }
+        if let Some(c) = &self.control {
+            write!(f, "; {c}")?;
         }
         Ok(())
     }
@@ -524,11 +569,16 @@ impl Proxy {
             .iter()
             .map(|u| (u.spec.clone(), Arc::clone(&u.stats)))
             .collect();
+        let control = (self.config.relay_control && !self.udp.is_empty())
+            .then(|| Arc::new(ControlStats::default()));
         let result = if self.udp.is_empty() {
             while mproxy_common::io::sleep_unless(shutdown, Duration::from_millis(200)) {}
             Ok(())
         } else {
-            udp::run(self.udp, &self.shared, shutdown)
+            let relay = control
+                .as_ref()
+                .map(|c| udp::Relay::new(Arc::clone(c), self.shared.session));
+            udp::run(self.udp, &self.shared, relay, shutdown)
         };
         shutdown.trigger();
         for h in handles {
@@ -539,6 +589,7 @@ impl Proxy {
             udp_inputs,
             tcp_upstreams: tcp_stats,
             destinations: self.shared.fanout.summary(),
+            control,
             elapsed: start.elapsed(),
         })
     }

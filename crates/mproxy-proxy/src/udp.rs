@@ -16,12 +16,83 @@ use mproxy_common::pack::Framing;
 use mproxy_common::stats::LogLimiter;
 use mproxy_common::wire::{classify, Datagram};
 
+use crate::control::{self, ControlStats, SessionMap, Verdict};
 use crate::{Shared, UdpInputStats};
 
 /// Longest wait in the loop before timers and signals are checked
 const TICK: Duration = Duration::from_millis(200);
 /// Heartbeat interval of an idle mpx stream
 const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Longest wait in the loop while mpx senders are active and their
+/// receivers' control frames may arrive on the downstream sockets. Those
+/// sockets belong to `net::Fanout`, which offers a non-blocking read but no
+/// handle to poll, so they are read after every batch and at least this
+/// often: a held-back sender waits at most this long for a window.
+const CONTROL_TICK: Duration = Duration::from_millis(1);
+
+/// How long after the last mpx frame forwarded the loop keeps reading the
+/// downstream sockets every [`CONTROL_TICK`] (receivers send windows for 2 s
+/// after a stream's last frame, senders linger for NACKs up to 2 s)
+const CONTROL_ACTIVE: Duration = Duration::from_secs(5);
+
+/// Most control frames relayed per call, so a flood on the downstream
+/// sockets cannot starve the inputs
+const CONTROL_BUDGET: usize = 256;
+
+/// Relays receivers' control frames back to the mpx senders
+pub(crate) struct Relay {
+    sessions: SessionMap,
+    stats: Arc<ControlStats>,
+    /// This proxy's own session (`--mpx`), whose frames are not relayed
+    own: Option<u64>,
+    buf: Vec<u8>,
+    log: LogLimiter,
+}
+
+impl Relay {
+    pub(crate) fn new(stats: Arc<ControlStats>, own: Option<u64>) -> Self {
+        Self {
+            sessions: SessionMap::new(control::MAX_SESSIONS),
+            stats,
+            own,
+            buf: vec![0; RECV_BUF_LEN],
+            log: LogLimiter::default(),
+        }
+    }
+
+    /// Relay what waits on the downstream sockets (at most [`CONTROL_BUDGET`])
+    fn pump(&mut self, inputs: &[Input], shared: &Shared) {
+        let now = Instant::now();
+        for _ in 0..CONTROL_BUDGET {
+            let Some((n, _from)) = shared.fanout.recv_control(&mut self.buf) else {
+                break;
+            };
+            let Some(d) = self.buf.get(..n) else {
+                continue;
+            };
+            let Verdict::Relay(route, t) =
+                control::judge(d, &self.sessions, self.own, &self.stats, now)
+            else {
+                continue;
+            };
+            match inputs.get(route.input) {
+                Some(input) => {
+                    if control::send_back(&input.sock, d, route.from, &self.stats, &self.log) {
+                        self.stats.sent(t);
+                    }
+                }
+                None => self.stats.send_errors.inc(),
+            }
+        }
+        self.stats.sessions.max(self.sessions.learned);
+        self.stats.evicted.max(self.sessions.evicted);
+    }
+
+    fn active(&self, now: Instant) -> bool {
+        self.sessions.active(now, CONTROL_ACTIVE)
+    }
+}
 
 pub(crate) struct Input {
     pub(crate) spec: String,
@@ -47,6 +118,7 @@ impl Input {
 pub(crate) fn run(
     mut inputs: Vec<Input>,
     shared: &Shared,
+    mut relay: Option<Relay>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let mut poll = Poll::new().context("creating poller")?;
@@ -80,12 +152,18 @@ pub(crate) fn run(
         let timeout = if pending.iter().any(|p| *p) {
             Duration::ZERO
         } else {
+            let now = Instant::now();
+            let tick = if relay.as_ref().is_some_and(|r| r.active(now)) {
+                CONTROL_TICK
+            } else {
+                TICK
+            };
             inputs
                 .iter()
                 .filter_map(|i| i.encoder.as_ref()?.poll_timeout())
                 .min()
-                .map_or(TICK, |t| t.saturating_duration_since(Instant::now()))
-                .min(TICK)
+                .map_or(tick, |t| t.saturating_duration_since(now))
+                .min(tick)
         };
         match poll.poll(&mut events, Some(timeout)) {
             Ok(()) => {}
@@ -97,10 +175,14 @@ pub(crate) fn run(
                 *p = true;
             }
         }
-        for (input, p) in inputs.iter_mut().zip(pending.iter_mut()) {
+        for (i, (input, p)) in inputs.iter_mut().zip(pending.iter_mut()).enumerate() {
             if *p {
-                *p = drain(input, &mut batch, &mut out, shared, &log);
+                let sessions = relay.as_mut().map(|r| (&mut r.sessions, i));
+                *p = drain(input, sessions, &mut batch, &mut out, shared, &log);
             }
+        }
+        if let Some(r) = relay.as_mut() {
+            r.pump(&inputs, shared);
         }
         let now = Instant::now();
         for input in &mut inputs {
@@ -142,9 +224,12 @@ const BATCH: usize = 32;
 const DRAIN_BUDGET: usize = 1024;
 
 /// Forward what is queued on `input`, a batch per system call; true if the
-/// budget ran out first (more may be queued)
+/// budget ran out first (more may be queued). With `sessions` (the map and
+/// this input's index), the mpx senders whose frames pass are remembered
+/// so their receivers' control frames can be sent back.
 fn drain(
     input: &mut Input,
+    mut sessions: Option<(&mut SessionMap, usize)>,
     batch: &mut RecvBatch,
     out: &mut DatagramBatch,
     shared: &Shared,
@@ -195,7 +280,14 @@ fn drain(
                 }
                 // nothing to forward for an empty datagram
                 _ if data.is_empty() => {}
-                _ => out.push(data),
+                _ => {
+                    if let Some((map, idx)) = sessions.as_mut() {
+                        if let Some(s) = control::sender_session(data) {
+                            map.learn(s, meta.from, *idx, now);
+                        }
+                    }
+                    out.push(data);
+                }
             }
         }
         if !out.is_empty() {
