@@ -104,7 +104,7 @@ use clap::Parser;
 use mproxy_common::cli::{parse_max_datagram, CommonArgs, Shutdown};
 use mproxy_common::io::Tee;
 use mproxy_common::mpx::new_session_id;
-use mproxy_common::net::bind_receiver;
+use mproxy_common::net::{bind_receiver, enable_gro};
 use mproxy_common::pack::Framing;
 use mproxy_common::stats::{human_bytes, Counter};
 use mproxy_common::{Endpoint, Fanout, SocketOptions};
@@ -502,7 +502,9 @@ impl Proxy {
             }
             let sock = bind_receiver(addr, &config.socket)
                 .with_context(|| format!("--udp-listen-addr {ep}"))?;
-            tracing::info!(listen = %ep, "listening for UDP");
+            // read only by RecvBatch, which splits coalesced buffers
+            let gro = config.socket.offload && enable_gro(&sock);
+            tracing::info!(listen = %ep, gro, "listening for UDP");
             udp.push(udp::Input::new(ep.to_string(), sock));
         }
         // Fail fast on upstream names that can never resolve (typos);
