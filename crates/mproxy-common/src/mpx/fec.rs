@@ -14,6 +14,8 @@
 //! stream ends and when its oldest frame has waited `max_delay`.
 
 use std::collections::{BTreeMap, HashMap};
+
+use super::keyed::KeyedState;
 use std::time::{Duration, Instant};
 
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
@@ -279,7 +281,7 @@ struct StreamFec {
 /// caller ([`Receiver`](super::Receiver) closes each stream's state with
 /// it).
 pub struct FecDecoder {
-    streams: HashMap<StreamKey, StreamFec>,
+    streams: HashMap<StreamKey, StreamFec, KeyedState>,
     bytes: usize,
     memory_limit: usize,
     rs: Option<ReedSolomonDecoder>,
@@ -304,7 +306,7 @@ impl FecDecoder {
     /// A decoder holding at most `memory_limit` bytes of symbols
     pub fn new(memory_limit: usize) -> Self {
         Self {
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             bytes: 0,
             memory_limit,
             rs: None,

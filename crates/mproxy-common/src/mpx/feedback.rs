@@ -2,6 +2,8 @@
 //! back to the sender at a bounded rate (sans-IO)
 
 use std::collections::HashMap;
+
+use super::keyed::KeyedState;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -36,7 +38,7 @@ struct Entry {
 /// `max_entries` (oldest evicted).
 #[derive(Debug)]
 pub struct FeedbackTracker {
-    entries: HashMap<(PathKey, u64), Entry>,
+    entries: HashMap<(PathKey, u64), Entry, KeyedState>,
     interval: Duration,
     expire: Duration,
     max_entries: usize,
@@ -46,7 +48,7 @@ impl FeedbackTracker {
     /// A tracker reporting at most every `interval` per path and session
     pub fn new(interval: Duration, max_entries: usize) -> Self {
         Self {
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             interval,
             expire: Duration::from_secs(10),
             max_entries: max_entries.max(1),

@@ -15,6 +15,7 @@
 mod fec;
 mod feedback;
 mod flow;
+mod keyed;
 mod receiver;
 mod repair;
 mod scheduler;

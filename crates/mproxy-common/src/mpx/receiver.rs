@@ -1,6 +1,8 @@
 //! The receiving side: demultiplex streams, reorder, deliver, count losses
 
 use std::collections::{HashMap, HashSet, VecDeque};
+
+use super::keyed::KeyedState;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -382,10 +384,10 @@ impl Stream {
 /// (counted as lost) rather than memory growing.
 pub struct Receiver {
     config: ReceiverConfig,
-    streams: HashMap<StreamKey, Stream>,
+    streams: HashMap<StreamKey, Stream, KeyedState>,
     /// Recently closed streams, so their stragglers do not reopen them
     /// (bounded by `max_streams`, oldest first)
-    closed: HashSet<StreamKey>,
+    closed: HashSet<StreamKey, KeyedState>,
     closed_order: VecDeque<StreamKey>,
     events: VecDeque<Event>,
     transmits: VecDeque<Transmit>,
@@ -422,8 +424,8 @@ impl Receiver {
         Self {
             fec: FecDecoder::new(config.fec_memory),
             config,
-            streams: HashMap::new(),
-            closed: HashSet::new(),
+            streams: HashMap::default(),
+            closed: HashSet::default(),
             closed_order: VecDeque::new(),
             events: VecDeque::new(),
             transmits: VecDeque::new(),
