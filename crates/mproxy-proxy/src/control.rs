@@ -60,8 +60,6 @@ pub(crate) struct SessionMap {
     pub(crate) evicted: u64,
     /// Sessions ever learned
     pub(crate) learned: u64,
-    /// Latest frame learned from, of any session
-    last: Option<Instant>,
 }
 
 impl SessionMap {
@@ -72,7 +70,6 @@ impl SessionMap {
             cap: cap.max(1),
             evicted: 0,
             learned: 0,
-            last: None,
         }
     }
 
@@ -84,7 +81,6 @@ impl SessionMap {
 
     /// Record that a frame of `session` arrived from `from` on input `input`
     pub(crate) fn learn(&mut self, session: u64, from: SocketAddr, input: usize, now: Instant) {
-        self.last = Some(now);
         if let Some(r) = self.map.get_mut(&session) {
             if r.from != from || r.input != input {
                 r.from = from;
@@ -127,12 +123,6 @@ impl SessionMap {
     /// The route of `session`, if known
     pub(crate) fn get(&self, session: u64) -> Option<&Route> {
         self.map.get(&session)
-    }
-
-    /// Whether a frame was learned within `within` of `now`
-    pub(crate) fn active(&self, now: Instant, within: Duration) -> bool {
-        self.last
-            .is_some_and(|t| now.saturating_duration_since(t) < within)
     }
 }
 

@@ -24,17 +24,10 @@ const TICK: Duration = Duration::from_millis(200);
 /// Heartbeat interval of an idle mpx stream
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// Longest wait in the loop while mpx senders are active and their
-/// receivers' control frames may arrive on the downstream sockets. Those
-/// sockets belong to `net::Fanout`, which offers a non-blocking read but no
-/// handle to poll, so they are read after every batch and at least this
-/// often: a held-back sender waits at most this long for a window.
-const CONTROL_TICK: Duration = Duration::from_millis(1);
-
-/// How long after the last mpx frame forwarded the loop keeps reading the
-/// downstream sockets every [`CONTROL_TICK`] (receivers send windows for 2 s
-/// after a stream's last frame, senders linger for NACKs up to 2 s)
-const CONTROL_ACTIVE: Duration = Duration::from_secs(5);
+/// Poller tokens of the downstream (`net::Fanout`) sockets, where the
+/// receivers' control frames arrive: counted down from the top, clear of
+/// the inputs' tokens
+const CONTROL_TOKEN: usize = usize::MAX - 2;
 
 /// Most control frames relayed per call, so a flood on the downstream
 /// sockets cannot starve the inputs
@@ -61,11 +54,14 @@ impl Relay {
         }
     }
 
-    /// Relay what waits on the downstream sockets (at most [`CONTROL_BUDGET`])
-    fn pump(&mut self, inputs: &[Input], shared: &Shared) {
+    /// Relay what waits on the downstream sockets (at most
+    /// [`CONTROL_BUDGET`]); true if the budget ran out, more may be queued
+    fn pump(&mut self, inputs: &[Input], shared: &Shared) -> bool {
         let now = Instant::now();
+        let mut more = true;
         for _ in 0..CONTROL_BUDGET {
             let Some((n, _from)) = shared.fanout.recv_control(&mut self.buf) else {
+                more = false;
                 break;
             };
             let Some(d) = self.buf.get(..n) else {
@@ -87,10 +83,7 @@ impl Relay {
         }
         self.stats.sessions.max(self.sessions.learned);
         self.stats.evicted.max(self.sessions.evicted);
-    }
-
-    fn active(&self, now: Instant) -> bool {
-        self.sessions.active(now, CONTROL_ACTIVE)
+        more
     }
 }
 
@@ -141,6 +134,17 @@ pub(crate) fn run(
             ));
         }
     }
+    if relay.is_some() {
+        for (k, sock) in shared.fanout.sockets().enumerate() {
+            poll.registry()
+                .register(
+                    &mut SourceFd(&sock.as_raw_fd()),
+                    Token(CONTROL_TOKEN + k),
+                    Interest::READABLE,
+                )
+                .context("registering downstream socket for control frames")?;
+        }
+    }
     let mut events = Events::with_capacity(64);
     let mut batch = RecvBatch::new(BATCH, RECV_BUF_LEN);
     let mut out = DatagramBatch::default();
@@ -148,22 +152,20 @@ pub(crate) fn run(
     let forward = |f: &[u8]| shared.forward(f);
     // inputs whose last drain stopped at the budget, data still queued
     let mut pending = vec![false; inputs.len()];
+    // control frames left queued when the relay's budget ran out (the
+    // poller reports edges: nothing new would wake us for them)
+    let mut control_pending = false;
     while !shutdown.is_set() {
-        let timeout = if pending.iter().any(|p| *p) {
+        let timeout = if control_pending || pending.iter().any(|p| *p) {
             Duration::ZERO
         } else {
             let now = Instant::now();
-            let tick = if relay.as_ref().is_some_and(|r| r.active(now)) {
-                CONTROL_TICK
-            } else {
-                TICK
-            };
             inputs
                 .iter()
                 .filter_map(|i| i.encoder.as_ref()?.poll_timeout())
                 .min()
-                .map_or(tick, |t| t.saturating_duration_since(now))
-                .min(tick)
+                .map_or(TICK, |t| t.saturating_duration_since(now))
+                .min(TICK)
         };
         match poll.poll(&mut events, Some(timeout)) {
             Ok(()) => {}
@@ -181,8 +183,10 @@ pub(crate) fn run(
                 *p = drain(input, sessions, &mut batch, &mut out, shared, &log);
             }
         }
+        // after every turn, not only on the sockets' events: cheap (one
+        // MSG_DONTWAIT read when nothing is there)
         if let Some(r) = relay.as_mut() {
-            r.pump(&inputs, shared);
+            control_pending = r.pump(&inputs, shared);
         }
         let now = Instant::now();
         for input in &mut inputs {

@@ -294,6 +294,13 @@ impl Fanout {
         None
     }
 
+    /// The sending sockets (one per address family in use), for a caller
+    /// that waits for receivers' control frames with a poller; read them
+    /// with [`Fanout::recv_control`]
+    pub fn sockets(&self) -> impl Iterator<Item = &UdpSocket> {
+        [self.v4.as_ref(), self.v6.as_ref()].into_iter().flatten()
+    }
+
     /// Per destination: (spec as given, resolved address, counters)
     pub fn stats(&self) -> impl Iterator<Item = (&str, SocketAddr, &DestStats)> {
         self.dests
