@@ -63,9 +63,8 @@
 //! own `--mpx` session, which keeps no repair buffer) is counted in
 //! [`ControlStats`] and dropped: the proxy never sends anything to an
 //! address it did not learn from a sender's own frames. Raw datagrams pass
-//! exactly as before. The downstream sockets are read after every batch
-//! forwarded and every millisecond while a session was active in the last
-//! 5 s.
+//! exactly as before. The UDP loop polls the downstream sockets beside its
+//! inputs and reads them after every turn.
 //!
 //! ```no_run
 //! use mproxy_proxy::{Config, Proxy};
