@@ -27,8 +27,9 @@
 //! occupies its own thread and slot, never the hub. Until the handshake is
 //! done, payloads wait in the client's queue like for any slow client.
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::io::{self, Write as _};
+use std::io::{self, IoSlice, Write as _};
 use std::net::{Shutdown as Both, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,9 +71,10 @@ fn join_group(config: &Config, flag: &str, addr: &Addr) -> anyhow::Result<UdpSoc
 
 /// A connected client as the hub sees it
 struct Client {
-    tx: SyncSender<Arc<[u8]>>,
+    tx: SyncSender<Batch>,
     stats: Arc<ClientStats>,
-    /// Payloads put in its queue (written + lost when it ends)
+    /// Payloads put in its queue (written + lost when it ends); minus
+    /// those written, its backlog, which `--client-queue` bounds
     queued: Counter,
     handle: JoinHandle<End>,
     log: LogLimiter,
@@ -189,6 +191,8 @@ impl TcpOutput {
             slow_client: self.slow_client,
             stats: &self.stats,
         };
+        // the payloads of one turn, handed to every client at once
+        let mut round: Vec<Arc<[u8]>> = Vec::new();
         let mut more = false;
         while !self.shutdown.is_set() {
             let timeout = if more {
@@ -198,21 +202,30 @@ impl TcpOutput {
             };
             wait(&mut self.poll, &mut events, timeout).context("waiting for datagrams")?;
             let now = Instant::now();
+            let anyone = !clients.is_empty();
+            let mut collect = |p: &[u8]| {
+                // with no client nothing is kept (the payload goes nowhere)
+                if anyone {
+                    round.push(Arc::from(p));
+                }
+            };
             more = drain_udp(
                 &self.sock,
                 &mut batch,
                 &self.stats.recv,
                 &logs,
                 &self.shutdown,
-                |from, d| reassembly.handle(now, from, d, |p| fan_out(&clients, p, &policy)),
+                |from, d| reassembly.handle(now, from, d, &mut collect),
             );
-            reassembly.handle_timeout(Instant::now(), |p| fan_out(&clients, p, &policy));
+            reassembly.handle_timeout(Instant::now(), &mut collect);
+            fan_out(&clients, &mut round, &policy);
             reassembly.publish(&self.stats.mpx);
             self.reap(&mut clients);
             self.accept_all(&mut clients);
         }
         // what the streams still hold goes to the clients still here
-        reassembly.close_all(|p| fan_out(&clients, p, &policy));
+        reassembly.close_all(|p| round.push(Arc::from(p)));
+        fan_out(&clients, &mut round, &policy);
         reassembly.publish(&self.stats.mpx);
         // let go of every queue first, so all writers wind down in parallel
         let ending: Vec<_> = clients
@@ -353,43 +366,76 @@ struct Policy<'a> {
     stats: &'a TcpOutputStats,
 }
 
-/// Hand one payload to every client's queue, never waiting
-fn fan_out(clients: &[Client], payload: &[u8], policy: &Policy<'_>) {
-    if clients.is_empty() {
+/// What a client's queue holds: payloads of one turn of the hub, shared
+/// by every client that had room for all of them
+type Batch = Arc<[Arc<[u8]>]>;
+
+/// Hand the payloads of one turn to every client's queue, never waiting,
+/// then forget them
+///
+/// One queue entry (and at most one wake-up of the writer) per client per
+/// turn. A client gets as many of them as its backlog (queued, not yet
+/// written) leaves room for under `--client-queue`; the rest are its drops.
+/// A client with room for only some gets its own copy of the list of those
+/// (the payloads themselves stay shared), so no client's queue keeps
+/// payloads it did not take alive.
+fn fan_out(clients: &[Client], round: &mut Vec<Arc<[u8]>>, policy: &Policy<'_>) {
+    if round.is_empty() {
         return;
     }
-    let shared: Arc<[u8]> = Arc::from(payload);
+    let whole: Batch = Arc::from(round.as_slice());
+    round.clear();
+    let n = whole.len();
     let queue = policy.queue;
     for c in clients {
         if c.kicked.load(Ordering::Relaxed) {
             continue; // cut off; it is reaped once its writer has ended
         }
-        match c.tx.try_send(Arc::clone(&shared)) {
-            Ok(()) => c.queued.inc(),
-            Err(TrySendError::Full(_)) => {
-                c.stats.drops.inc();
-                match policy.slow_client {
-                    SlowClient::Drop => {
-                        if let Some(suppressed) = c.log.allow() {
-                            tracing::warn!(
-                                client = %c.stats.peer,
-                                suppressed,
-                                "client is not keeping up: its queue of {queue} datagrams is \
-                                 full, dropping datagrams for it"
-                            );
-                        }
-                    }
-                    SlowClient::Disconnect => {
-                        c.kicked.store(true, Ordering::Relaxed);
-                        policy.stats.slow_disconnects.inc();
-                        // ends a write the writer is blocked in, at once;
-                        // the writer reports and the hub reaps it
-                        let _ = c.stream.shutdown(Both::Both);
-                    }
+        let backlog = c.queued.get().saturating_sub(c.stats.datagrams.get());
+        let room = usize::try_from(backlog)
+            .map_or(0, |b| queue.saturating_sub(b))
+            .min(n);
+        let mut missed = n - room;
+        if room > 0 {
+            let batch = if room == n {
+                Arc::clone(&whole)
+            } else {
+                whole.get(..room).map(Arc::from).unwrap_or_default()
+            };
+            match c.tx.try_send(batch) {
+                Ok(()) => c.queued.add(room as u64),
+                // the writer has ended; it is reaped at the next turn
+                Err(TrySendError::Disconnected(_)) => {
+                    c.stats.drops.add(n as u64);
+                    continue;
+                }
+                // not reached: every entry holds a payload, and there are
+                // no more payloads queued than entries
+                Err(TrySendError::Full(_)) => missed = n,
+            }
+        }
+        if missed == 0 {
+            continue;
+        }
+        c.stats.drops.add(missed as u64);
+        match policy.slow_client {
+            SlowClient::Drop => {
+                if let Some(suppressed) = c.log.allow() {
+                    tracing::warn!(
+                        client = %c.stats.peer,
+                        suppressed,
+                        "client is not keeping up: its queue of {queue} datagrams is \
+                         full, dropping datagrams for it"
+                    );
                 }
             }
-            // the writer has ended; it is reaped at the next turn
-            Err(TrySendError::Disconnected(_)) => c.stats.drops.inc(),
+            SlowClient::Disconnect => {
+                c.kicked.store(true, Ordering::Relaxed);
+                policy.stats.slow_disconnects.inc();
+                // ends a write the writer is blocked in, at once;
+                // the writer reports and the hub reaps it
+                let _ = c.stream.shutdown(Both::Both);
+            }
         }
     }
 }
@@ -401,10 +447,77 @@ fn account_lost(stats: &ClientStats, queued: &Counter) {
         .add(queued.get().saturating_sub(stats.datagrams.get()));
 }
 
+/// Most payload bytes a writer takes from its queue for one system call
+/// (one more payload may go over it)
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Most payloads a writer takes from its queue for one system call (one
+/// more queue entry may go over it)
+const WRITE_BATCH_PAYLOADS: usize = 256;
+/// Most slices one `writev` takes (Linux's `UIO_MAXIOV`)
+const IOV_MAX: usize = 1024;
+
+/// Payloads a writer has taken from its queue and not yet fully written
+/// (still counted in the client's backlog, so `--client-queue` bounds them too)
+#[derive(Default)]
+struct Pending {
+    payloads: VecDeque<Arc<[u8]>>,
+    /// Bytes of the first payload already written
+    offset: usize,
+    /// Bytes of all the payloads, the first one whole
+    bytes: usize,
+}
+
+impl Pending {
+    fn extend(&mut self, batch: &[Arc<[u8]>]) {
+        for p in batch {
+            self.bytes += p.len();
+            self.payloads.push_back(Arc::clone(p));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.payloads.is_empty()
+    }
+
+    /// What is left to write, for one `writev` (at most `IOV_MAX` slices)
+    fn slices(&self) -> Vec<IoSlice<'_>> {
+        let mut out = Vec::with_capacity(self.payloads.len().min(IOV_MAX));
+        for (i, p) in self.payloads.iter().take(IOV_MAX).enumerate() {
+            let rest = if i == 0 {
+                p.get(self.offset..).unwrap_or(&[])
+            } else {
+                p
+            };
+            out.push(IoSlice::new(rest));
+        }
+        out
+    }
+
+    /// `n` more bytes were written: let go of the payloads now complete;
+    /// their number and bytes
+    fn advance(&mut self, mut n: usize) -> (u64, u64) {
+        let (mut datagrams, mut bytes) = (0u64, 0u64);
+        while let Some(first) = self.payloads.front() {
+            let rest = first.len().saturating_sub(self.offset);
+            if n < rest {
+                self.offset += n;
+                break;
+            }
+            n -= rest;
+            datagrams += 1;
+            bytes += first.len() as u64;
+            self.bytes = self.bytes.saturating_sub(first.len());
+            self.offset = 0;
+            self.payloads.pop_front();
+        }
+        (datagrams, bytes)
+    }
+}
+
 /// The writer thread of one client
 struct Writer {
     stream: Arc<TcpStream>,
-    rx: Receiver<Arc<[u8]>>,
+    rx: Receiver<Batch>,
     stats: Arc<ClientStats>,
     shutdown: Shutdown,
     kicked: Arc<AtomicBool>,
@@ -443,19 +556,27 @@ impl Writer {
 
     fn write_loop(&self, stream: &TcpStream, mut tls: Option<&mut ServerConnection>) -> End {
         let mut reading = true;
+        let mut pending = Pending::default();
+        let mut plain = Vec::new();
         loop {
             match self.rx.recv_timeout(TICK) {
-                Ok(payload) => {
-                    let written = match tls.as_deref_mut() {
-                        None => self.write_all(stream, &payload),
-                        Some(conn) => self.write_tls(stream, conn, &payload),
-                    };
-                    match written {
-                        Ok(()) => {
-                            self.stats.datagrams.inc();
-                            self.stats.bytes.add(payload.len() as u64);
+                Ok(batch) => {
+                    pending.extend(&batch);
+                    // write what is queued, as few system calls as possible
+                    loop {
+                        self.top_up(&mut pending);
+                        if pending.is_empty() {
+                            break;
                         }
-                        Err(end) => return end,
+                        let written = match tls.as_deref_mut() {
+                            None => self.write_some(stream, &mut pending),
+                            Some(conn) => {
+                                self.write_batch_tls(stream, conn, &mut pending, &mut plain)
+                            }
+                        };
+                        if let Err(end) = written {
+                            return end;
+                        }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -476,6 +597,75 @@ impl Writer {
         }
     }
 
+    /// Take what else is queued, without waiting, up to one batch
+    /// ([`WRITE_BATCH_BYTES`], [`WRITE_BATCH_PAYLOADS`])
+    fn top_up(&self, pending: &mut Pending) {
+        while pending.bytes < WRITE_BATCH_BYTES && pending.payloads.len() < WRITE_BATCH_PAYLOADS {
+            match self.rx.try_recv() {
+                Ok(batch) => pending.extend(&batch),
+                // empty, or the hub let go: what is pending is written first
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// One `writev` of the pending payloads; the ones written completely
+    /// are counted and let go of. Gives up only when the client is gone or
+    /// cut off, or when shutdown was requested and the client is not
+    /// taking data
+    fn write_some(&self, mut stream: &TcpStream, pending: &mut Pending) -> Result<(), End> {
+        if pending.bytes <= pending.offset {
+            // only empty payloads: nothing to write (and a write of nothing
+            // would look like a closed socket)
+            let (datagrams, _) = pending.advance(0);
+            self.stats.datagrams.add(datagrams);
+            return Ok(());
+        }
+        let slices = pending.slices();
+        match stream.write_vectored(&slices) {
+            Ok(0) => Err(End::Gone(io::Error::from(io::ErrorKind::WriteZero))),
+            Ok(n) => {
+                let (datagrams, bytes) = pending.advance(n);
+                self.stats.datagrams.add(datagrams);
+                self.stats.bytes.add(bytes);
+                Ok(())
+            }
+            Err(e) if blocked(&e) => match self.interrupted() {
+                Some(end) => Err(end),
+                None => Ok(()),
+            },
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            Err(e) => Err(End::Gone(e)),
+        }
+    }
+
+    /// Encrypt the pending payloads as one plaintext run (so records are
+    /// full-sized, not one per datagram) and write them completely; they
+    /// count as written once every record is out
+    fn write_batch_tls(
+        &self,
+        stream: &TcpStream,
+        conn: &mut ServerConnection,
+        pending: &mut Pending,
+        plain: &mut Vec<u8>,
+    ) -> Result<(), End> {
+        plain.clear();
+        let mut taken = 0;
+        for p in &pending.payloads {
+            if taken > 0 && plain.len() + p.len() > WRITE_BATCH_BYTES {
+                break;
+            }
+            plain.extend_from_slice(p);
+            taken += 1;
+        }
+        self.write_tls(stream, conn, plain)?;
+        let (datagrams, bytes) = pending.advance(plain.len());
+        debug_assert_eq!(datagrams, taken as u64);
+        self.stats.datagrams.add(datagrams);
+        self.stats.bytes.add(bytes);
+        Ok(())
+    }
+
     /// Why to stop waiting for a blocked socket, if there is a reason
     fn interrupted(&self) -> Option<End> {
         if self.kicked.load(Ordering::Relaxed) {
@@ -485,29 +675,6 @@ impl Writer {
         } else {
             None
         }
-    }
-
-    /// Write one payload completely; gives up only when the client is gone
-    /// or cut off, or when shutdown was requested and the client is not
-    /// taking data
-    fn write_all(&self, mut stream: &TcpStream, payload: &[u8]) -> Result<(), End> {
-        let mut done = 0;
-        while done < payload.len() {
-            match stream.write(&payload[done..]) {
-                Ok(0) => {
-                    return Err(End::Gone(io::Error::from(io::ErrorKind::WriteZero)));
-                }
-                Ok(n) => done += n,
-                Err(e) if blocked(&e) => {
-                    if let Some(end) = self.interrupted() {
-                        return Err(end);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(End::Gone(e)),
-            }
-        }
-        Ok(())
     }
 
     /// The server side of a TLS handshake, bounded by `timeout`
@@ -559,7 +726,9 @@ impl Writer {
         Ok(conn)
     }
 
-    /// Encrypt one payload and write it completely (see [`Writer::write_all`])
+    /// Encrypt `payload` and write it completely; gives up only when the
+    /// client is gone or cut off, or when shutdown was requested and the
+    /// client is not taking data
     fn write_tls(
         &self,
         stream: &TcpStream,
