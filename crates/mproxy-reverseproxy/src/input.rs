@@ -24,7 +24,7 @@ use mio::{Events, Poll, Token};
 use mproxy_common::cli::Shutdown;
 use mproxy_common::io::Tee;
 use mproxy_common::mpx::{new_session_id, Encoder};
-use mproxy_common::net::bind_receiver;
+use mproxy_common::net::{bind_receiver, DatagramBatch};
 use mproxy_common::pack::Framing;
 use mproxy_common::stats::LogLimiter;
 use mproxy_common::wire::{classify, Datagram, Frame, FrameType, HEADER_LEN};
@@ -173,6 +173,23 @@ impl GroupTx {
         }
         self.fanout.send(datagram) == 1
     }
+
+    /// Send the datagrams of `batch` (none empty) to the group with as few
+    /// system calls as the kernel takes (sendmmsg), and to stdout with
+    /// `--tee` as [`GroupTx::send`] does; how many were sent
+    fn send_many(&self, batch: &DatagramBatch) -> usize {
+        let frames = batch.frames();
+        if self.tee.enabled() {
+            for d in &frames {
+                if self.session.is_none() {
+                    self.tee.write(d);
+                } else if let Some(payload) = data_payload(d) {
+                    self.tee.write(payload);
+                }
+            }
+        }
+        self.fanout.send_many(&frames)
+    }
 }
 
 /// The payload of a DATA frame (not checksummed: only our own frames and
@@ -280,6 +297,7 @@ impl UdpInput {
         let mut events = Events::with_capacity(8);
         let mut batch = crate::poller::recv_batch();
         let logs = RecvLogs::default();
+        let mut out = Outgoing::default();
         let mut more = false;
         while !self.shutdown.is_set() {
             let timeout = if more {
@@ -303,7 +321,7 @@ impl UdpInput {
                         let mut frames = 0u32;
                         s.encoder.push(Instant::now(), d, |f| {
                             frames += 1;
-                            udp_send(group, stats, f);
+                            out.push(group, stats, f);
                         });
                         if frames > 1 {
                             stats.split.inc();
@@ -311,17 +329,18 @@ impl UdpInput {
                     }
                     Some(_) => {
                         stats.passed.inc();
-                        udp_send(group, stats, d);
+                        out.push(group, stats, d);
                     }
-                    None => udp_send(group, stats, d),
+                    None => out.push(group, stats, d),
                 },
             );
             if let Some(s) = self.stream.as_mut() {
                 s.encoder.handle_timeout(Instant::now(), |f| {
                     stats.heartbeats.inc();
-                    udp_send(group, stats, f);
+                    out.push(group, stats, f);
                 });
             }
+            out.flush(group, stats);
         }
         // end the stream, if it ever started: FIN, then the closing heartbeats
         let (group, stats) = (&self.group, &self.stats);
@@ -336,6 +355,57 @@ impl UdpInput {
             }
         }
         Ok(())
+    }
+}
+
+/// Most datagrams a UDP input sends to the group with one system call
+const SEND_BATCH: usize = 64;
+/// Most bytes it holds before sending them
+const SEND_BATCH_BYTES: usize = 256 * 1024;
+
+/// Datagrams of a UDP input on their way to the group, sent together
+/// (sendmmsg) at the end of each turn or once [`SEND_BATCH`] datagrams
+/// ([`SEND_BATCH_BYTES`]) are waiting, in the order they were pushed
+#[derive(Debug, Default)]
+struct Outgoing {
+    batch: DatagramBatch,
+    bytes: usize,
+}
+
+impl Outgoing {
+    fn push(&mut self, group: &GroupTx, stats: &UdpInputStats, d: &[u8]) {
+        if d.is_empty() {
+            // nothing to send (see GroupTx::send)
+            stats.datagrams.inc();
+            return;
+        }
+        self.batch.push(d);
+        self.bytes += d.len();
+        if self.batch.len() >= SEND_BATCH || self.bytes >= SEND_BATCH_BYTES {
+            self.flush(group, stats);
+        }
+    }
+
+    /// Send what is waiting, counting it: datagrams and send errors
+    /// exactly; when some of a batch failed, the bytes of those are taken
+    /// as the batch's mean size (the fan-out counts each failure and logs
+    /// it, rate-limited)
+    fn flush(&mut self, group: &GroupTx, stats: &UdpInputStats) {
+        let n = self.batch.len();
+        if n == 0 {
+            return;
+        }
+        let sent = group.send_many(&self.batch).min(n);
+        stats.datagrams.add(sent as u64);
+        let bytes = if sent == n {
+            self.bytes
+        } else {
+            stats.send_errors.add((n - sent) as u64);
+            self.bytes / n * sent
+        };
+        stats.bytes.add(bytes as u64);
+        self.batch.clear();
+        self.bytes = 0;
     }
 }
 
