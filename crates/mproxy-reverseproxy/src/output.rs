@@ -11,11 +11,16 @@
 //! forwards every datagram untouched, frames included.
 //!
 //! A TCP output is one hub thread plus one writer thread per client. The
-//! hub receives from the group and hands each payload to every client's
-//! bounded queue without ever blocking: when a queue is full the datagram
-//! is dropped for that client only, and counted. A slow or stalled client
-//! therefore costs nothing but its own completeness; the group socket and
-//! the other clients never wait for it. With `--slow-client disconnect`
+//! hub receives from the group and hands the payloads of each turn (one
+//! drain of the group socket) to every client's bounded queue at once, as
+//! one shared list, without ever blocking: a client's backlog (queued, not
+//! yet written) is bounded by `--client-queue` datagrams, and what does not
+//! fit is dropped for that client only, and counted. A writer takes
+//! everything queued (up to 64 KiB at a time) and writes it with one
+//! `writev`, so a client that keeps up costs about one system call per
+//! turn and one that falls behind catches up in large writes. A slow or
+//! stalled client therefore costs nothing but its own completeness; the
+//! group socket and the other clients never wait for it. With `--slow-client disconnect`
 //! the hub instead cuts the client off at once (`shutdown(2)` on its
 //! socket, which also ends a write it is blocked in) and stops queueing
 //! for it; either way what the client missed is counted in its
@@ -392,16 +397,10 @@ fn fan_out(clients: &[Client], round: &mut Vec<Arc<[u8]>>, policy: &Policy<'_>) 
             continue; // cut off; it is reaped once its writer has ended
         }
         let backlog = c.queued.get().saturating_sub(c.stats.datagrams.get());
-        let room = usize::try_from(backlog)
-            .map_or(0, |b| queue.saturating_sub(b))
-            .min(n);
+        let share = share(&whole, backlog, queue);
+        let room = share.as_ref().map_or(0, |b| b.len());
         let mut missed = n - room;
-        if room > 0 {
-            let batch = if room == n {
-                Arc::clone(&whole)
-            } else {
-                whole.get(..room).map(Arc::from).unwrap_or_default()
-            };
+        if let Some(batch) = share {
             match c.tx.try_send(batch) {
                 Ok(()) => c.queued.add(room as u64),
                 // the writer has ended; it is reaped at the next turn
@@ -437,6 +436,23 @@ fn fan_out(clients: &[Client], round: &mut Vec<Arc<[u8]>>, policy: &Policy<'_>) 
                 let _ = c.stream.shutdown(Both::Both);
             }
         }
+    }
+}
+
+/// What a client whose `backlog` (payloads queued, not yet written) is
+/// bounded by `queue` takes of a turn: all of it if there is room (shared
+/// with the other clients), else a list of the first payloads that fit, of
+/// its own; `None` if nothing fits
+fn share(whole: &Batch, backlog: u64, queue: usize) -> Option<Batch> {
+    let room = usize::try_from(backlog)
+        .map_or(0, |b| queue.saturating_sub(b))
+        .min(whole.len());
+    if room == 0 {
+        None
+    } else if room == whole.len() {
+        Some(Arc::clone(whole))
+    } else {
+        whole.get(..room).map(Arc::from)
     }
 }
 
@@ -1040,6 +1056,64 @@ mod tests {
         let e = discard_tls(&mut server, b"GET / HTTP/1.1\r\n\r\n").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         assert!(tls::explain_io(&e).starts_with("TLS: "), "{e}");
+    }
+
+    fn payload(byte: u8, len: usize) -> Arc<[u8]> {
+        Arc::from(vec![byte; len])
+    }
+
+    #[test]
+    fn test_pending_advance_counts_only_complete_payloads() {
+        let mut p = Pending::default();
+        p.extend(&[payload(1, 10), payload(2, 0), payload(3, 5)]);
+        assert_eq!(p.slices().iter().map(|s| s.len()).sum::<usize>(), 15);
+        // a partial write completes nothing
+        assert_eq!(p.advance(4), (0, 0));
+        assert_eq!(p.slices()[0].len(), 6);
+        assert!(p.slices()[0].iter().all(|&b| b == 1));
+        // finishing the first also lets go of the empty one behind it
+        assert_eq!(p.advance(6), (2, 10));
+        assert_eq!(p.advance(2), (0, 0));
+        assert_eq!(p.slices().first().map(|s| s.len()), Some(3));
+        assert_eq!(p.advance(3), (1, 5));
+        assert!(p.is_empty());
+        assert_eq!(p.bytes, 0);
+        assert_eq!(p.offset, 0);
+    }
+
+    #[test]
+    fn test_pending_slices_stay_within_iov_max() {
+        let mut p = Pending::default();
+        let many: Vec<_> = (0..IOV_MAX + 10).map(|_| payload(7, 1)).collect();
+        p.extend(&many);
+        assert_eq!(p.slices().len(), IOV_MAX);
+        assert_eq!(p.advance(IOV_MAX), (IOV_MAX as u64, IOV_MAX as u64));
+        assert_eq!(p.slices().len(), 10);
+    }
+
+    #[test]
+    fn test_share_is_bounded_by_the_backlog_and_pins_only_what_it_takes() {
+        let whole: Batch = Arc::from(vec![payload(1, 100), payload(2, 100), payload(3, 100)]);
+        // room for everything: the same list, shared
+        let all = share(&whole, 0, 8).unwrap();
+        assert!(Arc::ptr_eq(&all, &whole));
+        assert!(Arc::ptr_eq(&share(&whole, 5, 8).unwrap(), &whole));
+        // room for two: its own list of the first two
+        let two = share(&whole, 6, 8).unwrap();
+        assert!(!Arc::ptr_eq(&two, &whole));
+        assert_eq!(two.len(), 2);
+        assert!(Arc::ptr_eq(&two[0], &whole[0]) && Arc::ptr_eq(&two[1], &whole[1]));
+        // the third payload is not kept alive by the partial share
+        let third = Arc::downgrade(&whole[2]);
+        drop(all);
+        drop(whole);
+        assert!(third.upgrade().is_none());
+        assert_eq!(two[1][0], 2);
+        // full, or over (a smaller queue than the backlog): nothing
+        let whole: Batch = Arc::from(vec![payload(1, 1)]);
+        assert!(share(&whole, 8, 8).is_none());
+        assert!(share(&whole, 9, 8).is_none());
+        assert!(share(&whole, u64::MAX, 8).is_none());
     }
 
     #[test]
