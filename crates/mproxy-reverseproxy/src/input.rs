@@ -373,6 +373,7 @@ struct Outgoing {
 }
 
 impl Outgoing {
+    /// Queue `d` for the group; send the batch once it is full
     fn push(&mut self, group: &GroupTx, stats: &UdpInputStats, d: &[u8]) {
         if d.is_empty() {
             // nothing to send (see GroupTx::send)

@@ -484,6 +484,7 @@ struct Pending {
 }
 
 impl Pending {
+    /// Take the payloads of one queue entry, after those already here
     fn extend(&mut self, batch: &[Arc<[u8]>]) {
         for p in batch {
             self.bytes += p.len();
@@ -491,6 +492,7 @@ impl Pending {
         }
     }
 
+    /// Whether everything taken has been written
     fn is_empty(&self) -> bool {
         self.payloads.is_empty()
     }
