@@ -523,6 +523,8 @@ impl TcpInput {
         tracing::debug!(local = %self.stats.local, "listening");
         let mut events = Events::with_capacity(64);
         let mut buf = vec![0u8; READ_BUF_LEN];
+        // the datagrams of one read, sent together
+        let mut out = DatagramBatch::default();
         let mut conns: HashMap<Token, Conn> = HashMap::new();
         let mut closing: Vec<Closing> = Vec::new();
         let mut next_token = 1usize;
@@ -548,7 +550,7 @@ impl TcpInput {
             let now = Instant::now();
             for (token, conn) in conns.iter_mut() {
                 let end = if conn.readable {
-                    self.read_some(conn, &mut buf)
+                    self.read_some(conn, &mut buf, &mut out)
                 } else {
                     None
                 };
@@ -710,23 +712,31 @@ impl TcpInput {
         )
     }
 
-    /// Hand bytes read from a connection to its encoder
-    fn push(&self, conn: &mut Conn, data: &[u8]) {
+    /// Hand bytes read from a connection to its encoder, and send the
+    /// datagrams they make to the group together (sendmmsg; `out` is only
+    /// a reused buffer, empty again on return)
+    fn push(&self, conn: &mut Conn, data: &[u8], out: &mut DatagramBatch) {
         let n = data.len() as u64;
         conn.bytes_in += n;
         self.stats.bytes_in.add(n);
+        out.clear();
+        let mut total = 0;
         conn.encoder.push(Instant::now(), data, |d| {
-            send(&self.group, &self.stats, &mut conn.datagrams, d)
+            if !d.is_empty() {
+                total += d.len();
+                out.push(d);
+            }
         });
+        send_many(&self.group, &self.stats, &mut conn.datagrams, out, total);
         let split = conn.encoder.split_lines();
         self.stats.split_lines.add(split - conn.split_lines);
         conn.split_lines = split;
     }
 
     /// Read a few times; `Some` when the connection has ended
-    fn read_some(&self, conn: &mut Conn, buf: &mut [u8]) -> Option<End> {
+    fn read_some(&self, conn: &mut Conn, buf: &mut [u8], out: &mut DatagramBatch) -> Option<End> {
         if let Some(mut session) = conn.tls.take() {
-            let end = self.read_some_tls(conn, &mut session, buf);
+            let end = self.read_some_tls(conn, &mut session, buf, out);
             conn.tls = Some(session);
             return end;
         }
@@ -734,7 +744,7 @@ impl TcpInput {
             match (&conn.stream).read(buf) {
                 // EOF: the peer is done. Never read again, never send anything empty.
                 Ok(0) => return Some(End::Eof),
-                Ok(n) => self.push(conn, &buf[..n]),
+                Ok(n) => self.push(conn, &buf[..n], out),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.readable = false;
                     return None;
@@ -754,6 +764,7 @@ impl TcpInput {
         conn: &mut Conn,
         session: &mut ServerConnection,
         buf: &mut [u8],
+        out: &mut DatagramBatch,
     ) -> Option<End> {
         for _ in 0..READS_PER_TURN {
             let eof = match session.read_tls(&mut &conn.stream) {
@@ -775,7 +786,7 @@ impl TcpInput {
                 match session.reader().read(buf) {
                     // close_notify: the peer is done
                     Ok(0) => return Some(End::Eof),
-                    Ok(n) => self.push(conn, &buf[..n]),
+                    Ok(n) => self.push(conn, &buf[..n], out),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     // TCP EOF without close_notify: everything read was delivered
                     Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Some(End::Eof),
@@ -856,6 +867,34 @@ fn flush_tls(session: &mut ServerConnection, mut stream: &TcpStream) -> Option<E
         }
     }
     None
+}
+
+/// [`send`] for the datagrams of `batch` (none empty, `total` bytes), with
+/// as few system calls as the kernel takes (sendmmsg); then empties
+/// `batch`. Send errors are counted per datagram; when some failed, the
+/// bytes of those are taken as the batch's mean size
+fn send_many(
+    group: &GroupTx,
+    stats: &TcpInputStats,
+    datagrams: &mut u64,
+    batch: &mut DatagramBatch,
+    total: usize,
+) {
+    let n = batch.len();
+    if n == 0 {
+        return;
+    }
+    let sent = group.send_many(batch).min(n);
+    *datagrams += sent as u64;
+    stats.datagrams.add(sent as u64);
+    let bytes = if sent == n {
+        total
+    } else {
+        stats.send_errors.add((n - sent) as u64);
+        total / n * sent
+    };
+    stats.bytes.add(bytes as u64);
+    batch.clear();
 }
 
 fn send(group: &GroupTx, stats: &TcpInputStats, datagrams: &mut u64, d: &[u8]) {
