@@ -20,11 +20,11 @@
 //! `writev`, so a client that keeps up costs about one system call per
 //! turn and one that falls behind catches up in large writes. A slow or
 //! stalled client therefore costs nothing but its own completeness; the
-//! group socket and the other clients never wait for it. With `--slow-client disconnect`
-//! the hub instead cuts the client off at once (`shutdown(2)` on its
-//! socket, which also ends a write it is blocked in) and stops queueing
-//! for it; either way what the client missed is counted in its
-//! [`ClientStats::drops`] and logged when it leaves.
+//! group socket and the other clients never wait for it. With
+//! `--slow-client disconnect` the hub instead cuts the client off at once
+//! (`shutdown(2)` on its socket, which also ends a write it is blocked in)
+//! and stops queueing for it; either way what the client missed is counted
+//! in its [`ClientStats::drops`] and logged when it leaves.
 //!
 //! A `tls://` output runs the TLS handshake in the client's writer thread,
 //! over the same blocking socket with 100 ms timeouts, and gives up after
@@ -388,8 +388,7 @@ fn fan_out(clients: &[Client], round: &mut Vec<Arc<[u8]>>, policy: &Policy<'_>) 
     if round.is_empty() {
         return;
     }
-    let whole: Batch = Arc::from(round.as_slice());
-    round.clear();
+    let whole: Batch = round.drain(..).collect();
     let n = whole.len();
     let queue = policy.queue;
     for c in clients {
@@ -668,17 +667,15 @@ impl Writer {
         plain: &mut Vec<u8>,
     ) -> Result<(), End> {
         plain.clear();
-        let mut taken = 0;
-        for p in &pending.payloads {
+        for (taken, p) in pending.payloads.iter().enumerate() {
             if taken > 0 && plain.len() + p.len() > WRITE_BATCH_BYTES {
                 break;
             }
             plain.extend_from_slice(p);
-            taken += 1;
         }
         self.write_tls(stream, conn, plain)?;
+        // the payloads taken, and any empty ones right behind them
         let (datagrams, bytes) = pending.advance(plain.len());
-        debug_assert_eq!(datagrams, taken as u64);
         self.stats.datagrams.add(datagrams);
         self.stats.bytes.add(bytes);
         Ok(())
