@@ -170,8 +170,9 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_streams: usize,
 
-    /// Datagrams queued per TCP output client; when a client's queue is
-    /// full, --slow-client decides, and what the client missed is counted
+    /// Datagrams queued per TCP output client (waiting or being written);
+    /// when a client's queue is full, --slow-client decides, and what the
+    /// client missed is counted
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CLIENT_QUEUE,
           value_parser = parse_count)]
     pub client_queue: usize,

@@ -24,7 +24,7 @@ use mio::{Events, Poll, Token};
 use mproxy_common::cli::Shutdown;
 use mproxy_common::io::Tee;
 use mproxy_common::mpx::{new_session_id, Encoder};
-use mproxy_common::net::bind_receiver;
+use mproxy_common::net::{bind_receiver, DatagramBatch};
 use mproxy_common::pack::Framing;
 use mproxy_common::stats::LogLimiter;
 use mproxy_common::wire::{classify, Datagram, Frame, FrameType, HEADER_LEN};
@@ -173,6 +173,23 @@ impl GroupTx {
         }
         self.fanout.send(datagram) == 1
     }
+
+    /// Send the datagrams of `batch` (none empty) to the group with as few
+    /// system calls as the kernel takes (sendmmsg), and to stdout with
+    /// `--tee` as [`GroupTx::send`] does; how many were sent
+    fn send_many(&self, batch: &DatagramBatch) -> usize {
+        let frames = batch.frames();
+        if self.tee.enabled() {
+            for d in &frames {
+                if self.session.is_none() {
+                    self.tee.write(d);
+                } else if let Some(payload) = data_payload(d) {
+                    self.tee.write(payload);
+                }
+            }
+        }
+        self.fanout.send_many(&frames)
+    }
 }
 
 /// The payload of a DATA frame (not checksummed: only our own frames and
@@ -280,6 +297,7 @@ impl UdpInput {
         let mut events = Events::with_capacity(8);
         let mut batch = crate::poller::recv_batch();
         let logs = RecvLogs::default();
+        let mut out = Outgoing::default();
         let mut more = false;
         while !self.shutdown.is_set() {
             let timeout = if more {
@@ -303,7 +321,7 @@ impl UdpInput {
                         let mut frames = 0u32;
                         s.encoder.push(Instant::now(), d, |f| {
                             frames += 1;
-                            udp_send(group, stats, f);
+                            out.push(group, stats, f);
                         });
                         if frames > 1 {
                             stats.split.inc();
@@ -311,17 +329,18 @@ impl UdpInput {
                     }
                     Some(_) => {
                         stats.passed.inc();
-                        udp_send(group, stats, d);
+                        out.push(group, stats, d);
                     }
-                    None => udp_send(group, stats, d),
+                    None => out.push(group, stats, d),
                 },
             );
             if let Some(s) = self.stream.as_mut() {
                 s.encoder.handle_timeout(Instant::now(), |f| {
                     stats.heartbeats.inc();
-                    udp_send(group, stats, f);
+                    out.push(group, stats, f);
                 });
             }
+            out.flush(group, stats);
         }
         // end the stream, if it ever started: FIN, then the closing heartbeats
         let (group, stats) = (&self.group, &self.stats);
@@ -336,6 +355,58 @@ impl UdpInput {
             }
         }
         Ok(())
+    }
+}
+
+/// Most datagrams a UDP input sends to the group with one system call
+const SEND_BATCH: usize = 64;
+/// Most bytes it holds before sending them
+const SEND_BATCH_BYTES: usize = 256 * 1024;
+
+/// Datagrams of a UDP input on their way to the group, sent together
+/// (sendmmsg) at the end of each turn or once [`SEND_BATCH`] datagrams
+/// ([`SEND_BATCH_BYTES`]) are waiting, in the order they were pushed
+#[derive(Debug, Default)]
+struct Outgoing {
+    batch: DatagramBatch,
+    bytes: usize,
+}
+
+impl Outgoing {
+    /// Queue `d` for the group; send the batch once it is full
+    fn push(&mut self, group: &GroupTx, stats: &UdpInputStats, d: &[u8]) {
+        if d.is_empty() {
+            // nothing to send (see GroupTx::send)
+            stats.datagrams.inc();
+            return;
+        }
+        self.batch.push(d);
+        self.bytes += d.len();
+        if self.batch.len() >= SEND_BATCH || self.bytes >= SEND_BATCH_BYTES {
+            self.flush(group, stats);
+        }
+    }
+
+    /// Send what is waiting, counting it: datagrams and send errors
+    /// exactly; when some of a batch failed, the bytes of those are taken
+    /// as the batch's mean size (the fan-out counts each failure and logs
+    /// it, rate-limited)
+    fn flush(&mut self, group: &GroupTx, stats: &UdpInputStats) {
+        let n = self.batch.len();
+        if n == 0 {
+            return;
+        }
+        let sent = group.send_many(&self.batch).min(n);
+        stats.datagrams.add(sent as u64);
+        let bytes = if sent == n {
+            self.bytes
+        } else {
+            stats.send_errors.add((n - sent) as u64);
+            self.bytes / n * sent
+        };
+        stats.bytes.add(bytes as u64);
+        self.batch.clear();
+        self.bytes = 0;
     }
 }
 
@@ -452,6 +523,8 @@ impl TcpInput {
         tracing::debug!(local = %self.stats.local, "listening");
         let mut events = Events::with_capacity(64);
         let mut buf = vec![0u8; READ_BUF_LEN];
+        // the datagrams of one read, sent together
+        let mut out = DatagramBatch::default();
         let mut conns: HashMap<Token, Conn> = HashMap::new();
         let mut closing: Vec<Closing> = Vec::new();
         let mut next_token = 1usize;
@@ -477,7 +550,7 @@ impl TcpInput {
             let now = Instant::now();
             for (token, conn) in conns.iter_mut() {
                 let end = if conn.readable {
-                    self.read_some(conn, &mut buf)
+                    self.read_some(conn, &mut buf, &mut out)
                 } else {
                     None
                 };
@@ -639,23 +712,31 @@ impl TcpInput {
         )
     }
 
-    /// Hand bytes read from a connection to its encoder
-    fn push(&self, conn: &mut Conn, data: &[u8]) {
+    /// Hand bytes read from a connection to its encoder, and send the
+    /// datagrams they make to the group together (sendmmsg; `out` is only
+    /// a reused buffer, empty again on return)
+    fn push(&self, conn: &mut Conn, data: &[u8], out: &mut DatagramBatch) {
         let n = data.len() as u64;
         conn.bytes_in += n;
         self.stats.bytes_in.add(n);
+        out.clear();
+        let mut total = 0;
         conn.encoder.push(Instant::now(), data, |d| {
-            send(&self.group, &self.stats, &mut conn.datagrams, d)
+            if !d.is_empty() {
+                total += d.len();
+                out.push(d);
+            }
         });
+        send_many(&self.group, &self.stats, &mut conn.datagrams, out, total);
         let split = conn.encoder.split_lines();
         self.stats.split_lines.add(split - conn.split_lines);
         conn.split_lines = split;
     }
 
     /// Read a few times; `Some` when the connection has ended
-    fn read_some(&self, conn: &mut Conn, buf: &mut [u8]) -> Option<End> {
+    fn read_some(&self, conn: &mut Conn, buf: &mut [u8], out: &mut DatagramBatch) -> Option<End> {
         if let Some(mut session) = conn.tls.take() {
-            let end = self.read_some_tls(conn, &mut session, buf);
+            let end = self.read_some_tls(conn, &mut session, buf, out);
             conn.tls = Some(session);
             return end;
         }
@@ -663,7 +744,7 @@ impl TcpInput {
             match (&conn.stream).read(buf) {
                 // EOF: the peer is done. Never read again, never send anything empty.
                 Ok(0) => return Some(End::Eof),
-                Ok(n) => self.push(conn, &buf[..n]),
+                Ok(n) => self.push(conn, &buf[..n], out),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.readable = false;
                     return None;
@@ -683,6 +764,7 @@ impl TcpInput {
         conn: &mut Conn,
         session: &mut ServerConnection,
         buf: &mut [u8],
+        out: &mut DatagramBatch,
     ) -> Option<End> {
         for _ in 0..READS_PER_TURN {
             let eof = match session.read_tls(&mut &conn.stream) {
@@ -704,7 +786,7 @@ impl TcpInput {
                 match session.reader().read(buf) {
                     // close_notify: the peer is done
                     Ok(0) => return Some(End::Eof),
-                    Ok(n) => self.push(conn, &buf[..n]),
+                    Ok(n) => self.push(conn, &buf[..n], out),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     // TCP EOF without close_notify: everything read was delivered
                     Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Some(End::Eof),
@@ -785,6 +867,34 @@ fn flush_tls(session: &mut ServerConnection, mut stream: &TcpStream) -> Option<E
         }
     }
     None
+}
+
+/// [`send`] for the datagrams of `batch` (none empty, `total` bytes), with
+/// as few system calls as the kernel takes (sendmmsg); then empties
+/// `batch`. Send errors are counted per datagram; when some failed, the
+/// bytes of those are taken as the batch's mean size
+fn send_many(
+    group: &GroupTx,
+    stats: &TcpInputStats,
+    datagrams: &mut u64,
+    batch: &mut DatagramBatch,
+    total: usize,
+) {
+    let n = batch.len();
+    if n == 0 {
+        return;
+    }
+    let sent = group.send_many(batch).min(n);
+    *datagrams += sent as u64;
+    stats.datagrams.add(sent as u64);
+    let bytes = if sent == n {
+        total
+    } else {
+        stats.send_errors.add((n - sent) as u64);
+        total / n * sent
+    };
+    stats.bytes.add(bytes as u64);
+    batch.clear();
 }
 
 fn send(group: &GroupTx, stats: &TcpInputStats, datagrams: &mut u64, d: &[u8]) {

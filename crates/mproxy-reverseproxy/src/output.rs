@@ -11,15 +11,20 @@
 //! forwards every datagram untouched, frames included.
 //!
 //! A TCP output is one hub thread plus one writer thread per client. The
-//! hub receives from the group and hands each payload to every client's
-//! bounded queue without ever blocking: when a queue is full the datagram
-//! is dropped for that client only, and counted. A slow or stalled client
-//! therefore costs nothing but its own completeness; the group socket and
-//! the other clients never wait for it. With `--slow-client disconnect`
-//! the hub instead cuts the client off at once (`shutdown(2)` on its
-//! socket, which also ends a write it is blocked in) and stops queueing
-//! for it; either way what the client missed is counted in its
-//! [`ClientStats::drops`] and logged when it leaves.
+//! hub receives from the group and hands the payloads of each turn (one
+//! drain of the group socket) to every client's bounded queue at once, as
+//! one shared list, without ever blocking: a client's backlog (queued, not
+//! yet written) is bounded by `--client-queue` datagrams, and what does not
+//! fit is dropped for that client only, and counted. A writer takes
+//! everything queued (up to 64 KiB at a time) and writes it with one
+//! `writev`, so a client that keeps up costs about one system call per
+//! turn and one that falls behind catches up in large writes. A slow or
+//! stalled client therefore costs nothing but its own completeness; the
+//! group socket and the other clients never wait for it. With
+//! `--slow-client disconnect` the hub instead cuts the client off at once
+//! (`shutdown(2)` on its socket, which also ends a write it is blocked in)
+//! and stops queueing for it; either way what the client missed is counted
+//! in its [`ClientStats::drops`] and logged when it leaves.
 //!
 //! A `tls://` output runs the TLS handshake in the client's writer thread,
 //! over the same blocking socket with 100 ms timeouts, and gives up after
@@ -27,8 +32,9 @@
 //! occupies its own thread and slot, never the hub. Until the handshake is
 //! done, payloads wait in the client's queue like for any slow client.
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::io::{self, Write as _};
+use std::io::{self, IoSlice, Write as _};
 use std::net::{Shutdown as Both, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,9 +76,10 @@ fn join_group(config: &Config, flag: &str, addr: &Addr) -> anyhow::Result<UdpSoc
 
 /// A connected client as the hub sees it
 struct Client {
-    tx: SyncSender<Arc<[u8]>>,
+    tx: SyncSender<Batch>,
     stats: Arc<ClientStats>,
-    /// Payloads put in its queue (written + lost when it ends)
+    /// Payloads put in its queue (written + lost when it ends); minus
+    /// those written, its backlog, which `--client-queue` bounds
     queued: Counter,
     handle: JoinHandle<End>,
     log: LogLimiter,
@@ -189,6 +196,8 @@ impl TcpOutput {
             slow_client: self.slow_client,
             stats: &self.stats,
         };
+        // the payloads of one turn, handed to every client at once
+        let mut round: Vec<Arc<[u8]>> = Vec::new();
         let mut more = false;
         while !self.shutdown.is_set() {
             let timeout = if more {
@@ -198,21 +207,30 @@ impl TcpOutput {
             };
             wait(&mut self.poll, &mut events, timeout).context("waiting for datagrams")?;
             let now = Instant::now();
+            let anyone = !clients.is_empty();
+            let mut collect = |p: &[u8]| {
+                // with no client nothing is kept (the payload goes nowhere)
+                if anyone {
+                    round.push(Arc::from(p));
+                }
+            };
             more = drain_udp(
                 &self.sock,
                 &mut batch,
                 &self.stats.recv,
                 &logs,
                 &self.shutdown,
-                |from, d| reassembly.handle(now, from, d, |p| fan_out(&clients, p, &policy)),
+                |from, d| reassembly.handle(now, from, d, &mut collect),
             );
-            reassembly.handle_timeout(Instant::now(), |p| fan_out(&clients, p, &policy));
+            reassembly.handle_timeout(Instant::now(), &mut collect);
+            fan_out(&clients, &mut round, &policy);
             reassembly.publish(&self.stats.mpx);
             self.reap(&mut clients);
             self.accept_all(&mut clients);
         }
         // what the streams still hold goes to the clients still here
-        reassembly.close_all(|p| fan_out(&clients, p, &policy));
+        reassembly.close_all(|p| round.push(Arc::from(p)));
+        fan_out(&clients, &mut round, &policy);
         reassembly.publish(&self.stats.mpx);
         // let go of every queue first, so all writers wind down in parallel
         let ending: Vec<_> = clients
@@ -353,44 +371,87 @@ struct Policy<'a> {
     stats: &'a TcpOutputStats,
 }
 
-/// Hand one payload to every client's queue, never waiting
-fn fan_out(clients: &[Client], payload: &[u8], policy: &Policy<'_>) {
-    if clients.is_empty() {
+/// What a client's queue holds: payloads of one turn of the hub, shared
+/// by every client that had room for all of them
+type Batch = Arc<[Arc<[u8]>]>;
+
+/// Hand the payloads of one turn to every client's queue, never waiting,
+/// then forget them
+///
+/// One queue entry (and at most one wake-up of the writer) per client per
+/// turn. A client gets as many of them as its backlog (queued, not yet
+/// written) leaves room for under `--client-queue`; the rest are its drops.
+/// A client with room for only some gets its own copy of the list of those
+/// (the payloads themselves stay shared), so no client's queue keeps
+/// payloads it did not take alive.
+fn fan_out(clients: &[Client], round: &mut Vec<Arc<[u8]>>, policy: &Policy<'_>) {
+    if round.is_empty() {
         return;
     }
-    let shared: Arc<[u8]> = Arc::from(payload);
+    let whole: Batch = round.drain(..).collect();
+    let n = whole.len();
     let queue = policy.queue;
     for c in clients {
         if c.kicked.load(Ordering::Relaxed) {
             continue; // cut off; it is reaped once its writer has ended
         }
-        match c.tx.try_send(Arc::clone(&shared)) {
-            Ok(()) => c.queued.inc(),
-            Err(TrySendError::Full(_)) => {
-                c.stats.drops.inc();
-                match policy.slow_client {
-                    SlowClient::Drop => {
-                        if let Some(suppressed) = c.log.allow() {
-                            tracing::warn!(
-                                client = %c.stats.peer,
-                                suppressed,
-                                "client is not keeping up: its queue of {queue} datagrams is \
-                                 full, dropping datagrams for it"
-                            );
-                        }
-                    }
-                    SlowClient::Disconnect => {
-                        c.kicked.store(true, Ordering::Relaxed);
-                        policy.stats.slow_disconnects.inc();
-                        // ends a write the writer is blocked in, at once;
-                        // the writer reports and the hub reaps it
-                        let _ = c.stream.shutdown(Both::Both);
-                    }
+        let backlog = c.queued.get().saturating_sub(c.stats.datagrams.get());
+        let share = share(&whole, backlog, queue);
+        let room = share.as_ref().map_or(0, |b| b.len());
+        let mut missed = n - room;
+        if let Some(batch) = share {
+            match c.tx.try_send(batch) {
+                Ok(()) => c.queued.add(room as u64),
+                // the writer has ended; it is reaped at the next turn
+                Err(TrySendError::Disconnected(_)) => {
+                    c.stats.drops.add(n as u64);
+                    continue;
+                }
+                // not reached: every entry holds a payload, and there are
+                // no more payloads queued than entries
+                Err(TrySendError::Full(_)) => missed = n,
+            }
+        }
+        if missed == 0 {
+            continue;
+        }
+        c.stats.drops.add(missed as u64);
+        match policy.slow_client {
+            SlowClient::Drop => {
+                if let Some(suppressed) = c.log.allow() {
+                    tracing::warn!(
+                        client = %c.stats.peer,
+                        suppressed,
+                        "client is not keeping up: its queue of {queue} datagrams is \
+                         full, dropping datagrams for it"
+                    );
                 }
             }
-            // the writer has ended; it is reaped at the next turn
-            Err(TrySendError::Disconnected(_)) => c.stats.drops.inc(),
+            SlowClient::Disconnect => {
+                c.kicked.store(true, Ordering::Relaxed);
+                policy.stats.slow_disconnects.inc();
+                // ends a write the writer is blocked in, at once;
+                // the writer reports and the hub reaps it
+                let _ = c.stream.shutdown(Both::Both);
+            }
         }
+    }
+}
+
+/// What a client whose `backlog` (payloads queued, not yet written) is
+/// bounded by `queue` takes of a turn: all of it if there is room (shared
+/// with the other clients), else a list of the first payloads that fit, of
+/// its own; `None` if nothing fits
+fn share(whole: &Batch, backlog: u64, queue: usize) -> Option<Batch> {
+    let room = usize::try_from(backlog)
+        .map_or(0, |b| queue.saturating_sub(b))
+        .min(whole.len());
+    if room == 0 {
+        None
+    } else if room == whole.len() {
+        Some(Arc::clone(whole))
+    } else {
+        whole.get(..room).map(Arc::from)
     }
 }
 
@@ -401,10 +462,79 @@ fn account_lost(stats: &ClientStats, queued: &Counter) {
         .add(queued.get().saturating_sub(stats.datagrams.get()));
 }
 
+/// Most payload bytes a writer takes from its queue for one system call
+/// (one more payload may go over it)
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Most payloads a writer takes from its queue for one system call (one
+/// more queue entry may go over it)
+const WRITE_BATCH_PAYLOADS: usize = 256;
+/// Most slices one `writev` takes (Linux's `UIO_MAXIOV`)
+const IOV_MAX: usize = 1024;
+
+/// Payloads a writer has taken from its queue and not yet fully written
+/// (still counted in the client's backlog, so `--client-queue` bounds them too)
+#[derive(Default)]
+struct Pending {
+    payloads: VecDeque<Arc<[u8]>>,
+    /// Bytes of the first payload already written
+    offset: usize,
+    /// Bytes of all the payloads, the first one whole
+    bytes: usize,
+}
+
+impl Pending {
+    /// Take the payloads of one queue entry, after those already here
+    fn extend(&mut self, batch: &[Arc<[u8]>]) {
+        for p in batch {
+            self.bytes += p.len();
+            self.payloads.push_back(Arc::clone(p));
+        }
+    }
+
+    /// Whether everything taken has been written
+    fn is_empty(&self) -> bool {
+        self.payloads.is_empty()
+    }
+
+    /// What is left to write, for one `writev` (at most `IOV_MAX` slices)
+    fn slices(&self) -> Vec<IoSlice<'_>> {
+        let mut out = Vec::with_capacity(self.payloads.len().min(IOV_MAX));
+        for (i, p) in self.payloads.iter().take(IOV_MAX).enumerate() {
+            let rest = if i == 0 {
+                p.get(self.offset..).unwrap_or(&[])
+            } else {
+                p
+            };
+            out.push(IoSlice::new(rest));
+        }
+        out
+    }
+
+    /// `n` more bytes were written: let go of the payloads now complete;
+    /// their number and bytes
+    fn advance(&mut self, mut n: usize) -> (u64, u64) {
+        let (mut datagrams, mut bytes) = (0u64, 0u64);
+        while let Some(first) = self.payloads.front() {
+            let rest = first.len().saturating_sub(self.offset);
+            if n < rest {
+                self.offset += n;
+                break;
+            }
+            n -= rest;
+            datagrams += 1;
+            bytes += first.len() as u64;
+            self.bytes = self.bytes.saturating_sub(first.len());
+            self.offset = 0;
+            self.payloads.pop_front();
+        }
+        (datagrams, bytes)
+    }
+}
+
 /// The writer thread of one client
 struct Writer {
     stream: Arc<TcpStream>,
-    rx: Receiver<Arc<[u8]>>,
+    rx: Receiver<Batch>,
     stats: Arc<ClientStats>,
     shutdown: Shutdown,
     kicked: Arc<AtomicBool>,
@@ -443,19 +573,27 @@ impl Writer {
 
     fn write_loop(&self, stream: &TcpStream, mut tls: Option<&mut ServerConnection>) -> End {
         let mut reading = true;
+        let mut pending = Pending::default();
+        let mut plain = Vec::new();
         loop {
             match self.rx.recv_timeout(TICK) {
-                Ok(payload) => {
-                    let written = match tls.as_deref_mut() {
-                        None => self.write_all(stream, &payload),
-                        Some(conn) => self.write_tls(stream, conn, &payload),
-                    };
-                    match written {
-                        Ok(()) => {
-                            self.stats.datagrams.inc();
-                            self.stats.bytes.add(payload.len() as u64);
+                Ok(batch) => {
+                    pending.extend(&batch);
+                    // write what is queued, as few system calls as possible
+                    loop {
+                        self.top_up(&mut pending);
+                        if pending.is_empty() {
+                            break;
                         }
-                        Err(end) => return end,
+                        let written = match tls.as_deref_mut() {
+                            None => self.write_some(stream, &mut pending),
+                            Some(conn) => {
+                                self.write_batch_tls(stream, conn, &mut pending, &mut plain)
+                            }
+                        };
+                        if let Err(end) = written {
+                            return end;
+                        }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -476,6 +614,73 @@ impl Writer {
         }
     }
 
+    /// Take what else is queued, without waiting, up to one batch
+    /// ([`WRITE_BATCH_BYTES`], [`WRITE_BATCH_PAYLOADS`])
+    fn top_up(&self, pending: &mut Pending) {
+        while pending.bytes < WRITE_BATCH_BYTES && pending.payloads.len() < WRITE_BATCH_PAYLOADS {
+            match self.rx.try_recv() {
+                Ok(batch) => pending.extend(&batch),
+                // empty, or the hub let go: what is pending is written first
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// One `writev` of the pending payloads; the ones written completely
+    /// are counted and let go of. Gives up only when the client is gone or
+    /// cut off, or when shutdown was requested and the client is not
+    /// taking data
+    fn write_some(&self, mut stream: &TcpStream, pending: &mut Pending) -> Result<(), End> {
+        if pending.bytes <= pending.offset {
+            // only empty payloads: nothing to write (and a write of nothing
+            // would look like a closed socket)
+            let (datagrams, _) = pending.advance(0);
+            self.stats.datagrams.add(datagrams);
+            return Ok(());
+        }
+        let slices = pending.slices();
+        match stream.write_vectored(&slices) {
+            Ok(0) => Err(End::Gone(io::Error::from(io::ErrorKind::WriteZero))),
+            Ok(n) => {
+                let (datagrams, bytes) = pending.advance(n);
+                self.stats.datagrams.add(datagrams);
+                self.stats.bytes.add(bytes);
+                Ok(())
+            }
+            Err(e) if blocked(&e) => match self.interrupted() {
+                Some(end) => Err(end),
+                None => Ok(()),
+            },
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            Err(e) => Err(End::Gone(e)),
+        }
+    }
+
+    /// Encrypt the pending payloads as one plaintext run (so records are
+    /// full-sized, not one per datagram) and write them completely; they
+    /// count as written once every record is out
+    fn write_batch_tls(
+        &self,
+        stream: &TcpStream,
+        conn: &mut ServerConnection,
+        pending: &mut Pending,
+        plain: &mut Vec<u8>,
+    ) -> Result<(), End> {
+        plain.clear();
+        for (taken, p) in pending.payloads.iter().enumerate() {
+            if taken > 0 && plain.len() + p.len() > WRITE_BATCH_BYTES {
+                break;
+            }
+            plain.extend_from_slice(p);
+        }
+        self.write_tls(stream, conn, plain)?;
+        // the payloads taken, and any empty ones right behind them
+        let (datagrams, bytes) = pending.advance(plain.len());
+        self.stats.datagrams.add(datagrams);
+        self.stats.bytes.add(bytes);
+        Ok(())
+    }
+
     /// Why to stop waiting for a blocked socket, if there is a reason
     fn interrupted(&self) -> Option<End> {
         if self.kicked.load(Ordering::Relaxed) {
@@ -485,29 +690,6 @@ impl Writer {
         } else {
             None
         }
-    }
-
-    /// Write one payload completely; gives up only when the client is gone
-    /// or cut off, or when shutdown was requested and the client is not
-    /// taking data
-    fn write_all(&self, mut stream: &TcpStream, payload: &[u8]) -> Result<(), End> {
-        let mut done = 0;
-        while done < payload.len() {
-            match stream.write(&payload[done..]) {
-                Ok(0) => {
-                    return Err(End::Gone(io::Error::from(io::ErrorKind::WriteZero)));
-                }
-                Ok(n) => done += n,
-                Err(e) if blocked(&e) => {
-                    if let Some(end) = self.interrupted() {
-                        return Err(end);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(End::Gone(e)),
-            }
-        }
-        Ok(())
     }
 
     /// The server side of a TLS handshake, bounded by `timeout`
@@ -559,7 +741,9 @@ impl Writer {
         Ok(conn)
     }
 
-    /// Encrypt one payload and write it completely (see [`Writer::write_all`])
+    /// Encrypt `payload` and write it completely; gives up only when the
+    /// client is gone or cut off, or when shutdown was requested and the
+    /// client is not taking data
     fn write_tls(
         &self,
         stream: &TcpStream,
@@ -871,6 +1055,64 @@ mod tests {
         let e = discard_tls(&mut server, b"GET / HTTP/1.1\r\n\r\n").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         assert!(tls::explain_io(&e).starts_with("TLS: "), "{e}");
+    }
+
+    fn payload(byte: u8, len: usize) -> Arc<[u8]> {
+        Arc::from(vec![byte; len])
+    }
+
+    #[test]
+    fn test_pending_advance_counts_only_complete_payloads() {
+        let mut p = Pending::default();
+        p.extend(&[payload(1, 10), payload(2, 0), payload(3, 5)]);
+        assert_eq!(p.slices().iter().map(|s| s.len()).sum::<usize>(), 15);
+        // a partial write completes nothing
+        assert_eq!(p.advance(4), (0, 0));
+        assert_eq!(p.slices()[0].len(), 6);
+        assert!(p.slices()[0].iter().all(|&b| b == 1));
+        // finishing the first also lets go of the empty one behind it
+        assert_eq!(p.advance(6), (2, 10));
+        assert_eq!(p.advance(2), (0, 0));
+        assert_eq!(p.slices().first().map(|s| s.len()), Some(3));
+        assert_eq!(p.advance(3), (1, 5));
+        assert!(p.is_empty());
+        assert_eq!(p.bytes, 0);
+        assert_eq!(p.offset, 0);
+    }
+
+    #[test]
+    fn test_pending_slices_stay_within_iov_max() {
+        let mut p = Pending::default();
+        let many: Vec<_> = (0..IOV_MAX + 10).map(|_| payload(7, 1)).collect();
+        p.extend(&many);
+        assert_eq!(p.slices().len(), IOV_MAX);
+        assert_eq!(p.advance(IOV_MAX), (IOV_MAX as u64, IOV_MAX as u64));
+        assert_eq!(p.slices().len(), 10);
+    }
+
+    #[test]
+    fn test_share_is_bounded_by_the_backlog_and_pins_only_what_it_takes() {
+        let whole: Batch = Arc::from(vec![payload(1, 100), payload(2, 100), payload(3, 100)]);
+        // room for everything: the same list, shared
+        let all = share(&whole, 0, 8).unwrap();
+        assert!(Arc::ptr_eq(&all, &whole));
+        assert!(Arc::ptr_eq(&share(&whole, 5, 8).unwrap(), &whole));
+        // room for two: its own list of the first two
+        let two = share(&whole, 6, 8).unwrap();
+        assert!(!Arc::ptr_eq(&two, &whole));
+        assert_eq!(two.len(), 2);
+        assert!(Arc::ptr_eq(&two[0], &whole[0]) && Arc::ptr_eq(&two[1], &whole[1]));
+        // the third payload is not kept alive by the partial share
+        let third = Arc::downgrade(&whole[2]);
+        drop(all);
+        drop(whole);
+        assert!(third.upgrade().is_none());
+        assert_eq!(two[1][0], 2);
+        // full, or over (a smaller queue than the backlog): nothing
+        let whole: Batch = Arc::from(vec![payload(1, 1)]);
+        assert!(share(&whole, 8, 8).is_none());
+        assert!(share(&whole, 9, 8).is_none());
+        assert!(share(&whole, u64::MAX, 8).is_none());
     }
 
     #[test]
