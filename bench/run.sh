@@ -41,8 +41,9 @@
 #
 # Rows: the kernel limit (examples/udp_limit); mproxy-client ->
 # mproxy-server(s) raw and --mpx, unicast and multicast (1, 3 receivers),
-# lines and --framing bytes; the same through mproxy-proxy; client -> proxy -> reverseproxy -> TCP
-# reader; reverseproxy fan-out to 1 and 32 TCP clients (examples/tcp_sink);
+# lines and --framing bytes; the same through mproxy-proxy; client ->
+# proxy -> reverseproxy -> TCP reader; reverseproxy fan-out to 1 and 32 TCP clients (examples/tcp_sink),
+# unpaced and paced at one --rate for both (600mbit, BENCH_FANOUT_RATE);
 # socat -> socat; the published mproxy 0.1.8. Then one-way latency of
 # 100-byte lines at 1000/s (examples/latency): p50/p99/p99.9/max per path.
 # Last, a targets block: the issue 6 targets as ratios of this run's rows.
