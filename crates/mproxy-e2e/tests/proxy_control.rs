@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mproxy_e2e::{reached_len, run_ok, start, start_server, stop, TIMEOUT};
@@ -20,6 +20,59 @@ fn s(p: &Path) -> &str {
 fn count_before(text: &str, label: &str) -> Option<u64> {
     text.rsplit_once(label)
         .and_then(|(head, _)| head.rsplit(' ').next()?.parse().ok())
+}
+
+/// A random input file and the path the server writes to
+struct Files {
+    _dir: TempDir,
+    input: PathBuf,
+    output: PathBuf,
+    len: u64,
+}
+
+fn files(size: usize, seed: u64) -> Files {
+    let dir = TempDir::new();
+    let input = dir.join("in");
+    let output = dir.join("out");
+    random_file(&input, size, seed);
+    let len = std::fs::metadata(&input).unwrap().len();
+    Files {
+        _dir: dir,
+        input,
+        output,
+        len,
+    }
+}
+
+/// Run `mproxy-client --mpx --framing bytes` on `input` to `to` (extra
+/// args appended); its summary
+fn mpx_client(input: &Path, to: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "--mpx",
+        "--framing",
+        "bytes",
+        "--path",
+        s(input),
+        "--server-addr",
+        to,
+    ];
+    args.extend_from_slice(extra);
+    let client = run_ok("mproxy-client", &args);
+    String::from_utf8_lossy(&client.stderr).into_owned()
+}
+
+/// Wait for the whole output, stop server and proxy: whether the output is
+/// complete and byte-exact, the server's and the proxy's logs
+fn finish(
+    f: &Files,
+    server: mproxy_testsupport::ChildGuard,
+    proxy: mproxy_testsupport::ChildGuard,
+) -> (bool, String, String) {
+    let complete = reached_len(&f.output, f.len, Duration::from_secs(30));
+    let log = stop(server);
+    let px = stop(proxy);
+    let exact = complete && std::fs::read(&f.output).unwrap() == std::fs::read(&f.input).unwrap();
+    (exact, log, px)
 }
 
 /// Start a proxy from `listen` to `downstream` (extra `args` appended) and
@@ -45,11 +98,7 @@ fn start_proxy(listen: &str, downstream: &str, args: &[&str]) -> mproxy_testsupp
 #[test]
 fn nacks_through_the_proxy_repair_every_loss() {
     in_netns(|_| {
-        let dir = TempDir::new();
-        let input = dir.join("in");
-        let output = dir.join("out");
-        random_file(&input, 4 << 20, 81);
-        let len = std::fs::metadata(&input).unwrap().len();
+        let f = files(4 << 20, 81);
         let server = start_server(
             &[
                 "--listen-addr",
@@ -59,7 +108,7 @@ fn nacks_through_the_proxy_repair_every_loss() {
                 "--nack",
                 "on",
                 "--path",
-                s(&output),
+                s(&f.output),
             ],
             &[9512],
         );
@@ -75,25 +124,9 @@ fn nacks_through_the_proxy_repair_every_loss() {
             },
         );
         let proxy = start_proxy("127.0.0.1:9510", "127.0.0.1:9511", &[]);
-        let client = run_ok(
-            "mproxy-client",
-            &[
-                "--mpx",
-                "--framing",
-                "bytes",
-                "--path",
-                s(&input),
-                "--server-addr",
-                "127.0.0.1:9510",
-                "--rate",
-                "50mbit",
-            ],
-        );
-        let summary = String::from_utf8_lossy(&client.stderr).into_owned();
-        let complete = reached_len(&output, len, Duration::from_secs(30));
+        let summary = mpx_client(&f.input, "127.0.0.1:9510", &["--rate", "50mbit"]);
         let rec = relay.stop();
-        let log = stop(server);
-        let px = stop(proxy);
+        let (exact, log, px) = finish(&f, server, proxy);
         eprintln!(
             "relay: dropped {} of {}, {} replies returned, {} dropped\nclient: {summary}\nserver: {}\nproxy: {}",
             rec.dropped,
@@ -103,8 +136,7 @@ fn nacks_through_the_proxy_repair_every_loss() {
             log.lines().last().unwrap_or(""),
             px.lines().last().unwrap_or("")
         );
-        assert!(complete, "output incomplete: {log}");
-        assert!(std::fs::read(&output).unwrap() == std::fs::read(&input).unwrap());
+        assert!(exact, "output incomplete or different: {log}");
         assert!(rec.dropped > 0 && rec.returned > 0, "{rec:?}");
         assert!(log.contains(" 0 gaps (0 lost)"), "{log}");
         let repaired = count_before(log.lines().last().unwrap_or(""), " repaired");
@@ -124,39 +156,20 @@ fn nacks_through_the_proxy_repair_every_loss() {
 #[test]
 fn windows_through_the_proxy_reach_the_client() {
     in_netns(|_| {
-        let dir = TempDir::new();
-        let input = dir.join("in");
-        let output = dir.join("out");
-        random_file(&input, 16 << 20, 82);
-        let len = std::fs::metadata(&input).unwrap().len();
+        let f = files(16 << 20, 82);
         let server = start_server(
-            &["--listen-addr", "127.0.0.1:9521", "--path", s(&output)],
+            &["--listen-addr", "127.0.0.1:9521", "--path", s(&f.output)],
             &[9521],
         );
         let proxy = start_proxy("127.0.0.1:9520", "127.0.0.1:9521", &[]);
-        let client = run_ok(
-            "mproxy-client",
-            &[
-                "--mpx",
-                "--framing",
-                "bytes",
-                "--path",
-                s(&input),
-                "--server-addr",
-                "127.0.0.1:9520",
-            ],
-        );
-        let summary = String::from_utf8_lossy(&client.stderr).into_owned();
-        let complete = reached_len(&output, len, Duration::from_secs(30));
-        let log = stop(server);
-        let px = stop(proxy);
+        let summary = mpx_client(&f.input, "127.0.0.1:9520", &[]);
+        let (exact, log, px) = finish(&f, server, proxy);
         eprintln!(
             "client: {summary}\nserver: {}\nproxy: {}",
             log.lines().last().unwrap_or(""),
             px.lines().last().unwrap_or("")
         );
-        assert!(complete, "output incomplete: {log}");
-        assert!(std::fs::read(&output).unwrap() == std::fs::read(&input).unwrap());
+        assert!(exact, "output incomplete or different: {log}");
         assert!(log.contains(" 0 gaps (0 lost)"), "{log}");
         assert!(
             count_before(&summary, " windows, held back").is_some_and(|n| n > 0),
@@ -174,41 +187,20 @@ fn windows_through_the_proxy_reach_the_client() {
 #[test]
 fn windows_reach_a_client_that_sends_to_the_proxys_group() {
     in_netns(|_| {
-        let dir = TempDir::new();
-        let input = dir.join("in");
-        let output = dir.join("out");
-        random_file(&input, 4 << 20, 83);
-        let len = std::fs::metadata(&input).unwrap().len();
+        let f = files(4 << 20, 83);
         let server = start_server(
-            &["--listen-addr", "127.0.0.1:9531", "--path", s(&output)],
+            &["--listen-addr", "127.0.0.1:9531", "--path", s(&f.output)],
             &[9531],
         );
         let proxy = start_proxy("239.255.7.10:9530", "127.0.0.1:9531", &["--iface", "lo"]);
-        let client = run_ok(
-            "mproxy-client",
-            &[
-                "--mpx",
-                "--framing",
-                "bytes",
-                "--path",
-                s(&input),
-                "--server-addr",
-                "239.255.7.10:9530",
-                "--iface",
-                "lo",
-            ],
-        );
-        let summary = String::from_utf8_lossy(&client.stderr).into_owned();
-        let complete = reached_len(&output, len, Duration::from_secs(30));
-        let log = stop(server);
-        let px = stop(proxy);
+        let summary = mpx_client(&f.input, "239.255.7.10:9530", &["--iface", "lo"]);
+        let (exact, log, px) = finish(&f, server, proxy);
         eprintln!(
             "client: {summary}\nserver: {}\nproxy: {}",
             log.lines().last().unwrap_or(""),
             px.lines().last().unwrap_or("")
         );
-        assert!(complete, "output incomplete: {log}");
-        assert!(std::fs::read(&output).unwrap() == std::fs::read(&input).unwrap());
+        assert!(exact, "output incomplete or different: {log}");
         assert!(
             count_before(&summary, " windows, held back").is_some_and(|n| n > 0),
             "no windows reached the client: {summary}"
@@ -222,13 +214,9 @@ fn windows_reach_a_client_that_sends_to_the_proxys_group() {
 #[test]
 fn relay_control_off_sends_nothing_back() {
     in_netns(|_| {
-        let dir = TempDir::new();
-        let input = dir.join("in");
-        let output = dir.join("out");
-        random_file(&input, 1 << 20, 84);
-        let len = std::fs::metadata(&input).unwrap().len();
+        let f = files(1 << 20, 84);
         let server = start_server(
-            &["--listen-addr", "127.0.0.1:9541", "--path", s(&output)],
+            &["--listen-addr", "127.0.0.1:9541", "--path", s(&f.output)],
             &[9541],
         );
         let proxy = start_proxy(
@@ -236,25 +224,9 @@ fn relay_control_off_sends_nothing_back() {
             "127.0.0.1:9541",
             &["--relay-control", "off"],
         );
-        let client = run_ok(
-            "mproxy-client",
-            &[
-                "--mpx",
-                "--framing",
-                "bytes",
-                "--path",
-                s(&input),
-                "--server-addr",
-                "127.0.0.1:9540",
-                "--rate",
-                "50mbit",
-            ],
-        );
-        let summary = String::from_utf8_lossy(&client.stderr).into_owned();
-        let complete = reached_len(&output, len, Duration::from_secs(30));
-        let log = stop(server);
-        let px = stop(proxy);
-        assert!(complete, "output incomplete: {log}");
+        let summary = mpx_client(&f.input, "127.0.0.1:9540", &["--rate", "50mbit"]);
+        let (exact, log, px) = finish(&f, server, proxy);
+        assert!(exact, "output incomplete or different: {log}");
         assert!(
             count_before(&summary, " windows, held back") == Some(0),
             "{summary}"
