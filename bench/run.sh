@@ -870,21 +870,26 @@ zero_loss() { # NAME -> "0 loss" or "lossy"
 }
 echo
 echo "targets (ratios of the medians above, all from this run):"
+# The first target read as the issue states it: an mpx transfer at >= 70%
+# of the kernel limit (the unpaced row), and zero loss when paced at that
+# rate (the paced row). The paced row's own ratio is shown too: it reaches
+# ~98% of its --rate (start-up), so by construction it lands just under 0.70.
+mpx_target() { # LABEL UNPACED_ROW KERNEL_ROW
+    local pn=${PACED[$2]:-not run}
+    target "$1 unpaced / kernel ($3)" "$(ratio "${G[$2]:-}" "${G[$3]:-}")" ">=" 0.70 \
+        "$(zero_loss "$2"); paced at 70% (${pn##*--rate }): $(zero_loss "$pn"), $(ratio "${G[$pn]:-}" "${G[$3]:-}") of kernel"
+}
 for dg in 1472 8192; do
     kn=$K1
     if [ "$dg" = 8192 ]; then kn=$K8; fi
-    pn=${PACED["mpx, 127.0.0.1, $dg B"]:-not run}
-    target "mpx $dg B paced (${pn##*--rate }) / kernel ($kn)" "$(ratio "${G[$pn]:-}" "${G[$kn]:-}")" ">=" 0.70 "$(zero_loss "$pn")"
+    mpx_target "mpx $dg B" "mpx, 127.0.0.1, $dg B" "$kn"
     gn="UDP GSO/GRO + mmsg x64, ${kn##*x64, }"
-    target "  the same / kernel with offloads ($gn)" "$(ratio "${G[$pn]:-}" "${G[$gn]:-}")" ">=" 0.70 "for reference"
+    target "  the same / kernel with offloads ($gn)" "$(ratio "${G["mpx, 127.0.0.1, $dg B"]:-}" "${G[$gn]:-}")" ">=" 0.70 "for reference: lines cannot use GSO"
 done
 for dg in 1472 8192; do
     kn=$KB1
     if [ "$dg" = 8192 ]; then kn=$KB8; fi
-    pn=${PACED["mpx, 127.0.0.1, $dg B, --framing bytes"]:-not run}
-    target "mpx $dg B --framing bytes paced (${pn##*--rate }) / best kernel ($kn)" "$(ratio "${G[$pn]:-}" "${G[$kn]:-}")" ">=" 0.70 "$(zero_loss "$pn")"
-    un="mpx, 127.0.0.1, $dg B, --framing bytes"
-    target "  unpaced / best kernel" "$(ratio "${G[$un]:-}" "${G[$kn]:-}")" ">=" 0.70 "for reference, $(zero_loss "$un")"
+    mpx_target "mpx $dg B --framing bytes" "mpx, 127.0.0.1, $dg B, --framing bytes" "$kn"
 done
 for dg in 1472 8192; do
     peer="0.1.8 client -> 0.1.8 server"
