@@ -240,6 +240,12 @@ impl TryFrom<Cli> for Config {
 
     fn try_from(cli: Cli) -> anyhow::Result<Self> {
         cli.common.validate()?;
+        if let Some(src) = cli.common.sources.first() {
+            bail!(
+                "--source {src} selects senders when joining a group; the client only sends \
+                 (give it to the receivers: mproxy-server, or the proxy/reverseproxy inputs)"
+            );
+        }
         if cli.server_addr.is_empty() && !cli.tee {
             bail!("nothing to do: give at least one --server-addr (or --tee)");
         }

@@ -226,6 +226,43 @@ fn bad_input_table() {
                 "--source",
             ),
             ("mproxy-proxy", vec!["--tee"], "--udp-listen-addr"),
+            // options that cannot apply are refused, not ignored
+            (
+                "mproxy-client",
+                vec![
+                    "--path",
+                    file,
+                    "--server-addr",
+                    "127.0.0.1:9",
+                    "--source",
+                    "10.0.0.1",
+                ],
+                "--source 10.0.0.1",
+            ),
+            (
+                "mproxy-proxy",
+                vec![
+                    "--udp-listen-addr",
+                    "127.0.0.1:9961",
+                    "--udp-downstream-addr",
+                    "127.0.0.1:9",
+                    "--framing",
+                    "lines",
+                ],
+                "--framing lines applies to TCP inputs",
+            ),
+            (
+                "mproxy-proxy",
+                vec![
+                    "--udp-listen-addr",
+                    "127.0.0.1:9961",
+                    "--udp-downstream-addr",
+                    "127.0.0.1:9",
+                    "--max-line",
+                    "4096",
+                ],
+                "--max-line 4096 applies to TCP inputs",
+            ),
             // a proxy forwarding to where it listens would loop forever
             (
                 "mproxy-proxy",

@@ -306,6 +306,16 @@ impl TryFrom<Cli> for Config {
         if cli.reconnect_max == 0 {
             bail!("--reconnect-max must be at least 1 second");
         }
+        if cli.tcp_connect_addr.is_empty() {
+            if let Some(f) = cli.framing {
+                bail!(
+                    "--framing {f} applies to TCP inputs (--tcp-connect-addr); UDP datagrams are forwarded as they are"
+                );
+            }
+            if let Some(n) = cli.max_line {
+                bail!("--max-line {n} applies to TCP inputs (--tcp-connect-addr); UDP datagrams are forwarded as they are");
+            }
+        }
         let (framing, max_datagram) = match (cli.max_line, cli.framing) {
             (Some(n), Some(Framing::Bytes)) => bail!(
                 "--max-line {n} needs --framing lines (with bytes framing the limit is --max-datagram)"
