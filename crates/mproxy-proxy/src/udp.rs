@@ -255,6 +255,9 @@ fn drain(
         };
         taken += n.max(1);
         let now = Instant::now();
+        // without --mpx framing, datagrams are forwarded from the receive
+        // buffers themselves (no copy); framing builds new ones in `out`
+        let mut direct: Vec<&[u8]> = Vec::new();
         for i in 0..n {
             let Some((data, meta)) = batch.get(i) else {
                 continue;
@@ -290,9 +293,16 @@ fn drain(
                             map.learn(s, meta.from, *idx, now);
                         }
                     }
-                    out.push(data);
+                    if input.encoder.is_some() {
+                        out.push(data);
+                    } else {
+                        direct.push(data);
+                    }
                 }
             }
+        }
+        if !direct.is_empty() {
+            shared.forward_many(&direct);
         }
         if !out.is_empty() {
             shared.forward_many(&out.frames());
