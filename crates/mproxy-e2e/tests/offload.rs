@@ -6,6 +6,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use mproxy_common::addr::Endpoint;
@@ -14,7 +15,9 @@ use mproxy_common::net::{
     GSO_MAX_SEGMENTS, RECV_BUF_LEN,
 };
 use mproxy_e2e::{reached_len, run_ok, start_server, stop};
-use mproxy_testsupport::{assert_files_equal, in_netns, random_file, TempDir};
+use mproxy_testsupport::{
+    assert_files_equal, bin, in_netns, random_file, spawn, wait_until, PeerHost, TempDir,
+};
 
 /// Frames of mixed sizes: runs of equal size (longer than one GSO message),
 /// a shorter frame ending a run, a longer one starting a new run, a 1-byte
@@ -218,4 +221,67 @@ fn mpx_multicast_to_two_receivers_with_offload_is_byte_exact() {
 #[test]
 fn mpx_file_transfer_with_offload_off_is_byte_exact() {
     in_netns(|_| transfer("127.0.0.1:7302", 1, &["--mpx"], "off"));
+}
+
+/// client --mpx --framing bytes across a veth link (MTU 1500) to a server
+/// on a second host; the output must be exact, `check` judges the client's
+/// log (inside the namespace: the whole test re-runs there when it must)
+fn across_veth(max_datagram: &str, check: impl FnOnce(&str)) {
+    in_netns(|ns| {
+        let host = PeerHost::new(ns);
+        let link = host.link(ns, 1, None);
+        let dir = TempDir::new();
+        let input = dir.join("in");
+        random_file(&input, 4 << 20, 62);
+        let output = dir.join("out");
+        let listen = format!("{}:7303", link.peer_addr);
+        let mut cmd = host.command(bin("mproxy-server"));
+        cmd.args(["--listen-addr", &listen, "--path", s(&output)]);
+        let server = spawn(cmd.stdout(Stdio::null()));
+        wait_until(Duration::from_secs(30), "server listening", || {
+            host.run("ss", &["-H", "-uln", "sport = :7303"])
+                .lines()
+                .count()
+                == 1
+        });
+        let client = run_ok(
+            "mproxy-client",
+            &[
+                "--path",
+                s(&input),
+                "--server-addr",
+                &listen,
+                "--mpx",
+                "--framing",
+                "bytes",
+                "--max-datagram",
+                max_datagram,
+            ],
+        );
+        let len = std::fs::metadata(&input).unwrap().len();
+        reached_len(&output, len, Duration::from_secs(30));
+        let text = stop(server);
+        let exact = std::fs::read(&output).ok() == std::fs::read(&input).ok();
+        assert!(exact, "output differs; server said: {text}");
+        check(&String::from_utf8_lossy(&client.stderr));
+    });
+}
+
+#[test]
+fn gso_over_a_1500_byte_mtu_link_keeps_full_size_datagrams_whole() {
+    // 1472 + 8 + 20 = 1500: each segment fits the link, GSO stays on
+    across_veth("1472", |log| {
+        assert!(!log.contains("UDP GSO refused"), "{log}");
+    });
+}
+
+#[test]
+fn gso_refused_by_the_route_falls_back_to_plain_datagrams() {
+    // 8 KiB segments exceed the 1500-byte MTU: the kernel refuses them as
+    // GSO segments, the client says so once and sends them plainly (the
+    // kernel fragments them), and nothing is lost
+    across_veth("8192", |log| {
+        assert_eq!(log.matches("UDP GSO refused").count(), 1, "{log}");
+        assert!(log.contains(", 0 send errors"), "{log}");
+    });
 }
