@@ -11,7 +11,8 @@ struct Held {
     last_resent: Option<Instant>,
 }
 
-/// Frames kept for repair, oldest evicted first once `capacity` bytes are held
+/// Frames kept for repair, oldest evicted first once `capacity` bytes of
+/// frame buffers are held
 ///
 /// Frames are stored in sequence order with no holes, so a sequence number
 /// maps to its slot by subtraction. Evicted buffers are reused, so a
@@ -23,6 +24,9 @@ pub struct RepairBuffer {
     bytes: usize,
     capacity: usize,
     spare: Vec<Vec<u8>>,
+    /// The last frame given to [`RepairBuffer::store_with`] when it was too
+    /// large to hold
+    oversize: Vec<u8>,
 }
 
 impl std::fmt::Debug for RepairBuffer {
@@ -55,43 +59,68 @@ impl RepairBuffer {
             bytes: 0,
             capacity,
             spare: Vec::new(),
+            oversize: Vec::new(),
         }
     }
 
-    /// Bytes currently held
+    /// Bytes currently held (the memory of the held frames' buffers, which
+    /// the capacity bounds)
     pub fn bytes(&self) -> usize {
         self.bytes
     }
 
     /// Keep a copy of DATA frame `seq` (must follow the previous one)
     pub fn store(&mut self, seq: u32, frame: &[u8]) {
-        if frame.len() > self.capacity {
+        self.store_with(seq, frame.len(), |buf| {
+            buf.copy_from_slice(frame);
+            frame.len()
+        });
+    }
+
+    /// Write DATA frame `seq` straight into the buffer and return it: `write`
+    /// gets `max_len` bytes to fill and returns the frame's length. The
+    /// payload is copied once (into the held frame) instead of into a
+    /// scratch frame and then again into the buffer. Same rules as
+    /// [`RepairBuffer::store`]; a frame larger than the whole capacity is
+    /// returned but not held.
+    pub fn store_with(
+        &mut self,
+        seq: u32,
+        max_len: usize,
+        write: impl FnOnce(&mut [u8]) -> usize,
+    ) -> &[u8] {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        // spare buffers keep their last frame's length: mostly full-size
+        // already, so this rarely fills anything
+        buf.resize(max_len, 0);
+        let len = write(&mut buf).min(max_len);
+        buf.truncate(len);
+        if buf.capacity() > self.capacity {
             self.clear_all();
             self.front = seq.wrapping_add(1);
-            return;
+            self.oversize = buf;
+            return &self.oversize;
         }
         if self.held.is_empty() || self.front.wrapping_add(self.held.len() as u32) != seq {
             self.clear_all();
             self.front = seq;
         }
-        while self.bytes + frame.len() > self.capacity {
+        while self.bytes + buf.capacity() > self.capacity {
             match self.held.pop_front() {
                 Some(h) => {
-                    self.bytes -= h.frame.len();
+                    self.bytes -= h.frame.capacity();
                     self.front = self.front.wrapping_add(1);
                     self.spare.push(h.frame);
                 }
                 None => break,
             }
         }
-        let mut buf = self.spare.pop().unwrap_or_default();
-        buf.clear();
-        buf.extend_from_slice(frame);
-        self.bytes += buf.len();
+        self.bytes += buf.capacity();
         self.held.push_back(Held {
             frame: buf,
             last_resent: None,
         });
+        self.held.back().map_or(&[], |h| h.frame.as_slice())
     }
 
     fn clear_all(&mut self) {
@@ -186,6 +215,54 @@ mod tests {
         };
         assert_eq!(repr.seq, 15);
         assert!(repr.flags.contains(Flags::RETRANSMIT));
+    }
+
+    #[test]
+    fn test_store_with_holds_what_store_holds() {
+        let mut a = RepairBuffer::new(10 * 124);
+        let mut b = RepairBuffer::new(10 * 124);
+        let t = Instant::now();
+        for seq in 0..20u32 {
+            let f = frame(seq, 100);
+            a.store(seq, &f);
+            let held = b.store_with(seq, f.len(), |buf| {
+                buf.copy_from_slice(&f);
+                f.len()
+            });
+            assert_eq!(held, &f[..]);
+        }
+        assert_eq!(a.bytes(), b.bytes());
+        // written into room for 200 bytes: the buffers' memory is what counts
+        let mut c = RepairBuffer::new(10 * 124);
+        for seq in 0..20u32 {
+            let f = frame(seq, 100);
+            c.store_with(seq, 200, |buf| {
+                buf[..f.len()].copy_from_slice(&f);
+                f.len()
+            });
+        }
+        assert!(
+            c.bytes() <= 10 * 124 && c.bytes() >= 5 * 200,
+            "{}",
+            c.bytes()
+        );
+        for seq in 0..20u32 {
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            let ra = a.resend(t, seq, Duration::ZERO, &mut |f: &[u8]| x = f.to_vec());
+            let rb = b.resend(t, seq, Duration::ZERO, &mut |f: &[u8]| y = f.to_vec());
+            assert_eq!((ra, &x), (rb, &y), "seq {seq}");
+        }
+        // a frame larger than the whole buffer is returned, not held
+        let mut small = RepairBuffer::new(50);
+        let big = frame(0, 100);
+        let out = small
+            .store_with(0, 200, |buf| {
+                buf[..big.len()].copy_from_slice(&big);
+                big.len()
+            })
+            .to_vec();
+        assert_eq!(out, big);
+        assert_eq!(small.bytes(), 0);
     }
 
     #[test]

@@ -155,14 +155,17 @@ impl Sender {
         packer.push(data, |payload| {
             let seq = *next_seq;
             let flags = fec_flag(fec.is_some());
-            let len = data_frame(frame, *session, *stream, next_seq, flags, payload);
             stats.frames += 1;
             stats.bytes += payload.len() as u64;
             sent = true;
-            if let Some(r) = repair.as_mut() {
-                r.store(seq, &frame[..len]);
-            }
-            emit(&frame[..len]);
+            emit(write_data(
+                frame,
+                repair.as_mut(),
+                (*session, *stream),
+                next_seq,
+                flags,
+                payload,
+            ));
             protect(
                 fec.as_mut(),
                 now,
@@ -198,13 +201,16 @@ impl Sender {
         packer.finish(|payload| {
             let seq = *next_seq;
             let flags = fec_flag(fec.is_some());
-            let len = data_frame(frame, *session, *stream, next_seq, flags, payload);
             stats.frames += 1;
             stats.bytes += payload.len() as u64;
-            if let Some(r) = repair.as_mut() {
-                r.store(seq, &frame[..len]);
-            }
-            emit(&frame[..len]);
+            emit(write_data(
+                frame,
+                repair.as_mut(),
+                (*session, *stream),
+                next_seq,
+                flags,
+                payload,
+            ));
             protect(
                 fec.as_mut(),
                 now,
@@ -400,6 +406,29 @@ fn protect(
     }
     if f.add(now, seq, flags, payload) {
         f.flush(session, stream, emit);
+    }
+}
+
+/// Write one DATA frame, advancing `next_seq`: straight into the repair
+/// buffer when there is one (the payload is copied once), else into the
+/// scratch `frame`; returns the frame
+fn write_data<'a>(
+    frame: &'a mut [u8],
+    repair: Option<&'a mut RepairBuffer>,
+    (session, stream): (u64, u32),
+    next_seq: &mut u32,
+    flags: Flags,
+    payload: &[u8],
+) -> &'a [u8] {
+    let seq = *next_seq;
+    match repair {
+        Some(r) => r.store_with(seq, frame.len(), |buf| {
+            data_frame(buf, session, stream, next_seq, flags, payload)
+        }),
+        None => {
+            let len = data_frame(frame, session, stream, next_seq, flags, payload);
+            &frame[..len]
+        }
     }
 }
 
