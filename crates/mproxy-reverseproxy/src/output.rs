@@ -47,7 +47,7 @@ use anyhow::Context as _;
 use mio::{Events, Poll, Token};
 use mproxy_common::cli::Shutdown;
 use mproxy_common::mpx::ReceiverConfig;
-use mproxy_common::net::{bind_receiver, enable_gro};
+use mproxy_common::net::{bind_receiver, enable_gro, DatagramBatch};
 use mproxy_common::stats::{Counter, LogLimiter};
 use mproxy_common::Fanout;
 use rustls::{ServerConfig, ServerConnection};
@@ -918,6 +918,8 @@ impl UdpOutput {
             .as_ref()
             .map(|(accept, config)| Reassembly::new(*accept, config));
         let mut more = false;
+        // what goes out is batched: one sendmmsg (GSO runs) per drain
+        let mut out = DatagramBatch::default();
         while !self.shutdown.is_set() {
             let timeout = if more {
                 Duration::ZERO
@@ -926,7 +928,6 @@ impl UdpOutput {
             };
             wait(&mut self.poll, &mut events, timeout).context("waiting for datagrams")?;
             let (fanout, stats) = (&self.fanout, &self.stats);
-            let forward = |d: &[u8]| forward(fanout, stats, d);
             let now = Instant::now();
             more = drain_udp(
                 &self.sock,
@@ -934,32 +935,64 @@ impl UdpOutput {
                 &stats.recv,
                 &logs,
                 &self.shutdown,
-                |from, d| match reassembly.as_mut() {
-                    Some(r) => r.handle(now, from, d, forward),
-                    None => forward(d),
+                |from, d| {
+                    let mut forward = |d: &[u8]| queue(fanout, stats, &mut out, d);
+                    match reassembly.as_mut() {
+                        Some(r) => r.handle(now, from, d, forward),
+                        None => forward(d),
+                    }
                 },
             );
             if let Some(r) = reassembly.as_mut() {
-                r.handle_timeout(Instant::now(), forward);
+                r.handle_timeout(Instant::now(), |d| queue(fanout, stats, &mut out, d));
                 r.publish(&stats.mpx);
             }
+            flush(fanout, stats, &mut out);
         }
         if let Some(r) = reassembly.as_mut() {
-            r.close_all(|d| forward(&self.fanout, &self.stats, d));
+            r.close_all(|d| queue(&self.fanout, &self.stats, &mut out, d));
             r.publish(&self.stats.mpx);
         }
+        flush(&self.fanout, &self.stats, &mut out);
         Ok(())
     }
 }
 
-/// Send one datagram to a UDP output's destination, counting it
-fn forward(fanout: &Fanout, stats: &UdpOutputStats, d: &[u8]) {
-    if fanout.send(d) == 1 {
-        stats.datagrams.inc();
-        stats.bytes.add(d.len() as u64);
-    } else {
-        stats.send_errors.inc();
+/// Datagrams (or bytes) a UDP output queues before it sends them
+const OUT_BATCH: usize = 64;
+const OUT_BATCH_BYTES: usize = 256 << 10;
+
+/// Queue one datagram for a UDP output's destination, sending the queue
+/// when it is full
+fn queue(fanout: &Fanout, stats: &UdpOutputStats, out: &mut DatagramBatch, d: &[u8]) {
+    if d.is_empty() {
+        return;
     }
+    out.push(d);
+    if out.len() >= OUT_BATCH || out.bytes() >= OUT_BATCH_BYTES {
+        flush(fanout, stats, out);
+    }
+}
+
+/// Send what is queued for a UDP output's destination, counting it (the
+/// byte count is the destination's own, so it is exact even when some
+/// datagrams of the batch fail)
+fn flush(fanout: &Fanout, stats: &UdpOutputStats, out: &mut DatagramBatch) {
+    if out.is_empty() {
+        return;
+    }
+    let sent_bytes = || {
+        fanout
+            .stats()
+            .map(|(_, _, s)| s.bytes.load(std::sync::atomic::Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let before = sent_bytes();
+    let ok = fanout.send_many(&out.frames());
+    stats.datagrams.add(ok as u64);
+    stats.bytes.add(sent_bytes().saturating_sub(before));
+    stats.send_errors.add(out.len().saturating_sub(ok) as u64);
+    out.clear();
 }
 
 #[cfg(test)]

@@ -383,6 +383,11 @@ impl DatagramBatch {
         self.ends.len()
     }
 
+    /// Bytes queued (all datagrams together)
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Whether nothing is queued
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
