@@ -112,7 +112,7 @@ fn gso_runs_follow_the_kernel_rules() {
     let f = |sizes: &[usize]| -> usize {
         let frames: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0; n]).collect();
         let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
-        gso_run(&refs, true)
+        gso_run(&refs, usize::MAX)
     };
     assert_eq!(f(&[]), 0);
     assert_eq!(f(&[10]), 1);
@@ -126,11 +126,9 @@ fn gso_runs_follow_the_kernel_rules() {
     assert_eq!(f(&[40_000; 3]), 1);
     let frames = [vec![0u8; 10], vec![0; 10]];
     let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
-    assert_eq!(
-        gso_run(&refs, false),
-        1,
-        "without GSO one frame per message"
-    );
+    assert_eq!(gso_run(&refs, 0), 1, "without GSO one frame per message");
+    assert_eq!(gso_run(&refs, 9), 1, "segments over the limit go alone");
+    assert_eq!(gso_run(&refs, 10), 2);
 }
 
 fn s(p: &Path) -> &str {
@@ -283,5 +281,93 @@ fn gso_refused_by_the_route_falls_back_to_plain_datagrams() {
     across_veth("8192", |log| {
         assert_eq!(log.matches("UDP GSO refused").count(), 1, "{log}");
         assert!(log.contains(", 0 send errors"), "{log}");
+    });
+}
+
+/// A refusal lowers the GSO limit below the refused size instead of
+/// turning GSO off: with `lo` at MTU 1500, 8 KiB segments are refused (and
+/// sent plainly, fragmented), 1472-byte ones still leave as GSO messages
+#[test]
+fn a_refused_segment_size_does_not_turn_gso_off_for_smaller_ones() {
+    in_netns(|ns| {
+        ns.run("ip", &["link", "set", "lo", "mtu", "1500"]);
+        let listen: SocketAddr = "127.0.0.1:7304".parse().unwrap();
+        let rx = bind_receiver(listen, &SocketOptions::default()).unwrap();
+        assert!(enable_gro(&rx));
+        rx.set_nonblocking(false).unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let dest: Endpoint = listen.to_string().parse().unwrap();
+        let fanout = Fanout::new(&[dest], &SocketOptions::default()).unwrap();
+        let mut batch = RecvBatch::new(8, RECV_BUF_LEN);
+        let mut receive = |want: usize, size: usize| -> usize {
+            let (mut got, mut messages) = (0, 0);
+            while got < want {
+                let n = batch.recv(&rx).expect("datagrams missing");
+                messages += batch.messages();
+                for i in 0..n {
+                    let (data, _) = batch.get(i).unwrap();
+                    assert_eq!(data.len(), size);
+                    got += 1;
+                }
+            }
+            messages
+        };
+        let big = vec![vec![7u8; 8192]; 5];
+        let refs: Vec<&[u8]> = big.iter().map(Vec::as_slice).collect();
+        assert_eq!(fanout.send_many(&refs), 5);
+        assert_eq!(receive(5, 8192), 5);
+        let small = vec![vec![9u8; 1472]; 100];
+        let refs: Vec<&[u8]> = small.iter().map(Vec::as_slice).collect();
+        assert_eq!(fanout.send_many(&refs), 100);
+        let messages = receive(100, 1472);
+        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+        if gso_supported(&probe) {
+            assert!(
+                messages < 25,
+                "{messages} messages for 100 datagrams: GSO was turned off"
+            );
+        }
+        assert_eq!(fanout.total_errors(), 0);
+    });
+}
+
+/// A coalesced buffer larger than the receive slot: what fits is
+/// delivered, the rest shows as truncated datagrams (no panic)
+#[test]
+fn a_gro_buffer_larger_than_the_slot_is_truncated_not_a_panic() {
+    in_netns(|_| {
+        let listen: SocketAddr = "127.0.0.1:7305".parse().unwrap();
+        let rx = bind_receiver(listen, &SocketOptions::default()).unwrap();
+        assert!(enable_gro(&rx));
+        rx.set_nonblocking(false).unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let dest: Endpoint = listen.to_string().parse().unwrap();
+        let fanout = Fanout::new(&[dest], &SocketOptions::default()).unwrap();
+        let frames = vec![vec![3u8; 1000]; 5];
+        let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        assert_eq!(fanout.send_many(&refs), 5);
+        let mut batch = RecvBatch::new(1, 1500);
+        let mut whole = 0;
+        let mut truncated = 0;
+        while whole + truncated < 5 {
+            let n = batch.recv(&rx).expect("datagrams missing");
+            for i in 0..n {
+                let (data, meta) = batch.get(i).unwrap();
+                if meta.truncated() {
+                    truncated += 1;
+                    assert!(data.len() < 1000);
+                } else {
+                    whole += 1;
+                    assert_eq!(data, &frames[0][..]);
+                }
+            }
+        }
+        assert_eq!(whole + truncated, 5);
+        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+        if gso_supported(&probe) {
+            // one GSO message arrives as one buffer: the first datagram
+            // fits the 1500-byte slot, the second only in part
+            assert_eq!((whole, truncated), (1, 4));
+        }
     });
 }

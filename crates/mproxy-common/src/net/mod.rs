@@ -7,7 +7,7 @@ pub mod socket;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 pub use socket::{
     bind_receiver, bind_sender, enable_gro, gso_run, gso_supported, kernel_drops, recv_buffer_size,
@@ -113,9 +113,10 @@ struct Dest {
     addr: SocketAddr,
     stats: DestStats,
     log: LogLimiter,
-    /// Runs of equal-sized datagrams go out as UDP GSO messages; cleared
-    /// for good when the route refuses one
-    gso: AtomicBool,
+    /// Largest segment sent as part of a UDP GSO message (0: no GSO):
+    /// lowered below a size the route refused (over its MTU), 0 when it
+    /// cannot segment at all
+    gso_max: AtomicUsize,
 }
 
 /// Sends every datagram to every destination, counting per destination
@@ -156,7 +157,7 @@ impl Fanout {
                 addr,
                 stats: DestStats::default(),
                 log: LogLimiter::default(),
-                gso: AtomicBool::new(false),
+                gso_max: AtomicUsize::new(0),
             });
         }
         let v4 = if dests.iter().any(|d| d.addr.is_ipv4()) {
@@ -173,7 +174,8 @@ impl Fanout {
         let gso6 = opts.offload && v6.as_ref().is_some_and(gso_supported);
         for d in &dests {
             let on = if d.addr.is_ipv4() { gso4 } else { gso6 };
-            d.gso.store(on, Ordering::Relaxed);
+            d.gso_max
+                .store(if on { usize::MAX } else { 0 }, Ordering::Relaxed);
         }
         Ok(Self { v4, v6, dests })
     }
@@ -238,8 +240,8 @@ impl Fanout {
             let mut done = 0;
             let mut retries = 0;
             while done < frames.len() {
-                let gso = d.gso.load(Ordering::Relaxed);
-                match send_segments(sock, &frames[done..], d.addr, gso) {
+                let gso_max = d.gso_max.load(Ordering::Relaxed);
+                match send_segments(sock, &frames[done..], d.addr, gso_max) {
                     Ok(k) => {
                         let bytes: usize = frames[done..done + k].iter().map(|f| f.len()).sum();
                         d.stats.datagrams.fetch_add(k as u64, Ordering::Relaxed);
@@ -255,14 +257,28 @@ impl Fanout {
                         retries += 1;
                         std::thread::sleep(std::time::Duration::from_micros(200));
                     }
-                    Err(e) if gso && gso_run(&frames[done..], true) > 1 && gso_refused(&e) => {
-                        // the route cannot segment (no checksum offload,
-                        // segment over the MTU): plain datagrams from now on
-                        d.gso.store(false, Ordering::Relaxed);
-                        tracing::info!(
-                            dest = %d.spec,
-                            "UDP GSO refused ({e}); sending datagrams one by one"
-                        );
+                    Err(e) if gso_run(&frames[done..], gso_max) > 1 && gso_refused(&e) => {
+                        // the route cannot take this message: segments over
+                        // its MTU (EINVAL, EMSGSIZE) are sent plainly from
+                        // now on, smaller ones still as GSO; no checksum
+                        // offload or GSO at all (EIO, ...): plain only
+                        let seg = frames[done].len();
+                        let over_mtu =
+                            matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EMSGSIZE));
+                        let limit = if over_mtu { seg - 1 } else { 0 };
+                        d.gso_max.store(limit, Ordering::Relaxed);
+                        if limit == 0 {
+                            tracing::info!(
+                                dest = %d.spec,
+                                "UDP GSO refused ({e}); sending datagrams one by one"
+                            );
+                        } else {
+                            tracing::info!(
+                                dest = %d.spec,
+                                "UDP GSO refused for {seg}-byte datagrams ({e}); \
+                                 those go one by one, smaller ones still batched"
+                            );
+                        }
                     }
                     Err(e) => {
                         // the first datagram of the rest failed: count it, go on

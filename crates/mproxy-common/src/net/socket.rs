@@ -526,16 +526,17 @@ pub fn enable_gro(sock: &UdpSocket) -> bool {
     set_int_opt(sock, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok()
 }
 
-/// How many of `frames`, from the first, go into one message: with `gso`,
-/// a run of frames of the first one's size, optionally ended by one
-/// shorter frame (what `UDP_SEGMENT` requires), within
-/// [`GSO_MAX_SEGMENTS`] and [`GSO_MAX_BYTES`]; otherwise 1
-pub fn gso_run(frames: &[&[u8]], gso: bool) -> usize {
+/// How many of `frames`, from the first, go into one message: a run of
+/// frames of the first one's size, optionally ended by one shorter frame
+/// (what `UDP_SEGMENT` requires), within [`GSO_MAX_SEGMENTS`] and
+/// [`GSO_MAX_BYTES`], if that size is at most `gso_max` (the largest
+/// segment the route takes; 0: no GSO); otherwise 1
+pub fn gso_run(frames: &[&[u8]], gso_max: usize) -> usize {
     let Some(first) = frames.first() else {
         return 0;
     };
     let seg = first.len();
-    if !gso || seg == 0 {
+    if seg == 0 || seg > gso_max {
         return 1;
     }
     let mut n = 1;
@@ -671,6 +672,20 @@ impl RecvBatch {
             let from =
                 read_sockaddr(&self.names[idx]).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
             let base = idx * self.slot;
+            if h.msg_hdr.msg_flags & libc::MSG_CTRUNC != 0 {
+                // a lost UDP_GRO control message would glue datagrams
+                // together: hand nothing up, shown as one truncated datagram
+                self.segs.push((
+                    base,
+                    RecvMeta {
+                        len: 0,
+                        wire_len: wire_len.max(1),
+                        from,
+                        kernel_drops,
+                    },
+                ));
+                continue;
+            }
             if segment == 0 || segment >= wire_len {
                 self.segs.push((
                     base,
@@ -691,7 +706,7 @@ impl RecvBatch {
                 let seg_len = segment.min(wire_len - off);
                 let len = seg_len.min(self.slot.saturating_sub(off));
                 self.segs.push((
-                    base + off,
+                    base + off.min(self.slot),
                     RecvMeta {
                         len,
                         wire_len: seg_len,
@@ -783,24 +798,25 @@ fn sendmmsg_retrying(sock: &UdpSocket, hdrs: &mut [libc::mmsghdr]) -> io::Result
     }
 }
 
-/// Send `frames` to `addr` with one system call (sendmmsg); with `gso`,
-/// each run of equal-sized frames (see [`gso_run`]) goes out as one UDP
-/// GSO message that the kernel cuts into those same datagrams, read in
-/// place from `frames` (no copy)
+/// Send `frames` to `addr` with one system call (sendmmsg); each run of
+/// equal-sized frames of at most `gso_max` bytes (see [`gso_run`]) goes
+/// out as one UDP GSO message that the kernel cuts into those same
+/// datagrams, read in place from `frames` (no copy)
 ///
 /// Returns how many frames, from the first, the kernel took; the caller
 /// retries the rest.
 ///
 /// # Errors
-/// The OS error if not even the first message could be sent. With `gso`,
-/// `EIO`, `EINVAL` or `EOPNOTSUPP` on a message of several segments means
-/// this route cannot segment (no checksum offload, segment over the MTU):
-/// send again without `gso`.
+/// The OS error if not even the first message could be sent. An error on
+/// a message of several segments may mean this route cannot
+/// segment: `EIO`, `EOPNOTSUPP` or `ENOPROTOOPT` (no checksum offload, no
+/// GSO), `EINVAL` or `EMSGSIZE` (a segment over the route's MTU); send
+/// again without `gso`, or with shorter segments.
 pub fn send_segments(
     sock: &UdpSocket,
     frames: &[&[u8]],
     addr: SocketAddr,
-    gso: bool,
+    gso_max: usize,
 ) -> io::Result<usize> {
     if frames.is_empty() {
         return Ok(0);
@@ -821,11 +837,14 @@ pub fn send_segments(
     let mut plan: Vec<(usize, usize)> = Vec::new();
     let mut i = 0;
     while i < frames.len() {
-        let k = gso_run(&frames[i..], gso).max(1);
+        let k = gso_run(&frames[i..], gso_max).max(1);
         plan.push((i, k));
         i += k;
     }
     let mut controls: Vec<[u64; 4]> = vec![[0u64; 4]; plan.len()];
+    // one pointer for all headers (re-borrowing the Vec per header would
+    // invalidate the earlier ones under Rust's aliasing rules)
+    let controls_base = controls.as_mut_ptr();
     let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(plan.len());
     for (m, &(first, k)) in plan.iter().enumerate() {
         // SAFETY: an all-zero mmsghdr is a valid starting value.
@@ -836,7 +855,8 @@ pub fn send_segments(
         h.msg_hdr.msg_iovlen = k as _;
         if k > 1 {
             let segment = u16::try_from(frames[first].len()).unwrap_or(u16::MAX);
-            h.msg_hdr.msg_control = controls[m].as_mut_ptr().cast();
+            // SAFETY: m < plan.len() == controls.len()
+            h.msg_hdr.msg_control = unsafe { controls_base.add(m) }.cast();
             // SAFETY: CMSG_SPACE of a u16 (24 bytes) fits the 32-byte
             // buffer; CMSG_FIRSTHDR points into it and is non-null.
             unsafe {
