@@ -95,6 +95,13 @@ impl RepairBuffer {
         buf.resize(max_len, 0);
         let len = write(&mut buf).min(max_len);
         buf.truncate(len);
+        // a frame well under the full size (or a buffer over the whole
+        // capacity) gives back the room it does not use, so the count
+        // below tracks real frame sizes; full frames, the fast case, keep
+        // their buffer as it is
+        if len * 2 < buf.capacity() || buf.capacity() > self.capacity {
+            buf.shrink_to(len);
+        }
         if buf.capacity() > self.capacity {
             self.clear_all();
             self.front = seq.wrapping_add(1);
@@ -252,6 +259,28 @@ mod tests {
             let rb = b.resend(t, seq, Duration::ZERO, &mut |f: &[u8]| y = f.to_vec());
             assert_eq!((ra, &x), (rb, &y), "seq {seq}");
         }
+        // small frames in room for large ones are held at their own size
+        let mut d = RepairBuffer::new(10 * 124);
+        for seq in 0..20u32 {
+            let f = frame(seq, 100);
+            d.store_with(seq, 1000, |buf| {
+                buf[..f.len()].copy_from_slice(&f);
+                f.len()
+            });
+        }
+        assert!(d.bytes() >= 8 * 124, "{} bytes held", d.bytes());
+        // a repair buffer smaller than the frame room still holds frames
+        // that fit it
+        let mut e = RepairBuffer::new(200);
+        let f = frame(0, 100);
+        e.store_with(0, 1000, |buf| {
+            buf[..f.len()].copy_from_slice(&f);
+            f.len()
+        });
+        assert!(e.bytes() > 0);
+        let mut n = 0;
+        let resent = e.resend(t, 0, Duration::ZERO, &mut |_: &[u8]| n += 1);
+        assert_eq!((resent, n), (RepairOutcome::Resent, 1));
         // a frame larger than the whole buffer is returned, not held
         let mut small = RepairBuffer::new(50);
         let big = frame(0, 100);
