@@ -308,7 +308,7 @@ fn drain(
             shared.forward_many(&out.frames());
             out.clear();
         }
-        if n < BATCH {
+        if batch.messages() < BATCH {
             return false;
         }
     }

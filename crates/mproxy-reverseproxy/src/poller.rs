@@ -143,7 +143,7 @@ pub(crate) fn drain_udp(
             }
             f(meta.from, data);
         }
-        if n < RECV_BATCH {
+        if batch.messages() < RECV_BATCH {
             return false;
         }
     }

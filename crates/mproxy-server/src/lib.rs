@@ -741,7 +741,7 @@ fn drain(l: &mut Listener, index: usize, batch: &mut RecvBatch, core: &mut Core,
             }
             core.handle(now, meta.from, index, listener, data);
         }
-        if n < BATCH {
+        if batch.messages() < BATCH {
             return;
         }
     }
