@@ -33,8 +33,9 @@ pub(crate) struct Route {
     pub(crate) from: SocketAddr,
     /// Index of the listen socket it arrived on
     pub(crate) input: usize,
-    /// When a frame of the session last arrived
-    seen: Instant,
+    /// When a frame of the session last arrived, as a count of frames
+    /// learned (unique, unlike clock readings taken once per batch)
+    seen: u64,
     /// When `from`/`input` last changed (`None`: never)
     moved: Option<Instant>,
 }
@@ -60,6 +61,8 @@ pub(crate) struct SessionMap {
     pub(crate) evicted: u64,
     /// Sessions ever learned
     pub(crate) learned: u64,
+    /// Frames learned so far: the order of [`Route::seen`]
+    clock: u64,
 }
 
 impl SessionMap {
@@ -70,6 +73,7 @@ impl SessionMap {
             cap: cap.max(1),
             evicted: 0,
             learned: 0,
+            clock: 0,
         }
     }
 
@@ -87,19 +91,21 @@ impl SessionMap {
                 r.input = input;
                 r.moved = Some(now);
             }
-            r.seen = now;
+            self.clock += 1;
+            r.seen = self.clock;
             return;
         }
         if self.map.len() >= self.cap {
             self.evict();
         }
         self.learned += 1;
+        self.clock += 1;
         self.map.insert(
             session,
             Route {
                 from,
                 input,
-                seen: now,
+                seen: self.clock,
                 moved: None,
             },
         );
@@ -111,10 +117,10 @@ impl SessionMap {
         if n == 0 {
             return;
         }
-        let mut seen: Vec<Instant> = self.map.values().map(|r| r.seen).collect();
+        let mut seen: Vec<u64> = self.map.values().map(|r| r.seen).collect();
         let (_, cutoff, _) = seen.select_nth_unstable(n - 1);
         let cutoff = *cutoff;
-        // ties at the cutoff may remove a few more; never fewer than one
+        // `seen` values are unique: exactly n go
         let before = self.map.len();
         self.map.retain(|_, r| r.seen > cutoff);
         self.evicted += (before - self.map.len()) as u64;
@@ -328,6 +334,19 @@ mod tests {
         assert!(m.get(0).is_some());
         assert!(m.get(1).is_none());
         assert_eq!(m.get(100).map(|r| r.from), Some(addr(2)));
+    }
+
+    #[test]
+    fn test_sessions_learned_in_one_batch_evict_an_eighth_not_all() {
+        // one receive batch: every session learned at the same instant
+        let mut m = SessionMap::new(64);
+        let t0 = Instant::now();
+        for s in 0..65u64 {
+            m.learn(s, addr(1), 0, t0);
+        }
+        assert_eq!(m.evicted, 8, "an eighth of 64");
+        assert_eq!(m.len(), 57);
+        assert!(m.get(0).is_none() && m.get(7).is_none() && m.get(8).is_some());
     }
 
     #[test]
