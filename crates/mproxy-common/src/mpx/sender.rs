@@ -140,42 +140,11 @@ impl Sender {
         if self.finished {
             return;
         }
-        let Self {
-            packer,
-            frame,
-            session,
-            stream,
-            next_seq,
-            stats,
-            repair,
-            fec,
-            ..
-        } = self;
+        let (packer, mut framer) = self.split();
         let mut sent = false;
         packer.push(data, |payload| {
-            let seq = *next_seq;
-            let flags = fec_flag(fec.is_some());
-            stats.frames += 1;
-            stats.bytes += payload.len() as u64;
             sent = true;
-            emit(write_data(
-                frame,
-                repair.as_mut(),
-                (*session, *stream),
-                next_seq,
-                flags,
-                payload,
-            ));
-            protect(
-                fec.as_mut(),
-                now,
-                seq,
-                flags,
-                payload,
-                *session,
-                *stream,
-                &mut emit,
-            );
+            framer.data(now, payload, &mut emit);
         });
         if sent {
             self.touch(now);
@@ -187,58 +156,27 @@ impl Sender {
         if self.finished {
             return;
         }
-        let Self {
-            packer,
-            frame,
-            session,
-            stream,
-            next_seq,
-            stats,
-            repair,
-            fec,
-            ..
-        } = self;
-        packer.finish(|payload| {
-            let seq = *next_seq;
-            let flags = fec_flag(fec.is_some());
-            stats.frames += 1;
-            stats.bytes += payload.len() as u64;
-            emit(write_data(
-                frame,
-                repair.as_mut(),
-                (*session, *stream),
-                next_seq,
-                flags,
-                payload,
-            ));
-            protect(
-                fec.as_mut(),
-                now,
-                seq,
-                flags,
-                payload,
-                *session,
-                *stream,
-                &mut emit,
-            );
-        });
-        let seq = *next_seq;
-        let flags = fec_flag(fec.is_some()) | Flags::FIN;
-        let len = data_frame(frame, *session, *stream, next_seq, flags, &[]);
-        stats.frames += 1;
-        if let Some(r) = repair.as_mut() {
-            r.store(seq, &frame[..len]);
-        }
-        emit(&frame[..len]);
-        if let Some(f) = fec.as_mut() {
-            // the last (partial) block goes out with the end of the stream
-            let flags = if seq == 0 { flags | Flags::OPEN } else { flags };
-            f.add(now, seq, flags, &[]);
-            f.flush(*session, *stream, &mut emit);
-        }
+        let (packer, mut framer) = self.split();
+        packer.finish(|payload| framer.data(now, payload, &mut emit));
+        framer.fin(now, &mut emit);
         self.finished = true;
         self.linger = LINGER_COUNT;
         self.touch(now);
+    }
+
+    /// The packer, and beside it what turns its payloads into frames
+    fn split(&mut self) -> (&mut Packer, Framer<'_>) {
+        (
+            &mut self.packer,
+            Framer {
+                frame: &mut self.frame,
+                ids: (self.session, self.stream),
+                next_seq: &mut self.next_seq,
+                stats: &mut self.stats,
+                repair: self.repair.as_mut(),
+                fec: self.fec.as_mut(),
+            },
+        )
     }
 
     /// When [`Sender::handle_timeout`] should next be called
@@ -406,6 +344,65 @@ fn protect(
     }
     if f.add(now, seq, flags, payload) {
         f.flush(session, stream, emit);
+    }
+}
+
+/// The parts of a [`Sender`] that make DATA frames, borrowed beside its
+/// packer (which hands them the payloads)
+struct Framer<'a> {
+    frame: &'a mut [u8],
+    ids: (u64, u32),
+    next_seq: &'a mut u32,
+    stats: &'a mut SenderStats,
+    repair: Option<&'a mut RepairBuffer>,
+    fec: Option<&'a mut FecEncoder>,
+}
+
+impl Framer<'_> {
+    /// One DATA frame for `payload`, then FEC repair frames if it filled a block
+    fn data(&mut self, now: Instant, payload: &[u8], emit: &mut impl FnMut(&[u8])) {
+        let seq = *self.next_seq;
+        let flags = fec_flag(self.fec.is_some());
+        self.stats.frames += 1;
+        self.stats.bytes += payload.len() as u64;
+        emit(write_data(
+            self.frame,
+            self.repair.as_deref_mut(),
+            self.ids,
+            self.next_seq,
+            flags,
+            payload,
+        ));
+        protect(
+            self.fec.as_deref_mut(),
+            now,
+            seq,
+            flags,
+            payload,
+            self.ids.0,
+            self.ids.1,
+            emit,
+        );
+    }
+
+    /// The empty FIN frame, then the last (partial) FEC block
+    fn fin(&mut self, now: Instant, emit: &mut impl FnMut(&[u8])) {
+        let seq = *self.next_seq;
+        let flags = fec_flag(self.fec.is_some()) | Flags::FIN;
+        self.stats.frames += 1;
+        emit(write_data(
+            self.frame,
+            self.repair.as_deref_mut(),
+            self.ids,
+            self.next_seq,
+            flags,
+            &[],
+        ));
+        if let Some(f) = self.fec.as_deref_mut() {
+            let flags = if seq == 0 { flags | Flags::OPEN } else { flags };
+            f.add(now, seq, flags, &[]);
+            f.flush(self.ids.0, self.ids.1, emit);
+        }
     }
 }
 
