@@ -103,7 +103,7 @@ use clap::Parser;
 use mproxy_common::cli::{parse_max_datagram, CommonArgs, Shutdown};
 use mproxy_common::io::Tee;
 use mproxy_common::mpx::new_session_id;
-use mproxy_common::net::{bind_receiver, enable_gro};
+use mproxy_common::net::bind_batch_receiver;
 use mproxy_common::pack::Framing;
 use mproxy_common::stats::{human_bytes, Counter};
 use mproxy_common::{Endpoint, Fanout, SocketOptions};
@@ -509,10 +509,8 @@ impl Proxy {
                      every datagram would be forwarded again, forever"
                 );
             }
-            let sock = bind_receiver(addr, &config.socket)
+            let (sock, gro) = bind_batch_receiver(addr, &config.socket)
                 .with_context(|| format!("--udp-listen-addr {ep}"))?;
-            // read only by RecvBatch, which splits coalesced buffers
-            let gro = config.socket.offload && enable_gro(&sock);
             tracing::info!(listen = %ep, gro, "listening for UDP");
             udp.push(udp::Input::new(ep.to_string(), sock));
         }

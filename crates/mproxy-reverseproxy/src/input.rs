@@ -24,7 +24,7 @@ use mio::{Events, Poll, Token};
 use mproxy_common::cli::Shutdown;
 use mproxy_common::io::Tee;
 use mproxy_common::mpx::{new_session_id, Encoder};
-use mproxy_common::net::{bind_receiver, enable_gro, DatagramBatch};
+use mproxy_common::net::{bind_batch_receiver, DatagramBatch};
 use mproxy_common::pack::Framing;
 use mproxy_common::stats::LogLimiter;
 use mproxy_common::wire::{classify, Datagram, Frame, FrameType, HEADER_LEN};
@@ -248,13 +248,9 @@ impl UdpInput {
             sources: Vec::new(),
             ..config.socket.clone()
         };
-        let sock = bind_receiver(addr.addr, &opts)
+        let (sock, _gro) = bind_batch_receiver(addr.addr, &opts)
             .map_err(anyhow::Error::from)
             .with_context(context)?;
-        // read only by RecvBatch (poller::drain), which splits coalesced buffers
-        if opts.offload {
-            enable_gro(&sock);
-        }
         let local = sock.local_addr().with_context(context)?;
         let poll = Poll::new().context("creating a poll instance")?;
         register(&poll, sock.as_raw_fd(), Token(0)).with_context(context)?;

@@ -47,7 +47,7 @@ use anyhow::Context as _;
 use mio::{Events, Poll, Token};
 use mproxy_common::cli::Shutdown;
 use mproxy_common::mpx::ReceiverConfig;
-use mproxy_common::net::{bind_receiver, enable_gro, DatagramBatch};
+use mproxy_common::net::{bind_batch_receiver, DatagramBatch};
 use mproxy_common::stats::{Counter, LogLimiter};
 use mproxy_common::Fanout;
 use rustls::{ServerConfig, ServerConnection};
@@ -64,7 +64,7 @@ const LISTENER: Token = Token(1);
 
 /// Bind a receive socket on the group for the output named by `flag` and `addr`
 fn join_group(config: &Config, flag: &str, addr: &Addr) -> anyhow::Result<UdpSocket> {
-    let sock = bind_receiver(config.group.addr, &config.socket)
+    let (sock, _gro) = bind_batch_receiver(config.group.addr, &config.socket)
         .map_err(anyhow::Error::from)
         .with_context(|| {
             format!(
@@ -72,10 +72,6 @@ fn join_group(config: &Config, flag: &str, addr: &Addr) -> anyhow::Result<UdpSoc
                 config.group
             )
         })?;
-    // read only by RecvBatch (poller::drain), which splits coalesced buffers
-    if config.socket.offload {
-        enable_gro(&sock);
-    }
     Ok(sock)
 }
 

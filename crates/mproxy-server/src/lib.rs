@@ -42,7 +42,7 @@ use mproxy_common::mpx::{
     REPORT_LEN,
 };
 use mproxy_common::net::{
-    bind_receiver, enable_gro, kernel_drops, recv_buffer_size, RecvBatch, RECV_BUF_LEN,
+    bind_batch_receiver, kernel_drops, recv_buffer_size, RecvBatch, RECV_BUF_LEN,
 };
 use mproxy_common::stats::{human_bytes, LogLimiter};
 use mproxy_common::wire::{classify, Datagram, FrameType};
@@ -479,11 +479,9 @@ impl Server {
         let mut listeners = Vec::with_capacity(config.listen.len());
         for ep in &config.listen {
             let addr = ep.resolve().context("--listen-addr")?;
-            let sock = bind_receiver(addr, &config.socket)
+            let (sock, gro) = bind_batch_receiver(addr, &config.socket)
                 .with_context(|| format!("--listen-addr {ep}"))?;
             let addr = sock.local_addr().unwrap_or(addr);
-            // read only by RecvBatch, which splits coalesced buffers
-            let gro = config.socket.offload && enable_gro(&sock);
             tracing::info!(listen = %ep, %addr, gro, "listening");
             listeners.push(Listener {
                 sock,

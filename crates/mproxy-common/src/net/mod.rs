@@ -10,9 +10,9 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 pub use socket::{
-    bind_receiver, bind_sender, enable_gro, gso_run, gso_supported, kernel_drops, recv_buffer_size,
-    recv_meta, send_batch, send_segments, RecvBatch, RecvMeta, DEFAULT_RCVBUF, GSO_MAX_BYTES,
-    GSO_MAX_SEGMENTS,
+    bind_batch_receiver, bind_receiver, bind_sender, enable_gro, gso_run, gso_supported,
+    kernel_drops, recv_buffer_size, recv_meta, send_batch, send_segments, RecvBatch, RecvMeta,
+    DEFAULT_RCVBUF, GSO_MAX_BYTES, GSO_MAX_SEGMENTS,
 };
 
 use crate::addr::{Endpoint, Interface};

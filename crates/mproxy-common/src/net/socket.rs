@@ -526,6 +526,21 @@ pub fn enable_gro(sock: &UdpSocket) -> bool {
     set_int_opt(sock, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok()
 }
 
+/// [`bind_receiver`] for a socket read only through [`RecvBatch`], which
+/// splits coalesced buffers: with `opts.offload` it also gets UDP GRO.
+/// Returns the socket and whether GRO is on.
+///
+/// # Errors
+/// As [`bind_receiver`].
+pub fn bind_batch_receiver(
+    addr: SocketAddr,
+    opts: &SocketOptions,
+) -> Result<(UdpSocket, bool), NetError> {
+    let sock = bind_receiver(addr, opts)?;
+    let gro = opts.offload && enable_gro(&sock);
+    Ok((sock, gro))
+}
+
 /// How many of `frames`, from the first, go into one message: a run of
 /// frames of the first one's size, optionally ended by one shorter frame
 /// (what `UDP_SEGMENT` requires), within [`GSO_MAX_SEGMENTS`] and
