@@ -38,20 +38,26 @@ fn mixed_frames() -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Send `frames` with `Fanout::send_many` to a GRO receiver; what arrives
-/// and in how many receive messages
-fn gso_round_trip(frames: &[Vec<u8>], offload: bool) -> (Vec<Vec<u8>>, usize) {
-    let listen: SocketAddr = "127.0.0.1:7301".parse().unwrap();
-    let opts = SocketOptions {
-        offload,
-        ..SocketOptions::default()
-    };
-    let rx = bind_receiver(listen, &opts).unwrap();
+/// A blocking receiver on 127.0.0.1:`port` with UDP GRO on (always: the
+/// test reads it through RecvBatch) and a Fanout sending to it with `opts`
+fn gro_pair(port: u16, opts: &SocketOptions) -> (UdpSocket, Fanout) {
+    let listen = SocketAddr::from(([127, 0, 0, 1], port));
+    let rx = bind_receiver(listen, opts).unwrap();
     assert!(enable_gro(&rx), "UDP_GRO refused by this kernel");
     rx.set_nonblocking(false).unwrap();
     rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let dest: Endpoint = listen.to_string().parse().unwrap();
-    let fanout = Fanout::new(&[dest], &opts).unwrap();
+    (rx, Fanout::new(&[dest], opts).unwrap())
+}
+
+/// Send `frames` with `Fanout::send_many` to a GRO receiver; what arrives
+/// and in how many receive messages
+fn gso_round_trip(frames: &[Vec<u8>], offload: bool) -> (Vec<Vec<u8>>, usize) {
+    let opts = SocketOptions {
+        offload,
+        ..SocketOptions::default()
+    };
+    let (rx, fanout) = gro_pair(7301, &opts);
     let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
     assert_eq!(fanout.send_many(&refs), frames.len());
     let mut batch = RecvBatch::new(8, RECV_BUF_LEN);
@@ -291,13 +297,7 @@ fn gso_refused_by_the_route_falls_back_to_plain_datagrams() {
 fn a_refused_segment_size_does_not_turn_gso_off_for_smaller_ones() {
     in_netns(|ns| {
         ns.run("ip", &["link", "set", "lo", "mtu", "1500"]);
-        let listen: SocketAddr = "127.0.0.1:7304".parse().unwrap();
-        let rx = bind_receiver(listen, &SocketOptions::default()).unwrap();
-        assert!(enable_gro(&rx));
-        rx.set_nonblocking(false).unwrap();
-        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let dest: Endpoint = listen.to_string().parse().unwrap();
-        let fanout = Fanout::new(&[dest], &SocketOptions::default()).unwrap();
+        let (rx, fanout) = gro_pair(7304, &SocketOptions::default());
         let mut batch = RecvBatch::new(8, RECV_BUF_LEN);
         let mut receive = |want: usize, size: usize| -> usize {
             let (mut got, mut messages) = (0, 0);
@@ -336,13 +336,7 @@ fn a_refused_segment_size_does_not_turn_gso_off_for_smaller_ones() {
 #[test]
 fn a_gro_buffer_larger_than_the_slot_is_truncated_not_a_panic() {
     in_netns(|_| {
-        let listen: SocketAddr = "127.0.0.1:7305".parse().unwrap();
-        let rx = bind_receiver(listen, &SocketOptions::default()).unwrap();
-        assert!(enable_gro(&rx));
-        rx.set_nonblocking(false).unwrap();
-        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let dest: Endpoint = listen.to_string().parse().unwrap();
-        let fanout = Fanout::new(&[dest], &SocketOptions::default()).unwrap();
+        let (rx, fanout) = gro_pair(7305, &SocketOptions::default());
         let frames = vec![vec![3u8; 1000]; 5];
         let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
         assert_eq!(fanout.send_many(&refs), 5);
