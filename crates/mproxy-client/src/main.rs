@@ -3,24 +3,25 @@
 use std::process::ExitCode;
 
 use mproxy_client::{Cli, Client, Config};
-use mproxy_common::cli::{parse_args, runtime_error, usage_error, Shutdown};
+use mproxy_common::cli::{exit_with, parse_args, Shutdown, EXIT_FAILURE, EXIT_USAGE};
 
 fn main() -> ExitCode {
     let cli: Cli = parse_args();
     cli.common.init_tracing();
     let client = match Config::try_from(cli).and_then(Client::new) {
         Ok(c) => c,
-        Err(e) => return usage_error(&e),
+        Err(e) => return exit_with(EXIT_USAGE, &e),
     };
     let shutdown = match Shutdown::install() {
         Ok(s) => s,
-        Err(e) => return runtime_error(&e.into()),
+        Err(e) => return exit_with(EXIT_FAILURE, &e),
     };
     match client.run(&shutdown) {
         Ok(summary) => {
             tracing::info!("{summary}");
             ExitCode::SUCCESS
         }
-        Err(e) => runtime_error(&e),
+        Err(e) if e.is_bad_input() => exit_with(EXIT_USAGE, &e),
+        Err(e) => exit_with(EXIT_FAILURE, &e),
     }
 }

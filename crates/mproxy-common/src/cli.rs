@@ -6,8 +6,6 @@
 use std::io::IsTerminal as _;
 use std::net::IpAddr;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use crate::addr::Interface;
 use crate::net::SocketOptions;
@@ -224,6 +222,25 @@ pub fn runtime_error(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(EXIT_FAILURE)
 }
 
+/// Print a typed error as one line (with its sources) and return `code`:
+/// [`EXIT_USAGE`] for bad input, [`EXIT_FAILURE`] for a runtime fault, or
+/// a binary's own code
+pub fn exit_with(code: u8, err: &(dyn std::error::Error + 'static)) -> ExitCode {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !line.contains(&s) {
+            line.push_str(": ");
+            line.push_str(&s);
+        }
+        source = e.source();
+    }
+    let kind = if code == EXIT_USAGE { "error" } else { "fatal" };
+    eprintln!("{}: {kind}: {}", program_name(), line.replace('\n', " "));
+    ExitCode::from(code)
+}
+
 fn one_line(err: &anyhow::Error) -> String {
     format!("{err:#}").replace('\n', " ")
 }
@@ -240,59 +257,7 @@ fn program_name() -> String {
         .unwrap_or_else(|| "mproxy".into())
 }
 
-/// Set by SIGINT or SIGTERM: the run loops finish their current datagram,
-/// flush outputs and return
-#[derive(Debug, Clone, Default)]
-pub struct Shutdown(Arc<AtomicBool>);
-
-impl Shutdown {
-    /// A flag that only [`Shutdown::trigger`] sets (for library use and tests)
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// A flag set by SIGINT and SIGTERM
-    ///
-    /// # Errors
-    /// If the signal handlers cannot be installed.
-    pub fn install() -> std::io::Result<Self> {
-        let s = Self::new();
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::flag::register(sig, Arc::clone(&s.0))?;
-        }
-        Ok(s)
-    }
-
-    /// True once shutdown was requested
-    pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    /// Request shutdown
-    pub fn trigger(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Set by SIGUSR1: "log your counters now"
-#[derive(Debug, Clone)]
-pub struct StatsSignal(Arc<AtomicBool>);
-
-impl StatsSignal {
-    /// Register the SIGUSR1 handler; `None` if that fails (stats then
-    /// only come at `--stats-interval` and exit)
-    pub fn install() -> Option<Self> {
-        let flag = Arc::new(AtomicBool::new(false));
-        signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&flag))
-            .ok()
-            .map(|_| Self(flag))
-    }
-
-    /// True (once) if SIGUSR1 arrived since the last call
-    pub fn take(&self) -> bool {
-        self.0.swap(false, Ordering::Relaxed)
-    }
-}
+pub use crate::signal::{Shutdown, StatsSignal};
 
 #[cfg(test)]
 mod tests {

@@ -30,6 +30,7 @@ pub mod mpx;
 pub mod net;
 pub mod pack;
 pub mod rate;
+pub mod signal;
 pub mod stats;
 #[cfg(feature = "tls")]
 pub mod tls;

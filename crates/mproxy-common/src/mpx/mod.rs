@@ -20,6 +20,7 @@ mod receiver;
 mod repair;
 mod scheduler;
 mod sender;
+mod session;
 
 pub use fec::{
     FecConfig, FecDecoder, FecDecoderStats, FecEncoder, FecEncoderStats, Rebuilt,
@@ -33,7 +34,11 @@ pub use scheduler::{PathConfig, PathState, PathStats, Scheduler, SchedulerConfig
 pub use receiver::{
     CloseReason, Event, Receiver, ReceiverConfig, ReceiverStats, StreamKey, StreamStats, Transmit,
 };
-pub use sender::{Sender, SenderConfig, SenderStats};
+pub use sender::{Sender, SenderConfig, SenderStats, HEARTBEAT_LEN};
+pub use session::{
+    Dest, Mode, Outgoing, PathCause, SenderSession, SessionConfig, SessionEvent, SessionStats,
+    FLOW_POKE, LINGER_QUIET, MAX_BATCH, MIN_WAIT,
+};
 
 /// Turns a byte stream into datagrams, raw or mpx-framed
 ///

@@ -74,11 +74,18 @@ pub struct Sender {
     repair: Option<RepairBuffer>,
     fec: Option<FecEncoder>,
     stats: SenderStats,
+    /// First sequence number not yet handed to the network, when a driver
+    /// queues frames before sending them ([`Sender::set_sent`]); `None`:
+    /// every frame made was sent at once
+    sent_limit: Option<u32>,
 }
 
 /// A frame re-sent less than this long ago is not re-sent again for
 /// another request (several multicast receivers asking for the same)
 const REPAIR_MIN_GAP: Duration = Duration::from_millis(10);
+
+/// HEARTBEAT payload: timestamp (µs) and stream offset of `seq`, both u64
+pub const HEARTBEAT_LEN: usize = 16;
 
 /// Heartbeats sent after FIN, and their spacing
 const LINGER_COUNT: u8 = 3;
@@ -93,7 +100,7 @@ impl Sender {
             stream,
             next_seq: 0,
             packer: Packer::new(config.framing, max_payload),
-            frame: vec![0; HEADER_LEN + max_payload],
+            frame: vec![0; HEADER_LEN + max_payload.max(HEARTBEAT_LEN)],
             heartbeat_interval: config.heartbeat_interval,
             epoch: None,
             last_sent: None,
@@ -102,6 +109,7 @@ impl Sender {
             repair: (config.repair_buffer > 0).then(|| RepairBuffer::new(config.repair_buffer)),
             fec: None,
             stats: SenderStats::default(),
+            sent_limit: None,
         }
     }
 
@@ -133,6 +141,18 @@ impl Sender {
     /// True once [`Sender::finish`] was called
     pub fn is_finished(&self) -> bool {
         self.finished
+    }
+
+    /// Tell the sender that frames from `seq` on were made but not sent
+    /// yet (they wait in a driver's queue): NACKs for them are not
+    /// answered, since the originals are still to come
+    pub fn set_sent(&mut self, seq: u32) {
+        self.sent_limit = Some(seq);
+    }
+
+    /// The first sequence number not yet sent (see [`Sender::set_sent`])
+    pub fn sent_limit(&self) -> u32 {
+        self.sent_limit.unwrap_or(self.next_seq)
     }
 
     /// Feed stream bytes; each finished frame is passed to `emit`
@@ -223,11 +243,12 @@ impl Sender {
             return;
         };
         let mut budget = 4096u32;
+        let sent = self.sent_limit.unwrap_or(self.next_seq);
         for range in parse_nack(payload) {
             for i in 0..u32::from(range.count) {
                 let seq = range.start.wrapping_add(i);
-                // only what was already sent: (next_seq - seq) in 1..2^31
-                let behind = self.next_seq.wrapping_sub(seq);
+                // only what was already sent: (sent - seq) in 1..2^31
+                let behind = sent.wrapping_sub(seq);
                 if behind == 0 || behind > (1 << 31) || budget == 0 {
                     continue;
                 }
@@ -255,23 +276,52 @@ impl Sender {
     }
 
     /// Emit a heartbeat now, whatever the idle timer says (a path probe)
-    pub fn probe(&mut self, now: Instant, mut emit: impl FnMut(&[u8])) {
+    pub fn probe(&mut self, now: Instant, emit: impl FnMut(&[u8])) {
+        let (seq, offset) = (self.next_seq, self.stats.bytes);
+        self.heartbeat(now, seq, self.finished, offset, emit);
+    }
+
+    /// Emit a HEARTBEAT announcing `seq` as the next DATA frame, `offset`
+    /// as the stream bytes before it, flagged FIN if `fin` (the stream
+    /// ends before `seq`); its timestamp is microseconds since the epoch
+    pub fn heartbeat(
+        &mut self,
+        now: Instant,
+        seq: u32,
+        fin: bool,
+        offset: u64,
+        mut emit: impl FnMut(&[u8]),
+    ) {
         let epoch = *self.epoch.get_or_insert(now);
         let micros = now.saturating_duration_since(epoch).as_micros() as u64;
         let repr = Repr {
             frame_type: FrameType::Heartbeat,
-            flags: if self.finished {
-                Flags::FIN
-            } else {
-                Flags::NONE
-            },
+            flags: if fin { Flags::FIN } else { Flags::NONE },
             session: self.session,
             stream: self.stream,
-            seq: self.next_seq,
+            seq,
         };
-        if let Ok(len) = repr.emit_with_payload(&mut self.frame, &micros.to_be_bytes()) {
+        let mut payload = [0u8; HEARTBEAT_LEN];
+        payload[..8].copy_from_slice(&micros.to_be_bytes());
+        payload[8..].copy_from_slice(&offset.to_be_bytes());
+        if let Ok(len) = repr.emit_with_payload(&mut self.frame, &payload) {
             self.stats.heartbeats += 1;
             emit(&self.frame[..len]);
+        }
+    }
+
+    /// When the open FEC block must be closed (see [`Sender::handle_fec_timeout`])
+    #[must_use]
+    pub fn poll_fec_timeout(&self) -> Option<Instant> {
+        self.fec.as_ref().and_then(FecEncoder::poll_timeout)
+    }
+
+    /// Send the repair frames of an FEC block that waited long enough
+    pub fn handle_fec_timeout(&mut self, now: Instant, emit: impl FnMut(&[u8])) {
+        if let Some(f) = self.fec.as_mut() {
+            if f.poll_timeout().is_some_and(|at| now >= at) {
+                f.flush(self.session, self.stream, emit);
+            }
         }
     }
 
@@ -288,25 +338,11 @@ impl Sender {
             Some(at) if now >= at => {}
             _ => return,
         }
-        let epoch = *self.epoch.get_or_insert(now);
-        let micros = now.saturating_duration_since(epoch).as_micros() as u64;
-        let flags = if self.finished {
-            self.linger -= 1;
-            Flags::FIN
-        } else {
-            Flags::NONE
-        };
-        let repr = Repr {
-            frame_type: FrameType::Heartbeat,
-            flags,
-            session: self.session,
-            stream: self.stream,
-            seq: self.next_seq,
-        };
-        if let Ok(len) = repr.emit_with_payload(&mut self.frame, &micros.to_be_bytes()) {
-            self.stats.heartbeats += 1;
-            emit(&self.frame[..len]);
+        if self.finished {
+            self.linger = self.linger.saturating_sub(1);
         }
+        let (seq, offset) = (self.next_seq, self.stats.bytes);
+        self.heartbeat(now, seq, self.finished, offset, &mut emit);
         self.touch(now);
     }
 
@@ -531,7 +567,8 @@ mod tests {
         };
         assert_eq!(r.frame_type, FrameType::Heartbeat);
         assert_eq!(r.seq, 1, "heartbeat carries the next sequence number");
-        assert_eq!(p, 1_000_000u64.to_be_bytes());
+        assert_eq!(&p[..8], 1_000_000u64.to_be_bytes());
+        assert_eq!(&p[8..], 2u64.to_be_bytes(), "stream offset of seq 1");
         assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(2)));
     }
 }

@@ -1,0 +1,302 @@
+//! The command line and the validated settings of a client
+
+use std::time::Duration;
+
+use clap::Parser;
+use mproxy_common::cli::{parse_max_datagram, CommonArgs};
+use mproxy_common::mpx::{
+    FecConfig, FlowConfig, Mode, DEFAULT_FEC_BLOCK, DEFAULT_FEC_MAX_DELAY, FEC_STREAM_BYTES,
+};
+use mproxy_common::pack::Framing;
+use mproxy_common::rate::Rate;
+use mproxy_common::wire::{symbol_len_for, FEC_MAX_BLOCK, HEADER_LEN};
+use mproxy_common::{PathSpec, SocketOptions};
+
+use crate::Error;
+
+/// Default datagram payload limit: fits a 1500-byte Ethernet MTU over IPv4
+/// without IP fragmentation (1500 - 20 - 8)
+pub const DEFAULT_MAX_DATAGRAM: usize = 1472;
+
+/// Return a configuration error from the enclosing function
+macro_rules! bad {
+    ($($t:tt)*) => {
+        return Err(Error::Config(format!($($t)*)))
+    };
+}
+
+/// Command line of `mproxy-client`
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "mproxy-client",
+    version,
+    about = "Stream a file, device or stdin to UDP servers, unicast or multicast",
+    after_help = "EXAMPLES:\n  \
+        mproxy-client --path ais.nmea --server-addr 127.0.0.1:9920 --server-addr '[::1]:9921'\n  \
+        tail -F sensors.csv | mproxy-client --path - --server-addr 239.255.0.1:9922 --ttl 4 --tee\n  \
+        mproxy-client --path big.bin --framing bytes --rate 200mbit --server-addr 127.0.0.1:9920"
+)]
+pub struct Cli {
+    /// Input: a file, a device (e.g. /dev/ttyUSB0), a FIFO, or '-' for stdin
+    #[arg(long, value_name = "FILE|-", default_value = "-")]
+    pub path: String,
+
+    /// Downstream UDP server, unicast or multicast (HOST:PORT, [V6]:PORT,
+    /// [V6%IFACE]:PORT); repeatable. With --mode stripe a path may carry a
+    /// weight and a rate: 'HOST:PORT|2' or 'HOST:PORT|2|50mbit'
+    #[arg(long = "server-addr", value_name = "HOST:PORT[|W[|RATE]]")]
+    pub server_addr: Vec<PathSpec>,
+
+    /// fanout: every server gets a full copy; stripe: frames are spread
+    /// over the servers (paths) by weight and reassembled by one receiver;
+    /// redundant: every frame goes over every path, the receiver keeps the
+    /// first copy. stripe and redundant imply --mpx
+    #[arg(long, value_name = "fanout|stripe|redundant", default_value = "fanout")]
+    pub mode: Mode,
+
+    /// Copy the input to stdout
+    #[arg(short, long)]
+    pub tee: bool,
+
+    /// Largest datagram payload in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_DATAGRAM,
+          value_parser = parse_max_datagram)]
+    pub max_datagram: usize,
+
+    /// How input is cut into datagrams: 'lines' keeps lines whole (a line is
+    /// split only if longer than --max-datagram), 'bytes' cuts anywhere
+    #[arg(long, value_name = "lines|bytes", default_value = "lines")]
+    pub framing: Framing,
+
+    /// Frame the stream with the mpx header (session, stream id, sequence
+    /// numbers, checksum) so receivers can multiplex, reorder and count
+    /// losses; default is raw payloads, compatible with mproxy 0.1.x
+    #[arg(long)]
+    pub mpx: bool,
+
+    /// mpx stream id of this input (with --mpx or --mode stripe|redundant)
+    /// [default: 1]
+    #[arg(long, value_name = "N")]
+    pub stream_id: Option<u32>,
+
+    /// Pace sending to this rate per destination, e.g. 100mbit, 2MiB, 50000
+    /// (bytes/s) [default: as fast as the input and sockets allow]
+    #[arg(long, value_name = "RATE")]
+    pub rate: Option<Rate>,
+
+    /// mpx: bytes of recent frames kept to re-send what receivers report
+    /// missing (NACK); 0 turns repair off
+    #[arg(long, value_name = "BYTES", default_value = "16MiB",
+          value_parser = mproxy_common::cli::parse_size_or_zero)]
+    pub repair_buffer: usize,
+
+    /// mpx: after the end of input, keep answering repair requests until
+    /// none came for 300 ms, for at most this many milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pub linger: u64,
+
+    /// mpx: pace to the slowest receiver that advertises a window (WINDOW
+    /// frames); receivers silent for 2 s are no longer waited for, and
+    /// with no receiver answering at all the client sends at --rate
+    #[arg(long, value_name = "on|off", default_value = "on",
+          value_parser = mproxy_common::cli::parse_on_off, action = clap::ArgAction::Set)]
+    pub flow_control: bool,
+
+    /// mpx flow control: stop waiting for a receiver this many frames
+    /// behind the most advanced one (it is cut off, counted and logged;
+    /// its losses show as gaps on its side) [default: wait for the slowest]
+    #[arg(long, value_name = "FRAMES")]
+    pub max_lag: Option<u32>,
+    /// mpx: forward error correction for links without a return path: add
+    /// repair frames worth PERCENT of the data frames (1-100), so receivers
+    /// rebuild up to that many lost frames per block without asking;
+    /// 0 turns it off
+    #[arg(long, value_name = "PERCENT", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=100))]
+    pub fec: u16,
+
+    /// mpx: data frames per FEC block (1-1024). Bigger blocks survive
+    /// random loss far better at the same overhead (10 % over 5 % loss:
+    /// 256 frames fail 0.1 % of the time, 20 frames 9 %) [default: 256]
+    #[arg(long, value_name = "FRAMES", value_parser = parse_fec_block)]
+    pub fec_block: Option<usize>,
+
+    /// mpx: close a partial FEC block once its first frame is this many
+    /// milliseconds old (slow streams, end of a burst). Receivers must wait
+    /// longer than this for a missing frame: keep it well below the
+    /// server's --reorder-timeout (default 200 ms) [default: 50]
+    #[arg(long, value_name = "MS")]
+    pub fec_delay: Option<u64>,
+
+    /// Log per-destination / per-path counters every N seconds (0: only
+    /// in the final summary)
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub stats_interval: u64,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonArgs,
+}
+
+/// Validated settings of a client
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Input path, '-' for stdin
+    pub path: String,
+    /// Destinations (paths, with weights and rates for stripe mode)
+    pub servers: Vec<PathSpec>,
+    /// How several destinations are used
+    pub mode: Mode,
+    /// Copy input to stdout
+    pub tee: bool,
+    /// Largest datagram payload
+    pub max_datagram: usize,
+    /// How input is cut into datagrams
+    pub framing: Framing,
+    /// Optional pacing rate
+    pub rate: Option<Rate>,
+    /// mpx framing: `Some(stream id)`; `None` for raw payloads
+    pub mpx_stream: Option<u32>,
+    /// Periodic counter logging
+    pub stats_interval: Option<Duration>,
+    /// mpx repair buffer in bytes (0: no repair)
+    pub repair_buffer: usize,
+    /// Longest wait for repair requests after the end of input
+    pub linger: Duration,
+    /// mpx flow control (None: off)
+    pub flow: Option<FlowConfig>,
+    /// mpx forward error correction (`None`: off)
+    pub fec: Option<FecConfig>,
+    /// Multicast and buffer options
+    pub socket: SocketOptions,
+}
+
+impl Config {
+    /// Defaults for reading `path` (no destinations yet)
+    pub fn new(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            servers: Vec::new(),
+            mode: Mode::Fanout,
+            tee: false,
+            max_datagram: DEFAULT_MAX_DATAGRAM,
+            framing: Framing::Lines,
+            rate: None,
+            mpx_stream: None,
+            stats_interval: None,
+            repair_buffer: 16 << 20,
+            linger: Duration::from_secs(2),
+            flow: Some(FlowConfig::default()),
+            fec: None,
+            socket: SocketOptions::default(),
+        }
+    }
+}
+
+impl TryFrom<Cli> for Config {
+    type Error = Error;
+
+    fn try_from(cli: Cli) -> Result<Self, Error> {
+        cli.common
+            .validate()
+            .map_err(|e| Error::Config(format!("{e:#}")))?;
+        if let Some(src) = cli.common.sources.first() {
+            bad!(
+                "--source {src} selects senders when joining a group; the client only sends \
+                 (give it to the receivers: mproxy-server, or the proxy/reverseproxy inputs)"
+            );
+        }
+        if cli.server_addr.is_empty() && !cli.tee {
+            bad!("nothing to do: give at least one --server-addr (or --tee)");
+        }
+        if cli.path.is_empty() {
+            bad!("--path must not be empty (use '-' for stdin)");
+        }
+        let multipath = cli.mode != Mode::Fanout;
+        if multipath && cli.server_addr.is_empty() {
+            bad!("--mode {:?} needs at least one --server-addr", cli.mode);
+        }
+        if !multipath
+            && cli
+                .server_addr
+                .iter()
+                .any(|p| p.weight != 1 || p.rate.is_some())
+        {
+            bad!("path weights and rates ('|W|RATE') need --mode stripe");
+        }
+        if (cli.mpx || multipath) && cli.max_datagram <= HEADER_LEN {
+            bad!(
+                "--max-datagram {} leaves no room for data with --mpx: the header alone is {HEADER_LEN} bytes (at least {})",
+                cli.max_datagram,
+                HEADER_LEN + 1
+            );
+        }
+        if cli.stream_id.is_some() && !cli.mpx && !multipath {
+            bad!("--stream-id needs --mpx (raw datagrams carry no stream id)");
+        }
+        if cli.fec == 0 {
+            if let Some(flag) = [
+                cli.fec_block.map(|_| "--fec-block"),
+                cli.fec_delay.map(|_| "--fec-delay"),
+            ]
+            .into_iter()
+            .flatten()
+            .next()
+            {
+                bad!("{flag} needs --fec PERCENT");
+            }
+        }
+        let fec = (cli.fec > 0).then_some(FecConfig {
+            overhead_percent: cli.fec,
+            block_frames: cli.fec_block.unwrap_or(DEFAULT_FEC_BLOCK),
+            max_delay: cli
+                .fec_delay
+                .map_or(DEFAULT_FEC_MAX_DELAY, Duration::from_millis),
+        });
+        if let Some(f) = &fec {
+            if !cli.mpx && !multipath {
+                bad!("--fec needs --mpx (repair frames are mpx frames)");
+            }
+            // receivers keep a whole block (and its repair symbols) per stream
+            let symbol = symbol_len_for(cli.max_datagram.saturating_sub(HEADER_LEN));
+            let block_bytes = (f.block_frames + f.repair_count(f.block_frames)) * symbol;
+            if block_bytes > FEC_STREAM_BYTES {
+                bad!(
+                    "--fec-block {} with --max-datagram {}: a block needs {} bytes at the receiver, more than its {} per stream; use a smaller block",
+                    f.block_frames,
+                    cli.max_datagram,
+                    block_bytes,
+                    FEC_STREAM_BYTES
+                );
+            }
+        }
+        Ok(Self {
+            path: cli.path,
+            servers: cli.server_addr,
+            mode: cli.mode,
+            tee: cli.tee,
+            max_datagram: cli.max_datagram,
+            framing: cli.framing,
+            rate: cli.rate,
+            // striping and redundancy only make sense with sequence numbers
+            mpx_stream: (cli.mpx || multipath).then_some(cli.stream_id.unwrap_or(1)),
+            stats_interval: (cli.stats_interval > 0)
+                .then(|| Duration::from_secs(cli.stats_interval)),
+            repair_buffer: cli.repair_buffer,
+            linger: Duration::from_millis(cli.linger),
+            flow: cli.flow_control.then(|| FlowConfig {
+                max_lag: cli.max_lag,
+                ..FlowConfig::default()
+            }),
+            fec,
+            socket: cli.common.socket_options(),
+        })
+    }
+}
+
+fn parse_fec_block(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=FEC_MAX_BLOCK).contains(&n) => Ok(n),
+        _ => Err(format!("expected 1..={FEC_MAX_BLOCK} frames, got '{s}'")),
+    }
+}
