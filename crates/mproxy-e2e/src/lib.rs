@@ -115,6 +115,15 @@ pub fn stop(mut child: ChildGuard) -> String {
     text
 }
 
+/// Wait (bounded by [`TIMEOUT`]) for a child to exit by itself; its exit
+/// code (`None`: killed by a signal) and its stderr
+pub fn wait_exit(mut child: ChildGuard) -> (Option<i32>, String) {
+    let status = child
+        .wait_timeout(TIMEOUT)
+        .unwrap_or_else(|| panic!("no exit within {TIMEOUT:?}: {}", child.stderr_text()));
+    (status.code(), child.stderr_text())
+}
+
 /// Wait (bounded) for an already spawned child and collect its output
 pub fn run_cmd_wait(mut child: std::process::Child) -> Output {
     let start = Instant::now();
