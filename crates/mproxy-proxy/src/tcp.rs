@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use mproxy_common::backoff::Backoff;
 use mproxy_common::cli::Shutdown;
 use mproxy_common::io::sleep_unless;
-use mproxy_common::mpx::Encoder;
+use mproxy_common::mpx::{SenderSession, SessionConfig};
 use mproxy_common::pack::Framing;
 use mproxy_common::stats::{human_bytes, Counter, LogLimiter};
 use rustls::pki_types::ServerName;
@@ -372,19 +372,26 @@ impl Upstream {
 
     /// Forward one session until it ends; true if any data arrived
     fn pump(&self, mut conn: Conn, buf: &mut [u8], tls_log: &LogLimiter) -> bool {
-        let mut encoder = Encoder::new(
-            self.shared.new_stream(),
-            self.framing,
-            self.max_datagram,
-            HEARTBEAT,
+        // the same sans-IO sender as the client: raw or mpx framing, heartbeats
+        let mut session = SenderSession::new(
+            SessionConfig {
+                mpx: self.shared.new_stream(),
+                framing: self.framing,
+                max_datagram: self.max_datagram,
+                heartbeat_interval: HEARTBEAT,
+                ..SessionConfig::default()
+            },
+            Instant::now(),
         );
         let started = Instant::now();
         let mut last_data = started;
         let mut total = 0u64;
         let mut split = 0u64;
-        let mut send = |d: &[u8]| {
-            self.stats.datagrams.inc();
-            self.shared.forward(d);
+        let send = |session: &mut SenderSession, now: Instant| {
+            while let Some(t) = session.poll_transmit(now) {
+                self.stats.datagrams.add(t.frames.len() as u64);
+                self.shared.forward_many(&t.frames);
+            }
         };
         let end = loop {
             if self.shutdown.is_set() {
@@ -396,14 +403,18 @@ impl Upstream {
                     total += n as u64;
                     last_data = Instant::now();
                     self.stats.bytes.add(n as u64);
-                    encoder.push(last_data, &buf[..n], &mut send);
-                    let s = encoder.split_lines();
+                    session.push(last_data, &buf[..n]);
+                    send(&mut session, last_data);
+                    let s = session.stats().split_lines;
                     self.stats.split_lines.add(s - split);
                     split = s;
                 }
                 Err(e) if is_tick(&e) => {
                     let now = Instant::now();
-                    encoder.handle_timeout(now, &mut send);
+                    if session.poll_timeout().is_some_and(|t| t <= now) {
+                        session.handle_timeout(now);
+                    }
+                    send(&mut session, now);
                     if self
                         .idle_timeout
                         .is_some_and(|t| now.duration_since(last_data) >= t)
@@ -421,13 +432,20 @@ impl Upstream {
                 Err(e) => break End::Closed(format!("read failed: {e}")),
             }
         };
-        encoder.finish(Instant::now(), &mut send);
-        let s = encoder.split_lines();
+        session.finish(Instant::now());
+        send(&mut session, Instant::now());
+        let s = session.stats().split_lines;
         self.stats.split_lines.add(s - split);
-        // mpx: the closing heartbeats (a few tens of milliseconds)
-        while let Some(at) = encoder.poll_timeout() {
+        // mpx: the closing heartbeats (a few tens of milliseconds); this
+        // thread has nothing else to wait on
+        while !session.is_done() {
+            let Some(at) = session.poll_timeout() else {
+                break;
+            };
             std::thread::sleep(at.saturating_duration_since(Instant::now()));
-            encoder.handle_timeout(Instant::now(), &mut send);
+            let now = Instant::now();
+            session.handle_timeout(now);
+            send(&mut session, now);
         }
         let reason = match end {
             End::Shutdown => {
