@@ -5,7 +5,8 @@ use std::time::Duration;
 use clap::Parser;
 use mproxy_common::cli::{parse_max_datagram, CommonArgs};
 use mproxy_common::mpx::{
-    FecConfig, FlowConfig, Mode, DEFAULT_FEC_BLOCK, DEFAULT_FEC_MAX_DELAY, FEC_STREAM_BYTES,
+    Confirm, FecConfig, FlowConfig, Mode, DEFAULT_FEC_BLOCK, DEFAULT_FEC_MAX_DELAY,
+    FEC_STREAM_BYTES,
 };
 use mproxy_common::pack::Framing;
 use mproxy_common::rate::Rate;
@@ -90,14 +91,32 @@ pub struct Cli {
           value_parser = mproxy_common::cli::parse_size_or_zero)]
     pub repair_buffer: usize,
 
-    /// mpx: after the end of input, keep answering repair requests until
-    /// none came for 300 ms, for at most this many milliseconds
-    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    /// mpx: after the end of input, wait at most this many milliseconds
+    /// for the receivers to confirm the end (answering their repair
+    /// requests meanwhile); the client exits as soon as they have. With no
+    /// receiver answering (one-way), it waits until no repair request
+    /// came for 300 ms
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
     pub linger: u64,
 
+    /// mpx: which receivers must confirm the end before the client exits:
+    /// 'all' that were heard from, 'any' one of them, or 'none'. When
+    /// the rule is not met the client exits with code 3 and names each
+    /// receiver that did not confirm, with the byte it confirmed up to
+    #[arg(long, value_name = "all|any|none", default_value = "all")]
+    pub confirm: Confirm,
+
+    /// mpx: a receiver silent this many seconds is given up: no longer
+    /// waited for (flow control, the end), logged with the byte offset it
+    /// confirmed; a stalled receiver gets its repairs until then
+    #[arg(long, value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub receiver_timeout: u64,
+
     /// mpx: pace to the slowest receiver that advertises a window (WINDOW
-    /// frames); receivers silent for 2 s are no longer waited for, and
-    /// with no receiver answering at all the client sends at --rate
+    /// frames); receivers silent for --receiver-timeout are no longer
+    /// waited for, and with no receiver answering at all the client sends
+    /// at --rate
     #[arg(long, value_name = "on|off", default_value = "on",
           value_parser = mproxy_common::cli::parse_on_off, action = clap::ArgAction::Set)]
     pub flow_control: bool,
@@ -163,8 +182,12 @@ pub struct Config {
     pub repair_buffer: usize,
     /// Longest wait for repair requests after the end of input
     pub linger: Duration,
-    /// mpx flow control (None: off)
-    pub flow: Option<FlowConfig>,
+    /// How receivers' windows are tracked (timeouts, lag, table size)
+    pub flow: FlowConfig,
+    /// Hold the stream to the slowest receiver's window
+    pub flow_control: bool,
+    /// Which receivers must confirm the end
+    pub confirm: Confirm,
     /// mpx forward error correction (`None`: off)
     pub fec: Option<FecConfig>,
     /// Multicast and buffer options
@@ -185,8 +208,13 @@ impl Config {
             mpx_stream: None,
             stats_interval: None,
             repair_buffer: 16 << 20,
-            linger: Duration::from_secs(2),
-            flow: Some(FlowConfig::default()),
+            linger: Duration::from_secs(30),
+            flow: FlowConfig {
+                receiver_timeout: Duration::from_secs(10),
+                ..FlowConfig::default()
+            },
+            flow_control: true,
+            confirm: Confirm::All,
             fec: None,
             socket: SocketOptions::default(),
         }
@@ -284,10 +312,13 @@ impl TryFrom<Cli> for Config {
                 .then(|| Duration::from_secs(cli.stats_interval)),
             repair_buffer: cli.repair_buffer,
             linger: Duration::from_millis(cli.linger),
-            flow: cli.flow_control.then(|| FlowConfig {
+            flow_control: cli.flow_control,
+            confirm: cli.confirm,
+            flow: FlowConfig {
                 max_lag: cli.max_lag,
+                receiver_timeout: Duration::from_secs(cli.receiver_timeout),
                 ..FlowConfig::default()
-            }),
+            },
             fec,
             socket: cli.common.socket_options(),
         })

@@ -16,7 +16,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use mproxy_common::cli::Shutdown;
 use mproxy_common::io::{wait_readable, Tee};
-use mproxy_common::mpx::{FlowEvent, PathCause, SenderSession, SessionEvent};
+use mproxy_common::mpx::{PathCause, SenderSession, SessionEvent};
 use mproxy_common::net::socket::recv_nonblocking;
 use mproxy_common::stats::human_bytes;
 
@@ -277,6 +277,10 @@ impl Driver<'_> {
             fec: st.fec,
             elapsed: end.saturating_duration_since(start),
             interrupted,
+            delivery: session
+                .session_id()
+                .map(|_| session.delivery(Instant::now())),
+            delivered_any: self.out.delivered_any() || st.datagrams == 0,
         })
     }
 
@@ -303,17 +307,39 @@ impl Driver<'_> {
 
     fn log_event(&self, ev: SessionEvent) {
         match ev {
-            SessionEvent::Flow(FlowEvent::Joined(a)) => {
-                tracing::info!(receiver = %a, "flow control: receiver joined");
+            SessionEvent::Joined(r) => {
+                if r.joined_seq == 0 {
+                    tracing::info!(receiver = %r.addr, id = format_args!("{:016x}", r.id), "receiver joined");
+                } else {
+                    tracing::info!(
+                        receiver = %r.addr,
+                        id = format_args!("{:016x}", r.id),
+                        frame = r.joined_seq,
+                        byte = ?r.joined_offset,
+                        "receiver joined mid-stream"
+                    );
+                }
             }
-            SessionEvent::Flow(FlowEvent::TimedOut(a)) => tracing::warn!(
-                receiver = %a,
-                "flow control: receiver silent for 2 s, no longer waited for"
+            SessionEvent::GivenUp(r) => tracing::warn!(
+                receiver = %r.addr,
+                id = format_args!("{:016x}", r.id),
+                "receiver silent for {:.1} s, no longer waited for; it confirmed up to {}",
+                r.silent_for.as_secs_f64(),
+                match r.confirmed_offset {
+                    Some(b) => format!("byte {b} (frame {})", r.confirmed_seq),
+                    None => format!("frame {}", r.confirmed_seq),
+                }
             ),
-            SessionEvent::Flow(FlowEvent::Cut { addr, lag }) => tracing::warn!(
-                receiver = %addr,
+            SessionEvent::Cut { receiver, lag } => tracing::warn!(
+                receiver = %receiver.addr,
                 lag,
-                "flow control: receiver lags more than --max-lag frames, cut off"
+                "receiver lags more than --max-lag frames, cut off at frame {}",
+                receiver.confirmed_seq
+            ),
+            SessionEvent::Reinjected { path, frames } => tracing::warn!(
+                path = %self.out.path_spec(path),
+                frames,
+                "frames in flight on the dead path re-sent on the others"
             ),
             SessionEvent::Path { path, state, cause } => {
                 let spec = self.out.path_spec(path);

@@ -114,6 +114,9 @@ impl Client {
                 repair_buffer: c.repair_buffer,
                 fec: c.fec,
                 flow: c.flow.clone(),
+                flow_control: c.flow_control,
+                confirm: c.confirm,
+                token_secret: new_session_id(),
                 rate: c.rate,
                 mode: c.mode,
                 paths: c

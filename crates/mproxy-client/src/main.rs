@@ -18,8 +18,13 @@ fn main() -> ExitCode {
     };
     match client.run(&shutdown) {
         Ok(summary) => {
-            tracing::info!("{summary}");
-            ExitCode::SUCCESS
+            let code = summary.exit_code();
+            if code == 0 {
+                tracing::info!("{summary}");
+            } else {
+                tracing::warn!("{summary}");
+            }
+            ExitCode::from(code)
         }
         Err(e) if e.is_bad_input() => exit_with(EXIT_USAGE, &e),
         Err(e) => exit_with(EXIT_FAILURE, &e),

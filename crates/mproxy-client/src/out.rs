@@ -19,6 +19,8 @@ pub(crate) struct PathSock {
     addr: SocketAddr,
     pub(crate) sock: UdpSocket,
     send_errors: u64,
+    /// Datagrams the kernel took
+    sent: u64,
     /// Redundant copies not sent because the path's socket was full
     busy_drops: u64,
     log: LogLimiter,
@@ -85,6 +87,7 @@ impl Out {
                 addr,
                 sock,
                 send_errors: 0,
+                sent: 0,
                 busy_drops: 0,
                 log: LogLimiter::default(),
             });
@@ -130,6 +133,18 @@ impl Out {
                 }
                 Sent::Done
             }
+        }
+    }
+
+    /// Whether the kernel took any datagram for any destination (true
+    /// without destinations: there was nothing to send to)
+    pub(crate) fn delivered_any(&self) -> bool {
+        match self {
+            Self::None => true,
+            Self::Fanout(f) => f
+                .stats()
+                .any(|(_, _, st)| st.datagrams.load(std::sync::atomic::Ordering::Relaxed) > 0),
+            Self::Paths(p) => p.iter().any(|p| p.sent > 0),
         }
     }
 
@@ -184,7 +199,10 @@ impl PathSock {
             let unsent = frames.len() - k;
             loop {
                 match self.sock.send_to(f, self.addr) {
-                    Ok(_) => break,
+                    Ok(_) => {
+                        self.sent += 1;
+                        break;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         if copy {

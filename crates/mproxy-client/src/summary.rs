@@ -3,7 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use mproxy_common::mpx::{FecEncoderStats, FlowStats, SenderStats};
+use mproxy_common::cli::EXIT_UNCONFIRMED;
+use mproxy_common::mpx::{Delivery, FecEncoderStats, FlowStats, SenderStats};
 use mproxy_common::stats::{human_bytes, human_rate};
 
 /// What a finished run did
@@ -33,6 +34,25 @@ pub struct Summary {
     pub elapsed: Duration,
     /// True if the run ended on a shutdown request rather than EOF
     pub interrupted: bool,
+    /// mpx: which receivers confirmed the end, and where the others stopped
+    pub delivery: Option<Delivery>,
+    /// Datagrams the kernel took for at least one destination (0 with
+    /// destinations: nothing could be sent)
+    pub delivered_any: bool,
+}
+
+impl Summary {
+    /// The exit code this run deserves: 0, or [`EXIT_UNCONFIRMED`] when a
+    /// receiver did not confirm the end (`--confirm`) or no datagram could
+    /// be sent at all
+    pub fn exit_code(&self) -> u8 {
+        let unconfirmed = self.delivery.as_ref().is_some_and(|d| !d.confirmed());
+        if unconfirmed || !self.delivered_any {
+            EXIT_UNCONFIRMED
+        } else {
+            0
+        }
+    }
 }
 
 impl fmt::Display for Summary {
@@ -86,6 +106,13 @@ impl fmt::Display for Summary {
                 "; "
             },
             self.destinations
-        )
+        )?;
+        if let Some(d) = &self.delivery {
+            write!(f, "; {d}")?;
+        }
+        if !self.delivered_any {
+            f.write_str("; nothing could be sent")?;
+        }
+        Ok(())
     }
 }

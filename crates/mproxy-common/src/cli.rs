@@ -14,6 +14,10 @@ use crate::net::SocketOptions;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code for a fault after start-up that could not be survived
 pub const EXIT_FAILURE: u8 = 1;
+/// Exit code of a sender whose delivery was not confirmed: a receiver it
+/// heard from did not confirm the end (`--confirm`), or nothing could be
+/// sent at all
+pub const EXIT_UNCONFIRMED: u8 = 3;
 
 /// Socket and logging flags common to all four binaries
 #[derive(clap::Args, Debug, Clone)]

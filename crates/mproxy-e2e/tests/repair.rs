@@ -264,11 +264,19 @@ fn killed_receiver_is_dropped_and_the_other_is_served() {
         });
         let killed = servers.pop().unwrap();
         drop(killed);
-        assert!(
-            client.wait_timeout(Duration::from_secs(60)).is_some(),
-            "the client did not finish"
-        );
+        let status = client
+            .wait_timeout(Duration::from_secs(60))
+            .expect("the client did not finish");
         let summary = client.stderr_text();
+        // the killed receiver never confirmed the end: exit code 3, and
+        // the summary says where it stopped
+        assert_eq!(status.code(), Some(3), "{summary}");
+        assert!(
+            summary.contains("1 of 2 receivers confirmed the end")
+                && summary.contains("given up")
+                && summary.contains("confirmed up to byte"),
+            "{summary}"
+        );
         let a = only_file(&outs[0]).unwrap();
         assert!(reached_len(&a, len, Duration::from_secs(10)), "{summary}");
         let log = stop(servers.pop().unwrap());

@@ -7,7 +7,9 @@ use super::keyed::KeyedState;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::wire::{FeedbackReport, Flags, FrameType, Repr, FEEDBACK_LEN, HEADER_LEN};
+use crate::wire::{
+    FeedbackReport, Flags, FrameType, HeartbeatInfo, Repr, FEEDBACK_LEN, HEADER_LEN,
+};
 
 /// One path as a receiver sees it: its receiving socket and the sender's address
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,6 +26,8 @@ struct Entry {
     bytes: u64,
     echo_ts_us: u64,
     echo_at: Option<Instant>,
+    /// The sender's newest echo token, returned in reports
+    token: Option<u64>,
     last_report: Option<Instant>,
     last_frame: Instant,
     reports: u32,
@@ -76,6 +80,7 @@ impl FeedbackTracker {
             bytes: 0,
             echo_ts_us: 0,
             echo_at: None,
+            token: None,
             last_report: None,
             last_frame: now,
             reports: 0,
@@ -85,11 +90,12 @@ impl FeedbackTracker {
         e.bytes += payload.len() as u64;
         e.last_frame = now;
         e.dirty = true;
-        if repr.frame_type == FrameType::Heartbeat && payload.len() >= 8 {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&payload[..8]);
-            e.echo_ts_us = u64::from_be_bytes(b);
+        if let (FrameType::Heartbeat, Some(h)) = (repr.frame_type, HeartbeatInfo::parse(payload)) {
+            e.echo_ts_us = h.ts_us;
             e.echo_at = Some(now);
+            if h.token.is_some() {
+                e.token = h.token;
+            }
         }
     }
 
@@ -125,7 +131,16 @@ impl FeedbackTracker {
         e.reports = e.reports.wrapping_add(1);
         e.last_report = Some(now);
         e.dirty = false;
-        let len = repr.emit_with_payload(buf, &report.to_bytes()).ok()?;
+        let mut payload = [0u8; FEEDBACK_LEN + 8];
+        payload[..FEEDBACK_LEN].copy_from_slice(&report.to_bytes());
+        let plen = match e.token {
+            Some(t) => {
+                payload[FEEDBACK_LEN..].copy_from_slice(&t.to_be_bytes());
+                FEEDBACK_LEN + 8
+            }
+            None => FEEDBACK_LEN,
+        };
+        let len = repr.emit_with_payload(buf, &payload[..plen]).ok()?;
         Some((path, len))
     }
 
@@ -151,7 +166,7 @@ impl FeedbackTracker {
 }
 
 /// Buffer size [`FeedbackTracker::poll_transmit`] needs
-pub const REPORT_LEN: usize = HEADER_LEN + FEEDBACK_LEN;
+pub const REPORT_LEN: usize = HEADER_LEN + FEEDBACK_LEN + 8;
 
 #[cfg(test)]
 mod tests {

@@ -62,7 +62,7 @@ impl Default for FlowConfig {
 /// Something about the receivers a driver should log
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowEvent {
-    /// First window from a receiver
+    /// First window from a receiver (or the first after it timed out)
     Joined(SocketAddr),
     /// A receiver went silent for `receiver_timeout` and is no longer waited for
     TimedOut(SocketAddr),
@@ -86,18 +86,46 @@ pub struct FlowStats {
     pub timed_out: u64,
     /// Receivers cut off for lagging
     pub cut: u64,
+    /// Timed-out receivers forgotten to make room for new ones
+    pub forgotten: u64,
+}
+
+/// Where a receiver stands
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    /// Heard from within `receiver_timeout`: waited for
+    Active,
+    /// Silent for `receiver_timeout`: no longer waited for (back to
+    /// active with its next window)
+    TimedOut,
+    /// Cut off for lagging (`max_lag`): never waited for again
+    Cut,
+}
+
+/// What the sender knows of one receiver
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The receiver's random id (from its WINDOW frames)
+    pub id: u64,
+    /// Where its latest window came from
+    pub addr: SocketAddr,
+    /// Its `next` when it was first heard from (where it joined)
+    pub joined: u32,
+    /// Its latest `next`: every frame before it was delivered or given up
+    pub next: u32,
+    /// When it was first and last heard from
+    pub first_heard: Instant,
+    /// When it was last heard from
+    pub last_heard: Instant,
+    /// Whether it is waited for
+    pub state: PeerState,
 }
 
 #[derive(Debug)]
 struct Peer {
-    /// Where its latest window came from (for the log)
-    addr: SocketAddr,
-    /// The receiver's random id (several may share an address)
-    id: u64,
+    status: PeerStatus,
     /// First sequence number the receiver cannot take yet (wire value)
     limit: u32,
-    last_heard: Instant,
-    cut: bool,
 }
 
 /// Flow control of one sender over any number of receivers (sans-IO)
@@ -113,6 +141,8 @@ pub struct FlowControl {
     started: Option<Instant>,
     /// Whether any receiver ever answered
     heard: bool,
+    /// The wait for a first answer is over (answered, or timed out)
+    first_wait_over: bool,
 }
 
 /// `a` is before `b` in 32-bit serial arithmetic
@@ -132,6 +162,7 @@ impl FlowControl {
             first_seq,
             started: None,
             heard: false,
+            first_wait_over: false,
         }
     }
 
@@ -157,54 +188,78 @@ impl FlowControl {
         let limit = next.wrapping_add(frames);
         // By id alone: a multipath receiver answers over every path (from
         // several addresses), and receivers on one host share an address.
-        if let Some(p) = self.peers.iter_mut().find(|p| p.id == w.receiver) {
-            if p.cut {
+        if let Some(p) = self.peers.iter_mut().find(|p| p.status.id == w.receiver) {
+            let st = &mut p.status;
+            if st.state == PeerState::Cut {
                 self.stats.ignored += 1;
                 return;
+            }
+            if st.state == PeerState::TimedOut {
+                st.state = PeerState::Active;
+                self.events.push_back(FlowEvent::Joined(from));
             }
             // windows only move forward (a reordered old one is ignored)
             if before(p.limit, limit) {
                 p.limit = limit;
             }
-            p.last_heard = now;
-            p.addr = from;
-        } else if self.peers.len() < self.config.max_receivers {
+            if before(st.next, next) {
+                st.next = next;
+            }
+            st.last_heard = now;
+            st.addr = from;
+        } else {
+            if self.peers.len() >= self.config.max_receivers {
+                // make room: forget the receiver silent the longest
+                let oldest = self
+                    .peers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.status.state == PeerState::TimedOut)
+                    .min_by_key(|(_, p)| p.status.last_heard)
+                    .map(|(i, _)| i);
+                match oldest {
+                    Some(i) => {
+                        self.peers.swap_remove(i);
+                        self.stats.forgotten += 1;
+                    }
+                    None => {
+                        self.stats.ignored += 1;
+                        return;
+                    }
+                }
+            }
             self.peers.push(Peer {
-                addr: from,
-                id: w.receiver,
+                status: PeerStatus {
+                    id: w.receiver,
+                    addr: from,
+                    joined: next,
+                    next,
+                    first_heard: now,
+                    last_heard: now,
+                    state: PeerState::Active,
+                },
                 limit,
-                last_heard: now,
-                cut: false,
             });
             self.events.push_back(FlowEvent::Joined(from));
-        } else {
-            self.stats.ignored += 1;
-            return;
         }
         self.stats.windows += 1;
         self.heard = true;
     }
 
     /// The first sequence number the sender must not send yet, or `None`
-    /// when no receiver is waited for. Expires silent receivers and cuts
+    /// when no receiver is waited for. Times out silent receivers and cuts
     /// laggards first (see [`FlowControl::poll_event`]).
     pub fn limit(&mut self, now: Instant) -> Option<u32> {
         let timeout = self.config.receiver_timeout;
-        let mut i = 0;
-        while i < self.peers.len() {
-            let p = &self.peers[i];
-            if p.cut {
-                i += 1;
-                continue;
-            }
-            if now.saturating_duration_since(p.last_heard) >= timeout {
-                self.events.push_back(FlowEvent::TimedOut(p.addr));
+        for p in &mut self.peers {
+            let st = &mut p.status;
+            if st.state == PeerState::Active
+                && now.saturating_duration_since(st.last_heard) >= timeout
+            {
+                st.state = PeerState::TimedOut;
+                self.events.push_back(FlowEvent::TimedOut(st.addr));
                 self.stats.timed_out += 1;
-                // forgotten: if it comes back it joins again
-                self.peers.swap_remove(i);
-                continue;
             }
-            i += 1;
         }
         let started = *self.started.get_or_insert(now);
         if !self.heard && now.saturating_duration_since(started) < self.config.first_wait {
@@ -213,23 +268,35 @@ impl FlowControl {
                     .wrapping_add(self.config.initial_window.max(1)),
             );
         }
-        let active = || self.peers.iter().filter(|p| !p.cut);
+        self.first_wait_over = true;
+        let active = || {
+            self.peers
+                .iter()
+                .filter(|p| p.status.state == PeerState::Active)
+        };
         let lead = active()
             .map(|p| p.limit)
             .reduce(|a, b| if before(a, b) { b } else { a })?;
         if let Some(max_lag) = self.config.max_lag {
-            for p in self.peers.iter_mut().filter(|p| !p.cut) {
+            for p in self
+                .peers
+                .iter_mut()
+                .filter(|p| p.status.state == PeerState::Active)
+            {
                 let lag = lead.wrapping_sub(p.limit);
                 if lag > max_lag && (lag as i32) > 0 {
-                    p.cut = true;
+                    p.status.state = PeerState::Cut;
                     self.stats.cut += 1;
-                    self.events.push_back(FlowEvent::Cut { addr: p.addr, lag });
+                    self.events.push_back(FlowEvent::Cut {
+                        addr: p.status.addr,
+                        lag,
+                    });
                 }
             }
         }
         self.peers
             .iter()
-            .filter(|p| !p.cut)
+            .filter(|p| p.status.state == PeerState::Active)
             .map(|p| p.limit)
             .reduce(|a, b| if before(a, b) { a } else { b })
     }
@@ -245,12 +312,12 @@ impl FlowControl {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let first = self
             .started
-            .filter(|_| !self.heard)
+            .filter(|_| !self.heard && !self.first_wait_over)
             .map(|t| t + self.config.first_wait);
         self.peers
             .iter()
-            .filter(|p| !p.cut)
-            .map(|p| p.last_heard + self.config.receiver_timeout)
+            .filter(|p| p.status.state == PeerState::Active)
+            .map(|p| p.status.last_heard + self.config.receiver_timeout)
             .chain(first)
             .min()
     }
@@ -262,7 +329,16 @@ impl FlowControl {
 
     /// Receivers currently waited for
     pub fn active(&self) -> usize {
-        self.peers.iter().filter(|p| !p.cut).count()
+        self.peers
+            .iter()
+            .filter(|p| p.status.state == PeerState::Active)
+            .count()
+    }
+
+    /// Every receiver known, in the order they were first heard from
+    /// (at most `max_receivers`)
+    pub fn peers(&self) -> impl Iterator<Item = PeerStatus> + '_ {
+        self.peers.iter().map(|p| p.status)
     }
 
     /// The counters

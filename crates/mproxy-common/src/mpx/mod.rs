@@ -27,17 +27,17 @@ pub use fec::{
     DEFAULT_FEC_BLOCK, DEFAULT_FEC_MAX_DELAY, FEC_STREAM_BYTES,
 };
 pub use feedback::{FeedbackTracker, PathKey, REPORT_LEN};
-pub use flow::{FlowConfig, FlowControl, FlowEvent, FlowStats};
+pub use flow::{FlowConfig, FlowControl, FlowEvent, FlowStats, PeerState, PeerStatus};
 pub use repair::{RepairBuffer, RepairOutcome};
 pub use scheduler::{PathConfig, PathState, PathStats, Scheduler, SchedulerConfig};
 
 pub use receiver::{
     CloseReason, Event, Receiver, ReceiverConfig, ReceiverStats, StreamKey, StreamStats, Transmit,
 };
-pub use sender::{Sender, SenderConfig, SenderStats, HEARTBEAT_LEN};
+pub use sender::{Sender, SenderConfig, SenderStats};
 pub use session::{
-    Dest, Mode, Outgoing, PathCause, SenderSession, SessionConfig, SessionEvent, SessionStats,
-    FLOW_POKE, LINGER_QUIET, MAX_BATCH, MIN_WAIT,
+    Confirm, Delivery, Dest, Mode, Outgoing, PathCause, ReceiverOutcome, SenderSession,
+    SessionConfig, SessionEvent, SessionStats, FLOW_POKE, LINGER_QUIET, MAX_BATCH, MIN_WAIT,
 };
 
 /// Turns a byte stream into datagrams, raw or mpx-framed

@@ -11,7 +11,7 @@ use super::extend_seq;
 use super::fec::{FecDecoder, Rebuilt};
 use crate::wire::{
     classify, emit_nack, parse_nack, Datagram, Error as WireError, FecRepr, Flags, FrameType,
-    NackRange, Repr, WindowAdvert, HEADER_LEN, NACK_MAX_RANGES, NACK_RANGE_LEN, WINDOW_LEN,
+    HeartbeatInfo, NackRange, Repr, WindowAdvert, HEADER_LEN, NACK_MAX_RANGES, NACK_RANGE_LEN,
 };
 
 /// Settings of a [`Receiver`]
@@ -343,7 +343,19 @@ struct Stream {
     /// `next` at the last window advertisement, and when it was sent
     window_next: u64,
     window_at: Option<Instant>,
+    /// The sender's newest echo token (from its heartbeats), returned in
+    /// WINDOW frames to show that this receiver gets the stream
+    token: Option<u64>,
     stats: StreamStats,
+}
+
+/// What a stream closed by FIN needs to confirm its end again
+#[derive(Debug, Clone, Copy)]
+struct FinalWindow {
+    next: u32,
+    to: SocketAddr,
+    listener: usize,
+    token: Option<u64>,
 }
 
 impl Stream {
@@ -389,6 +401,10 @@ pub struct Receiver {
     /// (bounded by `max_streams`, oldest first)
     closed: HashSet<StreamKey, KeyedState>,
     closed_order: VecDeque<StreamKey>,
+    /// Streams that ended by FIN with flow control on: their final window
+    /// (next = end), sent at close and again for each FIN heartbeat that
+    /// comes after, so the sender learns the end was delivered
+    finals: HashMap<StreamKey, FinalWindow, KeyedState>,
     events: VecDeque<Event>,
     transmits: VecDeque<Transmit>,
     listener: usize,
@@ -427,6 +443,7 @@ impl Receiver {
             streams: HashMap::default(),
             closed: HashSet::default(),
             closed_order: VecDeque::new(),
+            finals: HashMap::default(),
             events: VecDeque::new(),
             transmits: VecDeque::new(),
             listener: 0,
@@ -568,6 +585,15 @@ impl Receiver {
         }
         if self.closed.contains(&key) {
             self.stats.after_close += 1;
+            if repr.frame_type == FrameType::Heartbeat {
+                // the sender still waits for the end to be confirmed
+                let token = HeartbeatInfo::parse(payload).and_then(|h| h.token);
+                if let Some(f) = self.finals.get_mut(&key) {
+                    f.token = token.or(f.token);
+                    let f = *f;
+                    self.final_window(key, &f);
+                }
+            }
             return;
         }
         if !self.streams.contains_key(&key) && !self.open(now, from, key, repr.seq) {
@@ -588,6 +614,9 @@ impl Receiver {
             // answered with a window at once: a sender held back by a lost
             // WINDOW frame pokes with heartbeats
             stream.window_at = None;
+            if let Some(t) = HeartbeatInfo::parse(payload).and_then(|h| h.token) {
+                stream.token = Some(t);
+            }
             // seq is the next sequence number the sender will use; with
             // FIN it is also the end of the stream
             if seq <= stream.next + (1 << 30) {
@@ -778,6 +807,7 @@ impl Receiver {
                 nacked_at: None,
                 window_next: 0,
                 window_at: None,
+                token: None,
                 stats: StreamStats {
                     first_seq: first,
                     ..StreamStats::default()
@@ -974,6 +1004,36 @@ impl Receiver {
         }
     }
 
+    /// Queue the final WINDOW of a stream closed by FIN
+    fn final_window(&mut self, key: StreamKey, f: &FinalWindow) {
+        let advert = WindowAdvert {
+            frames: u32::try_from(self.config.reorder_window).unwrap_or(u32::MAX),
+            bytes: u32::try_from(self.config.reorder_bytes).unwrap_or(u32::MAX),
+            receiver: self.id,
+        };
+        let repr = Repr {
+            frame_type: FrameType::Window,
+            flags: Flags::NONE,
+            session: key.session,
+            stream: key.stream,
+            seq: f.next,
+        };
+        let mut payload = advert.emit().to_vec();
+        if let Some(t) = f.token {
+            payload.extend_from_slice(&t.to_be_bytes());
+        }
+        let mut bytes = vec![0u8; HEADER_LEN + payload.len()];
+        if repr.emit_with_payload(&mut bytes, &payload).is_ok() {
+            self.stats.windows_sent += 1;
+            self.transmits.push_back(Transmit {
+                frame_type: FrameType::Window,
+                listener: f.listener,
+                to: f.to,
+                bytes,
+            });
+        }
+    }
+
     /// Queue a WINDOW frame for `key` if it is due: the head moved a
     /// quarter window since the last one, none was sent yet, or
     /// `refresh` and [`WINDOW_REFRESH`] has passed
@@ -1008,8 +1068,12 @@ impl Receiver {
             stream: key.stream,
             seq: stream.next as u32,
         };
-        let mut bytes = vec![0u8; HEADER_LEN + WINDOW_LEN];
-        if repr.emit_with_payload(&mut bytes, &advert.emit()).is_ok() {
+        let mut payload = advert.emit().to_vec();
+        if let Some(t) = stream.token {
+            payload.extend_from_slice(&t.to_be_bytes());
+        }
+        let mut bytes = vec![0u8; HEADER_LEN + payload.len()];
+        if repr.emit_with_payload(&mut bytes, &payload).is_ok() {
             stream.window_next = stream.next;
             stream.window_at = Some(now);
             self.stats.windows_sent += 1;
@@ -1140,10 +1204,21 @@ impl Receiver {
             if self.closed_order.len() >= self.config.max_streams {
                 if let Some(old) = self.closed_order.pop_front() {
                     self.closed.remove(&old);
+                    self.finals.remove(&old);
                 }
             }
             self.closed.insert(key);
             self.closed_order.push_back(key);
+            if reason == CloseReason::Fin && self.config.window {
+                let f = FinalWindow {
+                    next: stream.next as u32,
+                    to: stream.from,
+                    listener: stream.listener,
+                    token: stream.token,
+                };
+                self.final_window(key, &f);
+                self.finals.insert(key, f);
+            }
             self.events.push_back(Event::Closed {
                 key,
                 reason,

@@ -69,6 +69,17 @@ impl RepairBuffer {
         self.bytes
     }
 
+    /// The sequence numbers held: the first, and how many follow it
+    pub fn range(&self) -> (u32, usize) {
+        (self.front, self.held.len())
+    }
+
+    /// Length of held frame `seq`
+    pub fn frame_len(&self, seq: u32) -> Option<usize> {
+        let idx = seq.wrapping_sub(self.front) as usize;
+        self.held.get(idx).map(|h| h.frame.len())
+    }
+
     /// Keep a copy of DATA frame `seq` (must follow the previous one)
     pub fn store(&mut self, seq: u32, frame: &[u8]) {
         self.store_with(seq, frame.len(), |buf| {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use super::fec::{FecConfig, FecEncoder, FecEncoderStats};
 use super::repair::{RepairBuffer, RepairOutcome};
 use crate::pack::{Framing, Packer};
-use crate::wire::{parse_nack, Flags, FrameType, Repr, HEADER_LEN};
+use crate::wire::{parse_nack, Flags, FrameType, HeartbeatInfo, Repr, HEADER_LEN, HEARTBEAT_LEN};
 
 /// Settings of a [`Sender`]
 #[derive(Debug, Clone)]
@@ -50,6 +50,13 @@ pub struct SenderStats {
     pub unrecoverable: u64,
     /// Requests for a frame re-sent moments ago (several receivers asked)
     pub repair_suppressed: u64,
+    /// Requested frames not re-sent because the requester's budget (or
+    /// the 4096 frames per NACK) was spent
+    pub refused: u64,
+    /// Work done for NACKs: ranges examined plus frames looked up (bounded
+    /// by the NACKs' lengths and the frames re-sent, never by the counts
+    /// they claim)
+    pub nack_work: u64,
 }
 
 /// Turns a byte stream into sequenced mpx frames
@@ -83,9 +90,6 @@ pub struct Sender {
 /// A frame re-sent less than this long ago is not re-sent again for
 /// another request (several multicast receivers asking for the same)
 const REPAIR_MIN_GAP: Duration = Duration::from_millis(10);
-
-/// HEARTBEAT payload: timestamp (µs) and stream offset of `seq`, both u64
-pub const HEARTBEAT_LEN: usize = 16;
 
 /// Heartbeats sent after FIN, and their spacing
 const LINGER_COUNT: u8 = 3;
@@ -237,35 +241,108 @@ impl Sender {
     ///
     /// Requests for frames that were never sent (ahead of the stream) are
     /// ignored; at most 4096 frames are re-sent per NACK.
-    pub fn handle_nack(&mut self, now: Instant, payload: &[u8], mut emit: impl FnMut(&[u8])) {
+    pub fn handle_nack(&mut self, now: Instant, payload: &[u8], emit: impl FnMut(&[u8])) {
+        self.handle_nack_limited(now, payload, u64::MAX, emit);
+    }
+
+    /// Like [`Sender::handle_nack`], re-sending at most `budget` bytes;
+    /// returns the bytes re-sent
+    ///
+    /// The work is bounded by the ranges in the payload (at most 128) and
+    /// the frames re-sent, never by the counts a NACK claims: each range
+    /// is clipped to what was sent and what the repair buffer holds by
+    /// arithmetic, and what lies outside is counted, not walked.
+    pub fn handle_nack_limited(
+        &mut self,
+        now: Instant,
+        payload: &[u8],
+        budget: u64,
+        mut emit: impl FnMut(&[u8]),
+    ) -> u64 {
         self.stats.nacks += 1;
         let Some(repair) = self.repair.as_mut() else {
-            return;
+            return 0;
         };
-        let mut budget = 4096u32;
         let sent = self.sent_limit.unwrap_or(self.next_seq);
+        let (front, held) = repair.range();
+        // "behind" coordinates: frame seq is sent - b, b in 1..=2^31
+        let held_hi = u64::from(sent.wrapping_sub(front));
+        let held_lo = (held_hi + 1).saturating_sub(held as u64).max(1);
+        let held_ok = held > 0 && (1..=1 << 31).contains(&held_hi);
+        let mut frames_left = 4096u64;
+        let mut bytes_left = budget;
+        let mut spent = 0u64;
         for range in parse_nack(payload) {
-            for i in 0..u32::from(range.count) {
-                let seq = range.start.wrapping_add(i);
-                // only what was already sent: (sent - seq) in 1..2^31
-                let behind = sent.wrapping_sub(seq);
-                if behind == 0 || behind > (1 << 31) || budget == 0 {
-                    continue;
+            self.stats.nack_work += 1;
+            let behind = u64::from(sent.wrapping_sub(range.start));
+            if behind == 0 || behind > 1 << 31 {
+                continue; // nothing of it was sent yet
+            }
+            let valid = u64::from(range.count).min(behind);
+            let lo = behind + 1 - valid;
+            let (ilo, ihi) = (lo.max(held_lo), behind.min(held_hi));
+            let inside = if held_ok && ilo <= ihi {
+                ihi - ilo + 1
+            } else {
+                0
+            };
+            self.stats.unrecoverable += valid - inside;
+            if inside == 0 {
+                continue;
+            }
+            // oldest first
+            let mut b = ihi;
+            loop {
+                self.stats.nack_work += 1;
+                let seq = sent.wrapping_sub(b as u32);
+                let len = repair.frame_len(seq).unwrap_or(0) as u64;
+                if frames_left == 0 || len > bytes_left {
+                    self.stats.refused += b - ilo + 1;
+                    break;
                 }
-                budget -= 1;
-                let mut len = 0usize;
-                match repair.resend(now, seq, REPAIR_MIN_GAP, &mut |f: &[u8]| {
-                    len = f.len();
-                    emit(f);
-                }) {
+                match repair.resend(now, seq, REPAIR_MIN_GAP, &mut emit) {
                     RepairOutcome::Resent => {
+                        frames_left -= 1;
+                        bytes_left -= len;
+                        spent += len;
                         self.stats.retransmitted += 1;
-                        self.stats.retransmitted_bytes += len as u64;
+                        self.stats.retransmitted_bytes += len;
                     }
                     RepairOutcome::Suppressed => self.stats.repair_suppressed += 1,
                     RepairOutcome::Unavailable => self.stats.unrecoverable += 1,
                 }
+                if b == ilo {
+                    break;
+                }
+                b -= 1;
             }
+        }
+        spent
+    }
+
+    /// Re-send frame `seq` from the repair buffer (flagged RETRANSMIT), as
+    /// for a NACK: frames in flight on a path that died go out again on
+    /// another; true if it was re-sent
+    pub fn resend(&mut self, now: Instant, seq: u32, mut emit: impl FnMut(&[u8])) -> bool {
+        let sent = self.sent_limit.unwrap_or(self.next_seq);
+        let behind = sent.wrapping_sub(seq);
+        if behind == 0 || behind > 1 << 31 {
+            return false;
+        }
+        let Some(repair) = self.repair.as_mut() else {
+            return false;
+        };
+        let mut len = 0;
+        let outcome = repair.resend(now, seq, REPAIR_MIN_GAP, &mut |f: &[u8]| {
+            len = f.len();
+            emit(f);
+        });
+        if outcome == RepairOutcome::Resent {
+            self.stats.retransmitted += 1;
+            self.stats.retransmitted_bytes += len as u64;
+            true
+        } else {
+            false
         }
     }
 
@@ -278,18 +355,20 @@ impl Sender {
     /// Emit a heartbeat now, whatever the idle timer says (a path probe)
     pub fn probe(&mut self, now: Instant, emit: impl FnMut(&[u8])) {
         let (seq, offset) = (self.next_seq, self.stats.bytes);
-        self.heartbeat(now, seq, self.finished, offset, emit);
+        self.heartbeat(now, seq, self.finished, offset, 0, emit);
     }
 
     /// Emit a HEARTBEAT announcing `seq` as the next DATA frame, `offset`
     /// as the stream bytes before it, flagged FIN if `fin` (the stream
-    /// ends before `seq`); its timestamp is microseconds since the epoch
+    /// ends before `seq`), carrying the echo `token`; its timestamp is
+    /// microseconds since the epoch
     pub fn heartbeat(
         &mut self,
         now: Instant,
         seq: u32,
         fin: bool,
         offset: u64,
+        token: u64,
         mut emit: impl FnMut(&[u8]),
     ) {
         let epoch = *self.epoch.get_or_insert(now);
@@ -301,9 +380,12 @@ impl Sender {
             stream: self.stream,
             seq,
         };
-        let mut payload = [0u8; HEARTBEAT_LEN];
-        payload[..8].copy_from_slice(&micros.to_be_bytes());
-        payload[8..].copy_from_slice(&offset.to_be_bytes());
+        let payload = HeartbeatInfo {
+            ts_us: micros,
+            offset: Some(offset),
+            token: Some(token),
+        }
+        .emit();
         if let Ok(len) = repr.emit_with_payload(&mut self.frame, &payload) {
             self.stats.heartbeats += 1;
             emit(&self.frame[..len]);
@@ -342,7 +424,7 @@ impl Sender {
             self.linger = self.linger.saturating_sub(1);
         }
         let (seq, offset) = (self.next_seq, self.stats.bytes);
-        self.heartbeat(now, seq, self.finished, offset, &mut emit);
+        self.heartbeat(now, seq, self.finished, offset, 0, &mut emit);
         self.touch(now);
     }
 
@@ -568,7 +650,7 @@ mod tests {
         assert_eq!(r.frame_type, FrameType::Heartbeat);
         assert_eq!(r.seq, 1, "heartbeat carries the next sequence number");
         assert_eq!(&p[..8], 1_000_000u64.to_be_bytes());
-        assert_eq!(&p[8..], 2u64.to_be_bytes(), "stream offset of seq 1");
+        assert_eq!(&p[8..16], 2u64.to_be_bytes(), "stream offset of seq 1");
         assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(2)));
     }
 }

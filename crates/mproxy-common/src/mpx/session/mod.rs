@@ -27,8 +27,12 @@
 //! windows allow. Pacing (`rate`, or per-path rates in stripe mode)
 //! applies to both; probes are never paced.
 
+mod confirm;
+mod guard;
 mod queue;
 
+pub use confirm::{Confirm, Delivery, ReceiverOutcome};
+use guard::Guard;
 pub use queue::Dest;
 use queue::{FrameQueue, Item, Kind};
 
@@ -39,12 +43,14 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use super::fec::{FecConfig, FecEncoderStats};
-use super::flow::{FlowConfig, FlowControl, FlowEvent, FlowStats};
+use super::flow::{FlowConfig, FlowControl, FlowEvent, FlowStats, PeerState};
 use super::scheduler::{PathConfig, PathState, PathStats, Scheduler, SchedulerConfig};
 use super::sender::{Sender, SenderConfig, SenderStats};
 use crate::pack::{Framing, Packer};
 use crate::rate::{Pacer, Rate};
-use crate::wire::{classify, Datagram, FeedbackReport, FrameType, HEADER_LEN};
+use crate::wire::{
+    classify, feedback_token, window_token, Datagram, FeedbackReport, FrameType, HEADER_LEN,
+};
 
 /// How a session uses its paths
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -98,8 +104,16 @@ pub struct SessionConfig {
     pub repair_buffer: usize,
     /// Forward error correction (mpx; `None`: off)
     pub fec: Option<FecConfig>,
-    /// Flow control from receivers' windows (mpx; `None`: off)
-    pub flow: Option<FlowConfig>,
+    /// Receivers' windows: how they are tracked (mpx)
+    pub flow: FlowConfig,
+    /// Hold the stream to the slowest receiver's window (mpx); when off,
+    /// windows are still tracked to confirm the end
+    pub flow_control: bool,
+    /// Which receivers must confirm the end (mpx)
+    pub confirm: Confirm,
+    /// Random secret of the echo tokens (see [`SenderSession`]'s docs on
+    /// hostile input); a driver draws it from the OS
+    pub token_secret: u64,
     /// Pacing: the stream's rate in fan-out mode, the total split by
     /// weight in stripe mode (`None`: as fast as allowed)
     pub rate: Option<Rate>,
@@ -107,8 +121,9 @@ pub struct SessionConfig {
     pub mode: Mode,
     /// The paths of stripe and redundant modes (ignored in fan-out mode)
     pub paths: Vec<PathConfig>,
-    /// After the end of input, answer NACKs until none came for
-    /// [`LINGER_QUIET`], for at most this long (mpx with repair)
+    /// After the end of input, wait at most this long for receivers to
+    /// confirm the end (or, with nobody to confirm, for NACKs to stop
+    /// coming for [`LINGER_QUIET`]) (mpx)
     pub linger: Duration,
 }
 
@@ -121,11 +136,14 @@ impl Default for SessionConfig {
             heartbeat_interval: Duration::from_secs(1),
             repair_buffer: 0,
             fec: None,
-            flow: None,
+            flow: FlowConfig::default(),
+            flow_control: false,
+            confirm: Confirm::All,
+            token_secret: 0,
             rate: None,
             mode: Mode::Fanout,
             paths: Vec::new(),
-            linger: Duration::from_secs(2),
+            linger: Duration::from_secs(30),
         }
     }
 }
@@ -138,6 +156,14 @@ pub const FLOW_POKE: Duration = Duration::from_millis(50);
 /// Heartbeats flagged FIN after the FIN frame, and their spacing
 const CLOSING_HEARTBEATS: u8 = 3;
 const CLOSING_INTERVAL: Duration = Duration::from_millis(50);
+/// While receivers still owe their confirmation, a FIN heartbeat (which
+/// they answer with a window) this often
+const CONFIRM_POKE: Duration = Duration::from_millis(250);
+/// Stream offsets of this many recent frames are kept, to report where a
+/// receiver stopped in bytes
+const OFFSET_LOG: usize = 1 << 16;
+/// DATA frames remembered per path until feedback acknowledges them
+const INFLIGHT_MAX: usize = 1 << 16;
 /// Pacing waits shorter than this are not waited for but carried as debt
 /// by the pacer, so timer granularity does not cap the rate
 pub const MIN_WAIT: Duration = Duration::from_micros(250);
@@ -159,8 +185,27 @@ pub struct Outgoing<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SessionEvent {
-    /// A flow-control receiver joined, timed out or was cut off
-    Flow(FlowEvent),
+    /// A receiver was heard from for the first time (or again after it
+    /// was given up)
+    Joined(ReceiverOutcome),
+    /// A receiver went silent for the receiver timeout: no longer waited
+    /// for; where it stands
+    GivenUp(ReceiverOutcome),
+    /// A receiver lagged more than `max_lag` frames and was cut off
+    Cut {
+        /// Where it stands
+        receiver: ReceiverOutcome,
+        /// Frames behind the most advanced receiver
+        lag: u32,
+    },
+    /// The frames in flight on a path that died went out again on the
+    /// others
+    Reinjected {
+        /// The dead path
+        path: usize,
+        /// Frames re-sent
+        frames: usize,
+    },
     /// A path changed state
     Path {
         /// Its index
@@ -205,6 +250,11 @@ pub struct SessionStats {
     /// Datagrams received that were not control frames of this stream
     /// (other sessions, raw data, malformed feedback)
     pub ignored: u64,
+    /// WINDOW and FEEDBACK frames not acted on: their source has not shown
+    /// that it receives the stream (no valid echo token)
+    pub unverified: u64,
+    /// Frames re-sent on live paths because the path they went on died
+    pub reinjected: u64,
     /// Lines longer than a datagram that had to be split
     pub split_lines: u64,
 }
@@ -234,6 +284,14 @@ pub struct SenderSession {
     linger: Duration,
     rate: Option<Rate>,
     flow: Option<FlowControl>,
+    flow_enforce: bool,
+    confirm: Confirm,
+    guard: Guard,
+    /// Stream offset of each recent DATA frame (by `seq % OFFSET_LOG`)
+    offsets: Vec<u64>,
+    /// Per path: DATA frames sent and not yet acknowledged by feedback
+    inflight: Vec<VecDeque<u32>>,
+    last_heartbeat: Option<Instant>,
     sched: Option<Scheduler>,
     pacer: Option<Pacer>,
     urgent: FrameQueue,
@@ -318,7 +376,13 @@ impl SenderSession {
             repairing: mpx && config.repair_buffer > 0,
             linger: config.linger,
             rate: config.rate,
-            flow: config.flow.filter(|_| mpx).map(|c| FlowControl::new(c, 0)),
+            flow: mpx.then(|| FlowControl::new(config.flow.clone(), 0)),
+            flow_enforce: config.flow_control,
+            confirm: config.confirm,
+            guard: Guard::new(config.token_secret, now, config.repair_buffer as u64),
+            offsets: Vec::new(),
+            inflight: vec![VecDeque::new(); if multipath { config.paths.len() } else { 0 }],
+            last_heartbeat: None,
             sched,
             pacer,
             urgent: FrameQueue::default(),
@@ -399,6 +463,10 @@ impl SenderSession {
             return;
         }
         self.stats.bytes_in += input.len() as u64;
+        if self.last_heartbeat.is_none() && matches!(self.framer, Framer::Mpx(_)) {
+            // receivers learn the echo token before the first window
+            self.queue_heartbeat(now);
+        }
         let data = &mut self.data;
         match &mut self.framer {
             Framer::Raw(p) => p.push(input, |d| data.push(d, Kind::Raw, None)),
@@ -441,15 +509,6 @@ impl SenderSession {
             && (self.hurry || self.done || matches!(self.framer, Framer::Raw(_)))
     }
 
-    /// After the end: when the wait for repair requests ends
-    fn linger_deadline(&self, end: Instant) -> Instant {
-        if !self.repairing {
-            return end;
-        }
-        let quiet = self.last_nack.map_or(end, |t| t.max(end)) + LINGER_QUIET;
-        quiet.min(end + self.linger)
-    }
-
     /// A datagram that arrived on a sending socket: `path` is the path
     /// whose socket got it (0 in fan-out mode), `from` its source
     pub fn handle_datagram(&mut self, now: Instant, path: usize, from: SocketAddr, bytes: &[u8]) {
@@ -469,26 +528,50 @@ impl SenderSession {
             FrameType::Nack if repr.stream == sender.stream() => {
                 self.stats.control += 1;
                 self.last_nack = Some(now);
+                let budget = self.guard.nack_budget(now, from, bytes.len(), self.offset);
                 let urgent = &mut self.urgent;
                 sender.set_sent(self.next_unsent);
-                sender.handle_nack(now, payload, |f| urgent.push(f, Kind::Retransmit, None));
+                let spent = sender.handle_nack_limited(now, payload, budget, |f| {
+                    urgent.push(f, Kind::Retransmit, None);
+                });
+                self.guard.spend(from, spent);
             }
             FrameType::Window if repr.stream == sender.stream() => {
+                if !self.guard.check(now, from, window_token(payload)) {
+                    self.stats.unverified += 1;
+                    return;
+                }
                 self.stats.control += 1;
                 if let Some(fc) = self.flow.as_mut() {
                     fc.on_window(now, from, repr.seq, payload, self.max_payload);
                 }
-                self.drain_flow_events();
+                self.drain_flow_events(now);
             }
-            FrameType::Feedback => match (self.sched.as_mut(), FeedbackReport::parse(payload)) {
-                (Some(sched), Some(report)) => {
-                    self.stats.control += 1;
+            FrameType::Feedback => {
+                let (Some(_), Some(report)) = (self.sched.as_ref(), FeedbackReport::parse(payload))
+                else {
+                    self.stats.ignored += 1;
+                    return;
+                };
+                if !self.guard.check(now, from, feedback_token(payload)) {
+                    self.stats.unverified += 1;
+                    return;
+                }
+                self.stats.control += 1;
+                if let Some(sched) = self.sched.as_mut() {
                     let was = sched.state(path);
                     sched.on_feedback(now, path, &report);
+                    // what the receiver has not acknowledged on this path
+                    let st = sched.stats();
+                    if let (Some(p), Some(q)) = (st.get(path), self.inflight.get_mut(path)) {
+                        let unacked = p.frames.saturating_sub(p.frames_acked) as usize;
+                        while q.len() > unacked {
+                            q.pop_front();
+                        }
+                    }
                     self.note_path(path, was, PathCause::Feedback);
                 }
-                _ => self.stats.ignored += 1,
-            },
+            }
             _ => self.stats.ignored += 1,
         }
     }
@@ -597,28 +680,77 @@ impl SenderSession {
             }
             match self.end {
                 None if !self.finished => {
-                    consider(self.last_sent.map(|t| t + self.heartbeat_interval));
+                    consider(self.last_heartbeat.map(|t| t + self.heartbeat_interval));
                 }
                 None => {}
-                Some(end) => {
-                    if self.closing_left > 0 {
-                        consider(Some(self.last_closing.unwrap_or(end) + CLOSING_INTERVAL));
-                    } else if !self.hurry && !self.done {
-                        consider(Some(self.linger_deadline(end)));
+                Some(end) if !self.hurry && !self.done => {
+                    let poke = if self.closing_left > 0 {
+                        CLOSING_INTERVAL
+                    } else {
+                        CONFIRM_POKE
+                    };
+                    consider(Some(self.last_closing.unwrap_or(end) + poke));
+                    if self.closing_left == 0 {
+                        consider(Some(self.end_deadline(end)));
                     }
                 }
+                Some(_) => {}
             }
         }
         at
     }
 
+    /// After the end, when the wait ends at the latest: the linger cap, or
+    /// (nobody to confirm) the NACK-quiet rule
+    fn end_deadline(&self, end: Instant) -> Instant {
+        let hard = end + self.linger;
+        if self.confirm != Confirm::None
+            && self
+                .flow
+                .as_ref()
+                .is_some_and(|f| f.peers().next().is_some())
+        {
+            return hard;
+        }
+        if !self.repairing {
+            return end;
+        }
+        let quiet = self.last_nack.map_or(end, |t| t.max(end)) + LINGER_QUIET;
+        quiet.min(hard)
+    }
+
+    /// Whether receivers still owe their confirmation of the end
+    fn owed(&self) -> bool {
+        let Some(fc) = &self.flow else {
+            return false;
+        };
+        let end = self.next_unsent;
+        let complete = |n: u32| n == end;
+        let mut active_pending = false;
+        let mut any_complete = false;
+        for p in fc.peers() {
+            if complete(p.next) {
+                any_complete = true;
+            } else if p.state == PeerState::Active {
+                active_pending = true;
+            }
+        }
+        match self.confirm {
+            Confirm::All => active_pending,
+            Confirm::Any => !any_complete && active_pending,
+            Confirm::None => false,
+        }
+    }
+
     /// Do what timers call for: heartbeats, probes, pokes, FEC blocks,
-    /// path health, receivers timing out, the end of the linger
+    /// path health, receivers timing out, the wait for confirmations
     pub fn handle_timeout(&mut self, now: Instant) {
         if matches!(self.framer, Framer::Raw(_)) {
             return;
         }
         let (seq, fin, offset) = self.heartbeat_position();
+        let token = self.guard.token(now);
+        let mut died = Vec::new();
         if let Framer::Mpx(sender) = &mut self.framer {
             let data = &mut self.data;
             sender.handle_fec_timeout(now, |f| data.push(f, Kind::Fec, None));
@@ -627,18 +759,31 @@ impl SenderSession {
                 sched.handle_timeout(now);
                 let urgent = &mut self.urgent;
                 while let Some(i) = sched.poll_probe(now) {
-                    sender.heartbeat(now, seq, fin, offset, |f| {
+                    sender.heartbeat(now, seq, fin, offset, token, |f| {
                         urgent.push(f, Kind::Control, Some(Dest::Path(i)));
                     });
                 }
                 for (i, was) in before.into_iter().enumerate() {
-                    self.note_path(i, was, PathCause::Feedback);
+                    if was == Some(PathState::Up) && sched.state(i) == Some(PathState::Dead) {
+                        died.push(i);
+                    }
                 }
             }
         }
+        for i in 0..self.sched.as_ref().map_or(0, Scheduler::len) {
+            let was = if died.contains(&i) {
+                Some(PathState::Up)
+            } else {
+                self.sched.as_ref().and_then(|s| s.state(i))
+            };
+            self.note_path(i, was, PathCause::Feedback);
+        }
+        for i in died {
+            self.reinject(now, i);
+        }
         // receivers timing out, the end of the first wait
         let _ = self.flow_limit(now);
-        self.drain_flow_events();
+        self.drain_flow_events(now);
         if let (Some(since), false) = (self.blocked_since, self.hurry) {
             if now.saturating_duration_since(self.last_poke.unwrap_or(since)) >= FLOW_POKE {
                 self.last_poke = Some(now);
@@ -646,29 +791,106 @@ impl SenderSession {
             }
         }
         match self.end {
+            // at least one heartbeat per interval, busy or idle: it carries
+            // the next sequence number (tail losses) and the echo token
             None if !self.finished
-                && self.last_sent.is_some_and(|t| {
+                && self.last_heartbeat.is_some_and(|t| {
                     now.saturating_duration_since(t) >= self.heartbeat_interval
                 }) =>
             {
                 self.queue_heartbeat(now);
-                self.last_sent = Some(now);
             }
             None => {}
-            Some(end) => {
-                if self.closing_left > 0
-                    && now.saturating_duration_since(self.last_closing.unwrap_or(end))
-                        >= CLOSING_INTERVAL
+            Some(end) if !self.hurry && !self.done => {
+                let poke = if self.closing_left > 0 {
+                    CLOSING_INTERVAL
+                } else {
+                    CONFIRM_POKE
+                };
+                let owed = self.owed();
+                if now.saturating_duration_since(self.last_closing.unwrap_or(end)) >= poke
+                    && (self.closing_left > 0 || owed)
                 {
-                    self.closing_left -= 1;
+                    self.closing_left = self.closing_left.saturating_sub(1);
                     self.last_closing = Some(now);
                     self.queue_heartbeat(now);
                 }
-                if self.closing_left == 0 && now >= self.linger_deadline(end) {
-                    self.done = true;
+                if self.closing_left == 0 {
+                    let waiting_for_peers = self.confirm != Confirm::None
+                        && self
+                            .flow
+                            .as_ref()
+                            .is_some_and(|f| f.peers().next().is_some());
+                    if (waiting_for_peers && !owed) || now >= self.end_deadline(end) {
+                        self.done = true;
+                    }
                 }
             }
+            Some(_) => {}
         }
+    }
+
+    /// Re-send the frames in flight on dead path `path` on the others
+    fn reinject(&mut self, now: Instant, path: usize) {
+        let Some(q) = self.inflight.get_mut(path) else {
+            return;
+        };
+        let seqs: Vec<u32> = q.drain(..).collect();
+        let Framer::Mpx(sender) = &mut self.framer else {
+            return;
+        };
+        sender.set_sent(self.next_unsent);
+        let urgent = &mut self.urgent;
+        let mut n = 0;
+        for seq in seqs {
+            if sender.resend(now, seq, |f| urgent.push(f, Kind::Retransmit, None)) {
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.stats.reinjected += n as u64;
+            self.events
+                .push_back(SessionEvent::Reinjected { path, frames: n });
+        }
+    }
+
+    /// How the end of the stream stands: which receivers confirmed it and
+    /// where the others are
+    pub fn delivery(&self, now: Instant) -> Delivery {
+        let receivers = self.flow.as_ref().map_or_else(Vec::new, |fc| {
+            let end = self.end.map(|_| self.next_unsent);
+            fc.peers()
+                .map(|p| ReceiverOutcome {
+                    id: p.id,
+                    addr: p.addr,
+                    joined_seq: p.joined,
+                    joined_offset: self.offset_of(p.joined),
+                    confirmed_seq: p.next,
+                    confirmed_offset: self.offset_of(p.next),
+                    complete: end == Some(p.next),
+                    state: p.state,
+                    silent_for: now.saturating_duration_since(p.last_heard),
+                })
+                .collect()
+        });
+        Delivery {
+            rule: self.confirm,
+            end_seq: self.end.map(|_| self.next_unsent),
+            bytes: self.offset,
+            receivers,
+        }
+    }
+
+    /// Stream offset of frame `seq` (bytes before it), if still known
+    pub fn offset_of(&self, seq: u32) -> Option<u64> {
+        if seq == self.next_unsent {
+            return Some(self.offset);
+        }
+        let behind = self.next_unsent.wrapping_sub(seq) as usize;
+        if behind == 0 || behind > OFFSET_LOG || self.offsets.len() < OFFSET_LOG {
+            return None;
+        }
+        self.offsets.get(seq as usize % OFFSET_LOG).copied()
     }
 
     /// The next datagrams to send, all to one destination; `None` when
@@ -687,13 +909,25 @@ impl SenderSession {
             Queue::Data => self.data.items(n),
         };
         let mut bytes = 0u64;
+        if self.offsets.is_empty() && matches!(self.framer, Framer::Mpx(_)) {
+            self.offsets = vec![0; OFFSET_LOG];
+        }
         for it in &items {
             bytes += it.len() as u64;
             if let Kind::Data { seq, payload } = it.kind {
                 // a frame sent again after a failed path is not counted twice
                 if seq == self.next_unsent {
+                    if let Some(o) = self.offsets.get_mut(seq as usize % OFFSET_LOG) {
+                        *o = self.offset;
+                    }
                     self.next_unsent = seq.wrapping_add(1);
                     self.offset += u64::from(payload);
+                }
+                if let Some(q) = self.inflight.get_mut(dest_index(dest)) {
+                    if q.len() >= INFLIGHT_MAX {
+                        q.pop_front();
+                    }
+                    q.push_back(seq);
                 }
             }
         }
@@ -817,9 +1051,11 @@ impl SenderSession {
         }
     }
 
-    /// The flow-control limit now (`None`: not limited)
+    /// The flow-control limit now (`None`: not limited); also times out
+    /// silent receivers
     fn flow_limit(&mut self, now: Instant) -> Option<u32> {
-        self.flow.as_mut().and_then(|fc| fc.limit(now))
+        let limit = self.flow.as_mut().and_then(|fc| fc.limit(now));
+        limit.filter(|_| self.flow_enforce)
     }
 
     /// Flow control started or stopped holding the stream back
@@ -860,15 +1096,43 @@ impl SenderSession {
             Some(Dest::Paths(0)) => None,
             d => d,
         };
-        sender.heartbeat(now, seq, fin, offset, |f| {
+        let token = self.guard.token(now);
+        sender.heartbeat(now, seq, fin, offset, token, |f| {
             urgent.push(f, Kind::Control, dest);
         });
+        self.last_heartbeat = Some(now);
     }
 
-    fn drain_flow_events(&mut self) {
-        if let Some(fc) = self.flow.as_mut() {
-            while let Some(ev) = fc.poll_event() {
-                self.events.push_back(SessionEvent::Flow(ev));
+    fn drain_flow_events(&mut self, now: Instant) {
+        let Some(fc) = self.flow.as_mut() else {
+            return;
+        };
+        let mut evs = Vec::new();
+        while let Some(ev) = fc.poll_event() {
+            evs.push(ev);
+        }
+        if evs.is_empty() {
+            return;
+        }
+        let d = self.delivery(now);
+        let find = |addr: SocketAddr, want: Option<PeerState>| {
+            d.receivers
+                .iter()
+                .rev()
+                .find(|r| r.addr == addr && want.is_none_or(|w| r.state == w))
+                .copied()
+        };
+        for ev in evs {
+            let out = match ev {
+                FlowEvent::Joined(a) => find(a, Some(PeerState::Active)).map(SessionEvent::Joined),
+                FlowEvent::TimedOut(a) => {
+                    find(a, Some(PeerState::TimedOut)).map(SessionEvent::GivenUp)
+                }
+                FlowEvent::Cut { addr, lag } => find(addr, Some(PeerState::Cut))
+                    .map(|receiver| SessionEvent::Cut { receiver, lag }),
+            };
+            if let Some(e) = out {
+                self.events.push_back(e);
             }
         }
     }
@@ -933,6 +1197,14 @@ fn push_frame(q: &mut FrameQueue, frame: &[u8], seq: &mut u32) {
         *seq = seq.wrapping_add(1);
     } else {
         q.push(frame, Kind::Fec, None);
+    }
+}
+
+/// The path index of a single-path destination (`usize::MAX` otherwise)
+fn dest_index(dest: Dest) -> usize {
+    match dest {
+        Dest::Path(i) => i,
+        _ => usize::MAX,
     }
 }
 
