@@ -234,7 +234,7 @@ impl std::fmt::Display for Suite {
 
 /// True if `bytes` is a keyed (version 2) mpx frame by its first three
 /// bytes: an unkeyed receiver counts it as *unknown version* and MUST NOT
-/// deliver it as raw data, even in an auto mode (PROTOCOL.md §16.9)
+/// deliver it as raw data, even in an auto mode (PROTOCOL.md §16.8)
 pub fn is_keyed(bytes: &[u8]) -> bool {
     bytes.len() > field::VERSION_TYPE
         && bytes[field::MAGIC] == MAGIC

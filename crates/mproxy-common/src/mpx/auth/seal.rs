@@ -170,7 +170,8 @@ impl Sealer {
     /// `now` is the wall clock: it decides when the subkey is renewed.
     ///
     /// # Errors
-    /// [`SealError`]; the buffer is then unchanged.
+    /// [`SealError`]: nothing to send. The buffer is unchanged, except
+    /// after [`SealError::TooLong`] (a frame beyond any UDP datagram).
     pub fn seal(
         &mut self,
         now: SystemTime,
@@ -194,7 +195,10 @@ impl Sealer {
         buf: &mut [u8],
         len: usize,
     ) -> Result<usize, SealError> {
-        if len < HEADER_LEN || len > buf.len() {
+        if len > buf.len() {
+            return Err(SealError::BufferTooSmall);
+        }
+        if len < HEADER_LEN {
             return Err(SealError::Truncated);
         }
         if buf[field::MAGIC] != MAGIC {
