@@ -12,6 +12,7 @@
 //! 3. sleep until [`Sender::poll_timeout`] / [`Receiver::poll_timeout`]
 //!    (or new input), then call `handle_timeout(now)` and go to 2.
 
+pub mod auth;
 mod fec;
 mod feedback;
 mod flow;
