@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use mproxy_common::cli::{parse_max_datagram, CommonArgs};
+use mproxy_common::mpx::auth::{Keyring, Suite};
 use mproxy_common::mpx::{
     Confirm, FecConfig, FlowConfig, Mode, DEFAULT_FEC_BLOCK, DEFAULT_FEC_MAX_DELAY,
     FEC_STREAM_BYTES,
@@ -188,6 +189,8 @@ pub struct Config {
     pub flow_control: bool,
     /// Which receivers must confirm the end
     pub confirm: Confirm,
+    /// mpx keys (`--key-file`) and the suite they seal with (`None`: unkeyed)
+    pub keys: Option<(Keyring, Suite)>,
     /// mpx forward error correction (`None`: off)
     pub fec: Option<FecConfig>,
     /// Multicast and buffer options
@@ -215,6 +218,7 @@ impl Config {
             },
             flow_control: true,
             confirm: Confirm::All,
+            keys: None,
             fec: None,
             socket: SocketOptions::default(),
         }
@@ -258,6 +262,13 @@ impl TryFrom<Cli> for Config {
                 cli.max_datagram,
                 HEADER_LEN + 1
             );
+        }
+        let keys = cli
+            .common
+            .keys()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        if keys.is_some() && !cli.mpx && !multipath {
+            bad!("--key-file needs --mpx (raw datagrams carry no authentication)");
         }
         if cli.stream_id.is_some() && !cli.mpx && !multipath {
             bad!("--stream-id needs --mpx (raw datagrams carry no stream id)");
@@ -314,6 +325,7 @@ impl TryFrom<Cli> for Config {
             linger: Duration::from_millis(cli.linger),
             flow_control: cli.flow_control,
             confirm: cli.confirm,
+            keys,
             flow: FlowConfig {
                 max_lag: cli.max_lag,
                 receiver_timeout: Duration::from_secs(cli.receiver_timeout),

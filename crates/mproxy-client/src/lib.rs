@@ -41,11 +41,12 @@ pub use mproxy_common::mpx::Mode;
 pub use summary::Summary;
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use mproxy_common::cli::Shutdown;
 use mproxy_common::io::Tee;
-use mproxy_common::mpx::{new_session_id, PathConfig, SenderSession, SessionConfig};
+use mproxy_common::mpx::auth::OpenerConfig;
+use mproxy_common::mpx::{new_session_id, PathConfig, SenderSession, SessionConfig, SessionKeys};
 
 use input::Input;
 use out::Out;
@@ -105,6 +106,20 @@ impl Client {
                 "FEC on"
             );
         }
+        let keys = c.keys.clone().map(|(keyring, suite)| SessionKeys {
+            keyring,
+            suite,
+            opener: OpenerConfig::default(),
+            wall_start: SystemTime::now(),
+        });
+        if let Some(k) = &keys {
+            tracing::info!(
+                key = %k.keyring.first().id(),
+                cipher = k.suite.aead.name(),
+                encrypt = k.suite.encrypt,
+                "keyed mpx"
+            );
+        }
         let session = SenderSession::new(
             SessionConfig {
                 mpx,
@@ -116,6 +131,7 @@ impl Client {
                 flow: c.flow.clone(),
                 flow_control: c.flow_control,
                 confirm: c.confirm,
+                keys,
                 token_secret: new_session_id(),
                 rate: c.rate,
                 mode: c.mode,
@@ -130,7 +146,8 @@ impl Client {
                 linger: c.linger,
             },
             start,
-        );
+        )
+        .map_err(|e| Error::Config(format!("--key-file: {e}")))?;
         let driver = driver::Driver {
             input: self.input,
             path: c.path.clone(),

@@ -7,6 +7,9 @@ use mproxy_common::cli::{exit_with, parse_args, Shutdown, EXIT_FAILURE, EXIT_USA
 
 fn main() -> ExitCode {
     let cli: Cli = parse_args();
+    if let Some(code) = cli.common.run_keygen() {
+        return code;
+    }
     cli.common.init_tracing();
     let client = match Config::try_from(cli).and_then(Client::new) {
         Ok(c) => c,

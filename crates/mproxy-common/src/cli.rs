@@ -58,6 +58,33 @@ pub struct CommonArgs {
           value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub offload: bool,
 
+    /// mpx: authenticate (and encrypt) every frame with the 256-bit key in
+    /// FILE (hex or base64, '#' comments; mode 0600: see --keygen).
+    /// Repeatable for a key roll-over: the first seals, any opens. With a
+    /// key, nothing unauthenticated is accepted
+    #[arg(long = "key-file", value_name = "FILE")]
+    pub key_files: Vec<std::path::PathBuf>,
+
+    /// mpx with --key-file: on encrypts the payload, off authenticates it
+    /// only (payload readable on the wire); both refuse forged frames
+    #[arg(long, value_name = "on|off", default_value = "on",
+          value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub encrypt: bool,
+
+    /// mpx with --key-file: the AEAD (aes-256-gcm is fastest where the
+    /// CPU has AES instructions)
+    #[arg(
+        long,
+        value_name = "aes-256-gcm|chacha20-poly1305",
+        default_value = "aes-256-gcm"
+    )]
+    pub cipher: crate::mpx::auth::Aead,
+
+    /// Write a fresh random key to FILE (created with mode 0600, never
+    /// overwritten) and exit; give the file to every member with --key-file
+    #[arg(long, value_name = "FILE")]
+    pub keygen: Option<std::path::PathBuf>,
+
     /// More log output (-v debug, -vv trace); RUST_LOG overrides
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -79,6 +106,47 @@ impl CommonArgs {
             sndbuf: self.sndbuf,
             offload: self.offload,
         }
+    }
+
+    /// The keys of `--key-file` and the suite of `--encrypt`/`--cipher`
+    /// (`None`: no key given)
+    ///
+    /// # Errors
+    /// A key file that is missing, malformed, of the wrong length or
+    /// readable by others: one line naming the file and the fix.
+    pub fn keys(
+        &self,
+    ) -> Result<
+        Option<(crate::mpx::auth::Keyring, crate::mpx::auth::Suite)>,
+        crate::mpx::auth::KeyFileError,
+    > {
+        let ring = crate::mpx::auth::Keyring::load_files(&self.key_files)?;
+        Ok(ring.map(|r| {
+            (
+                r,
+                crate::mpx::auth::Suite {
+                    aead: self.cipher,
+                    encrypt: self.encrypt,
+                },
+            )
+        }))
+    }
+
+    /// With `--keygen FILE`: write the key, report, and return the exit
+    /// code the binary should exit with (`None`: no `--keygen`, carry on)
+    pub fn run_keygen(&self) -> Option<ExitCode> {
+        let path = self.keygen.as_ref()?;
+        Some(match crate::mpx::auth::generate_key_file(path) {
+            Ok(id) => {
+                eprintln!(
+                    "{}: wrote a new key (id {id}) to {} (mode 0600); give it to every member with --key-file",
+                    program_name(),
+                    path.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => exit_with(EXIT_USAGE, &e),
+        })
     }
 
     /// Check the flags that name things on this host (the interface)

@@ -373,7 +373,7 @@ impl Upstream {
     /// Forward one session until it ends; true if any data arrived
     fn pump(&self, mut conn: Conn, buf: &mut [u8], tls_log: &LogLimiter) -> bool {
         // the same sans-IO sender as the client: raw or mpx framing, heartbeats
-        let mut session = SenderSession::new(
+        let session = SenderSession::new(
             SessionConfig {
                 mpx: self.shared.new_stream(),
                 framing: self.framing,
@@ -383,6 +383,13 @@ impl Upstream {
             },
             Instant::now(),
         );
+        let mut session = match session {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(upstream = %self.addr, "cannot frame the stream: {e}");
+                return false;
+            }
+        };
         let started = Instant::now();
         let mut last_data = started;
         let mut total = 0u64;

@@ -38,7 +38,8 @@ pub use receiver::{
 pub use sender::{Sender, SenderConfig, SenderStats};
 pub use session::{
     Confirm, Delivery, Dest, Mode, Outgoing, PathCause, ReceiverOutcome, SenderSession,
-    SessionConfig, SessionEvent, SessionStats, FLOW_POKE, LINGER_QUIET, MAX_BATCH, MIN_WAIT,
+    SessionConfig, SessionEvent, SessionKeys, SessionStats, FLOW_POKE, LINGER_QUIET, MAX_BATCH,
+    MIN_WAIT,
 };
 
 /// Turns a byte stream into datagrams, raw or mpx-framed

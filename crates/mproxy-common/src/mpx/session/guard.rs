@@ -85,15 +85,21 @@ impl Guard {
             t == token_for(self.secret, e) || (e > 0 && t == token_for(self.secret, e - 1))
         });
         if ok {
-            let verified_cap = self.verified_cap;
-            let s = self.source(now, from, 0);
-            if s.verified_until.is_none_or(|t| t <= now) {
-                // a newly verified receiver may need much of the buffer
-                s.credit = s.credit.max(verified_cap);
-            }
-            s.verified_until = Some(now + PROOF_LIFETIME);
+            self.verify(now, from);
         }
         ok
+    }
+
+    /// `from` has shown it belongs: it returned a valid token, or (keyed)
+    /// sent an authentic frame
+    pub(crate) fn verify(&mut self, now: Instant, from: SocketAddr) {
+        let verified_cap = self.verified_cap;
+        let s = self.source(now, from, 0);
+        if s.verified_until.is_none_or(|t| t <= now) {
+            // a newly verified receiver may need much of the buffer
+            s.credit = s.credit.max(verified_cap);
+        }
+        s.verified_until = Some(now + PROOF_LIFETIME);
     }
 
     /// Whether `from` is verified now

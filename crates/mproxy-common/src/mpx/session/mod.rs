@@ -40,8 +40,11 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use super::auth::{
+    AuthStats, Keyring, Opener, OpenerConfig, SealError, Sealer, SealerStats, Suite, OVERHEAD,
+};
 use super::fec::{FecConfig, FecEncoderStats};
 use super::flow::{FlowConfig, FlowControl, FlowEvent, FlowStats, PeerState};
 use super::scheduler::{PathConfig, PathState, PathStats, Scheduler, SchedulerConfig};
@@ -49,7 +52,7 @@ use super::sender::{Sender, SenderConfig, SenderStats};
 use crate::pack::{Framing, Packer};
 use crate::rate::{Pacer, Rate};
 use crate::wire::{
-    classify, feedback_token, window_token, Datagram, FeedbackReport, FrameType, HEADER_LEN,
+    classify, feedback_token, window_token, Datagram, FeedbackReport, FrameType, Repr, HEADER_LEN,
 };
 
 /// How a session uses its paths
@@ -111,6 +114,9 @@ pub struct SessionConfig {
     pub flow_control: bool,
     /// Which receivers must confirm the end (mpx)
     pub confirm: Confirm,
+    /// Seal every frame and accept only authentic control frames (mpx;
+    /// `None`: unkeyed, as version 1)
+    pub keys: Option<SessionKeys>,
     /// Random secret of the echo tokens (see [`SenderSession`]'s docs on
     /// hostile input); a driver draws it from the OS
     pub token_secret: u64,
@@ -139,6 +145,7 @@ impl Default for SessionConfig {
             flow: FlowConfig::default(),
             flow_control: false,
             confirm: Confirm::All,
+            keys: None,
             token_secret: 0,
             rate: None,
             mode: Mode::Fanout,
@@ -255,8 +262,44 @@ pub struct SessionStats {
     pub unverified: u64,
     /// Frames re-sent on live paths because the path they went on died
     pub reinjected: u64,
+    /// Keyed: receivers' frames refused, by cause (`None`: unkeyed)
+    pub auth: Option<AuthStats>,
+    /// Keyed: frames sealed (`None`: unkeyed)
+    pub sealed: Option<SealerStats>,
     /// Lines longer than a datagram that had to be split
     pub split_lines: u64,
+}
+
+/// The keys of a keyed session (see docs/PROTOCOL.md §16)
+#[derive(Debug, Clone)]
+pub struct SessionKeys {
+    /// The group's keys: frames are sealed with the first, control frames
+    /// from receivers accepted under any
+    pub keyring: Keyring,
+    /// AEAD and whether the payload is encrypted
+    pub suite: Suite,
+    /// Limits of the opener of receivers' control frames
+    pub opener: OpenerConfig,
+    /// The wall-clock time at the `now` the session is created with
+    /// (subkey epochs and freshness are wall-clock based)
+    pub wall_start: SystemTime,
+}
+
+/// A keyed session's sealer and opener
+#[derive(Debug)]
+struct Keyed {
+    sealer: Sealer,
+    opener: Opener,
+    wall_start: SystemTime,
+    start: Instant,
+    /// Receivers' control frames are opened in a copy here
+    scratch: Vec<u8>,
+}
+
+impl Keyed {
+    fn wall(&self, now: Instant) -> SystemTime {
+        self.wall_start + now.saturating_duration_since(self.start)
+    }
 }
 
 /// Which queue a taken frame came from
@@ -283,6 +326,7 @@ pub struct SenderSession {
     repairing: bool,
     linger: Duration,
     rate: Option<Rate>,
+    keyed: Option<Keyed>,
     flow: Option<FlowControl>,
     flow_enforce: bool,
     confirm: Confirm,
@@ -326,11 +370,32 @@ pub struct SenderSession {
 
 impl SenderSession {
     /// A session starting at `now`
-    pub fn new(config: SessionConfig, now: Instant) -> Self {
-        let max_payload = if config.mpx.is_some() {
-            config.max_datagram.saturating_sub(HEADER_LEN).max(1)
+    ///
+    /// # Errors
+    /// A keyed session whose sealer cannot be set up (no randomness for
+    /// its subkey); an unkeyed session never fails.
+    pub fn new(config: SessionConfig, now: Instant) -> Result<Self, SealError> {
+        let keyed = match (&config.keys, config.mpx) {
+            (Some(k), Some(_)) => Some(Keyed {
+                sealer: Sealer::new(&k.keyring, k.suite, k.wall_start)?,
+                opener: Opener::new(&k.keyring, &k.opener),
+                wall_start: k.wall_start,
+                start: now,
+                scratch: Vec::new(),
+            }),
+            _ => None,
+        };
+        // a keyed frame carries OVERHEAD more bytes: the frames are made
+        // that much smaller so the datagram stays within max_datagram
+        let max_datagram = if keyed.is_some() {
+            config.max_datagram.saturating_sub(OVERHEAD)
         } else {
-            config.max_datagram.max(1)
+            config.max_datagram
+        };
+        let max_payload = if config.mpx.is_some() {
+            max_datagram.saturating_sub(HEADER_LEN).max(1)
+        } else {
+            max_datagram.max(1)
         };
         let framer = match config.mpx {
             None => Framer::Raw(Packer::new(config.framing, config.max_datagram)),
@@ -339,7 +404,7 @@ impl SenderSession {
                     session,
                     stream,
                     &SenderConfig {
-                        max_datagram: config.max_datagram,
+                        max_datagram,
                         framing: config.framing,
                         heartbeat_interval: config.heartbeat_interval,
                         repair_buffer: config.repair_buffer,
@@ -368,7 +433,8 @@ impl SenderSession {
             (None, Some(r)) => Some(Pacer::new(r, pacer_burst(r, config.max_datagram))),
             _ => None,
         };
-        Self {
+        Ok(Self {
+            keyed,
             framer,
             mode: if multipath { config.mode } else { Mode::Fanout },
             max_payload,
@@ -404,7 +470,7 @@ impl SenderSession {
             events: VecDeque::new(),
             stats: SessionStats::default(),
             scratch: Vec::new(),
-        }
+        })
     }
 
     /// mpx session id (`None` in raw mode)
@@ -472,7 +538,8 @@ impl SenderSession {
             Framer::Raw(p) => p.push(input, |d| data.push(d, Kind::Raw, None)),
             Framer::Mpx(s) => {
                 let mut seq = s.next_seq();
-                s.push(now, input, |f| push_frame(data, f, &mut seq));
+                let keyed = &mut self.keyed;
+                s.push(now, input, |f| push_frame(data, keyed, now, f, &mut seq));
             }
         }
     }
@@ -488,7 +555,8 @@ impl SenderSession {
             Framer::Raw(p) => p.finish(|d| data.push(d, Kind::Raw, None)),
             Framer::Mpx(s) => {
                 let mut seq = s.next_seq();
-                s.finish(now, |f| push_frame(data, f, &mut seq));
+                let keyed = &mut self.keyed;
+                s.finish(now, |f| push_frame(data, keyed, now, f, &mut seq));
             }
         }
     }
@@ -512,12 +580,49 @@ impl SenderSession {
     /// A datagram that arrived on a sending socket: `path` is the path
     /// whose socket got it (0 in fan-out mode), `from` its source
     pub fn handle_datagram(&mut self, now: Instant, path: usize, from: SocketAddr, bytes: &[u8]) {
-        let Framer::Mpx(sender) = &mut self.framer else {
+        if !matches!(self.framer, Framer::Mpx(_)) {
             self.stats.ignored += 1;
             return;
-        };
-        let Datagram::Mpx(repr, payload) = classify(bytes) else {
-            self.stats.ignored += 1;
+        }
+        match self.keyed.as_mut() {
+            None => match classify(bytes) {
+                Datagram::Mpx(repr, payload) => {
+                    self.handle_control(now, path, from, repr, payload, bytes.len());
+                }
+                _ => self.stats.ignored += 1,
+            },
+            Some(k) => {
+                // only authentic frames are acted on; the opener counts
+                // the others by cause
+                let mut buf = std::mem::take(&mut k.scratch);
+                buf.clear();
+                buf.extend_from_slice(bytes);
+                let wall = k.wall(now);
+                if let Ok(opened) = k.opener.open(wall, &mut buf) {
+                    // a member of the group: it holds the key
+                    self.guard.verify(now, from);
+                    if let Some(payload) = buf.get(opened.payload.clone()) {
+                        self.handle_control(now, path, from, opened.repr, payload, bytes.len());
+                    }
+                }
+                if let Some(k) = self.keyed.as_mut() {
+                    k.scratch = buf;
+                }
+            }
+        }
+    }
+
+    /// A receiver's frame (authentic, when keyed) of `len` bytes on the wire
+    fn handle_control(
+        &mut self,
+        now: Instant,
+        path: usize,
+        from: SocketAddr,
+        repr: Repr,
+        payload: &[u8],
+        len: usize,
+    ) {
+        let Framer::Mpx(sender) = &mut self.framer else {
             return;
         };
         if repr.session != sender.session() {
@@ -528,11 +633,11 @@ impl SenderSession {
             FrameType::Nack if repr.stream == sender.stream() => {
                 self.stats.control += 1;
                 self.last_nack = Some(now);
-                let budget = self.guard.nack_budget(now, from, bytes.len(), self.offset);
-                let urgent = &mut self.urgent;
+                let budget = self.guard.nack_budget(now, from, len, self.offset);
+                let (urgent, keyed) = (&mut self.urgent, &mut self.keyed);
                 sender.set_sent(self.next_unsent);
                 let spent = sender.handle_nack_limited(now, payload, budget, |f| {
-                    urgent.push(f, Kind::Retransmit, None);
+                    enqueue(urgent, keyed, now, f, Kind::Retransmit, None);
                 });
                 self.guard.spend(from, spent);
             }
@@ -752,15 +857,15 @@ impl SenderSession {
         let token = self.guard.token(now);
         let mut died = Vec::new();
         if let Framer::Mpx(sender) = &mut self.framer {
-            let data = &mut self.data;
-            sender.handle_fec_timeout(now, |f| data.push(f, Kind::Fec, None));
+            let (data, keyed) = (&mut self.data, &mut self.keyed);
+            sender.handle_fec_timeout(now, |f| enqueue(data, keyed, now, f, Kind::Fec, None));
             if let Some(sched) = self.sched.as_mut() {
                 let before: Vec<_> = (0..sched.len()).map(|i| sched.state(i)).collect();
                 sched.handle_timeout(now);
-                let urgent = &mut self.urgent;
+                let (urgent, keyed) = (&mut self.urgent, &mut self.keyed);
                 while let Some(i) = sched.poll_probe(now) {
                     sender.heartbeat(now, seq, fin, offset, token, |f| {
-                        urgent.push(f, Kind::Control, Some(Dest::Path(i)));
+                        enqueue(urgent, keyed, now, f, Kind::Control, Some(Dest::Path(i)));
                     });
                 }
                 for (i, was) in before.into_iter().enumerate() {
@@ -840,10 +945,12 @@ impl SenderSession {
             return;
         };
         sender.set_sent(self.next_unsent);
-        let urgent = &mut self.urgent;
+        let (urgent, keyed) = (&mut self.urgent, &mut self.keyed);
         let mut n = 0;
         for seq in seqs {
-            if sender.resend(now, seq, |f| urgent.push(f, Kind::Retransmit, None)) {
+            if sender.resend(now, seq, |f| {
+                enqueue(urgent, keyed, now, f, Kind::Retransmit, None);
+            }) {
                 n += 1;
             }
         }
@@ -1097,8 +1204,9 @@ impl SenderSession {
             d => d,
         };
         let token = self.guard.token(now);
+        let keyed = &mut self.keyed;
         sender.heartbeat(now, seq, fin, offset, token, |f| {
-            urgent.push(f, Kind::Control, dest);
+            enqueue(urgent, keyed, now, f, Kind::Control, dest);
         });
         self.last_heartbeat = Some(now);
     }
@@ -1163,6 +1271,10 @@ impl SenderSession {
             }
         }
         s.flow = self.flow.as_ref().map(FlowControl::stats);
+        if let Some(k) = &self.keyed {
+            s.auth = Some(k.opener.stats());
+            s.sealed = Some(k.sealer.stats());
+        }
         s
     }
 
@@ -1189,14 +1301,42 @@ impl SenderSession {
 
 /// Queue a frame the mpx sender made: DATA frames carry their sequence
 /// number (counted from `seq`), everything else is FEC
-fn push_frame(q: &mut FrameQueue, frame: &[u8], seq: &mut u32) {
+fn push_frame(
+    q: &mut FrameQueue,
+    keyed: &mut Option<Keyed>,
+    now: Instant,
+    frame: &[u8],
+    seq: &mut u32,
+) {
     let is_data = frame.get(2).is_some_and(|b| b & 0x0f == 1);
     if is_data {
         let payload = u32::try_from(frame.len().saturating_sub(HEADER_LEN)).unwrap_or(u32::MAX);
-        q.push(frame, Kind::Data { seq: *seq, payload }, None);
+        let kind = Kind::Data { seq: *seq, payload };
+        enqueue(q, keyed, now, frame, kind, None);
         *seq = seq.wrapping_add(1);
     } else {
-        q.push(frame, Kind::Fec, None);
+        enqueue(q, keyed, now, frame, Kind::Fec, None);
+    }
+}
+
+/// Queue a frame, sealed when the session is keyed (a frame that cannot
+/// be sealed is counted by the sealer and not sent)
+fn enqueue(
+    q: &mut FrameQueue,
+    keyed: &mut Option<Keyed>,
+    now: Instant,
+    frame: &[u8],
+    kind: Kind,
+    dest: Option<Dest>,
+) {
+    match keyed {
+        None => q.push(frame, kind, dest),
+        Some(k) => {
+            let wall = k.wall(now);
+            q.push_sealed(frame, OVERHEAD, kind, dest, |buf, len| {
+                k.sealer.seal(wall, buf, len).ok()
+            });
+        }
     }
 }
 

@@ -89,6 +89,37 @@ impl FrameQueue {
         });
     }
 
+    /// Queue `frame` sealed: `seal` gets a buffer holding the frame plus
+    /// `extra` spare bytes and the frame's length, and returns the sealed
+    /// length (`None`: not sealed, nothing queued)
+    pub(crate) fn push_sealed(
+        &mut self,
+        frame: &[u8],
+        extra: usize,
+        kind: Kind,
+        dest: Option<Dest>,
+        seal: impl FnOnce(&mut [u8], usize) -> Option<usize>,
+    ) -> bool {
+        self.reclaim();
+        let start = self.buf.len();
+        self.buf.extend_from_slice(frame);
+        self.buf.resize(start + frame.len() + extra, 0);
+        let Some(len) = seal(&mut self.buf[start..], frame.len()) else {
+            self.buf.truncate(start);
+            return false;
+        };
+        self.buf.truncate(start + len);
+        self.queued += len;
+        self.items.push_back(Item {
+            start,
+            len,
+            kind,
+            dest,
+            not_before: None,
+        });
+        true
+    }
+
     /// Drop the bytes of frames that already went out, when worth it
     fn reclaim(&mut self) {
         match self.items.front() {

@@ -100,7 +100,7 @@ fn data_only(out: Vec<(Dest, Vec<u8>)>) -> Vec<(Dest, Vec<u8>)> {
 #[test]
 fn test_frames_go_out_in_order_then_fin_and_closing_heartbeats() {
     let t0 = t0();
-    let mut s = SenderSession::new(mpx_config(), t0);
+    let mut s = SenderSession::new(mpx_config(), t0).unwrap();
     assert!(s.writable(t0) > 0);
     s.push(t0, b"abc\ndef\nghi\n");
     s.finish(t0);
@@ -136,7 +136,7 @@ fn test_idle_input_still_answers_nacks() {
     // the regression of issue 11: a NACK while no input arrives is
     // answered at once, not when the next input comes
     let t0 = t0();
-    let mut s = SenderSession::new(mpx_config(), t0);
+    let mut s = SenderSession::new(mpx_config(), t0).unwrap();
     s.push(t0, b"one\n");
     let sent = data_only(drain(&mut s, t0));
     assert_eq!(sent.len(), 1);
@@ -153,7 +153,7 @@ fn test_idle_input_still_answers_nacks() {
 #[test]
 fn test_nack_for_queued_frames_is_not_answered() {
     let t0 = t0();
-    let mut s = SenderSession::new(mpx_config(), t0);
+    let mut s = SenderSession::new(mpx_config(), t0).unwrap();
     s.push(t0, b"aaaaaaa\nbbbbbbb\n");
     // nothing went out yet: a NACK for them re-sends nothing
     s.handle_datagram(t0, 0, peer(), &nack(0x5e55, 1, 0, 2));
@@ -167,7 +167,7 @@ fn test_nack_for_queued_frames_is_not_answered() {
 #[test]
 fn test_foreign_and_malformed_datagrams_are_ignored() {
     let t0 = t0();
-    let mut s = SenderSession::new(mpx_config(), t0);
+    let mut s = SenderSession::new(mpx_config(), t0).unwrap();
     s.push(t0, b"x\n");
     let _ = drain(&mut s, t0);
     s.handle_datagram(t0, 0, peer(), &nack(0xdead, 1, 0, 1));
@@ -185,7 +185,7 @@ fn test_window_holds_data_and_pokes_until_it_opens() {
         flow_control: true,
         ..mpx_config()
     };
-    let mut s = SenderSession::new(cfg, t0);
+    let mut s = SenderSession::new(cfg, t0).unwrap();
     // a receiver allows frames 0..2
     s.handle_datagram(t0, 0, peer(), &window(0x5e55, 1, 0, 2, 7));
     let w = s.writable(t0);
@@ -216,7 +216,7 @@ fn test_retransmits_pass_a_closed_window() {
         flow_control: true,
         ..mpx_config()
     };
-    let mut s = SenderSession::new(cfg, t0);
+    let mut s = SenderSession::new(cfg, t0).unwrap();
     s.handle_datagram(t0, 0, peer(), &window(0x5e55, 1, 0, 1, 7));
     s.push(t0, b"aaaaaaa\nbbbbbbb\n");
     assert_eq!(data_only(drain(&mut s, t0)).len(), 1);
@@ -236,7 +236,7 @@ fn test_pacing_spaces_datagrams_without_sleeping() {
         rate: Some(Rate::from_bytes_per_sec(1_000_000).unwrap_or_else(|| unreachable!())),
         ..SessionConfig::default()
     };
-    let mut s = SenderSession::new(cfg, t0);
+    let mut s = SenderSession::new(cfg, t0).unwrap();
     // 50 ms of the rate may be read ahead
     assert_eq!(s.writable(t0), 50_000);
     s.push(t0, &[7u8; 50_000]);
@@ -278,7 +278,7 @@ fn test_stripe_spreads_frames_and_probes_every_path() {
         ],
         ..mpx_config()
     };
-    let mut s = SenderSession::new(cfg, t0);
+    let mut s = SenderSession::new(cfg, t0).unwrap();
     s.handle_timeout(t0);
     let probes = drain(&mut s, t0);
     let dests: Vec<_> = probes.iter().map(|(d, _)| *d).collect();
@@ -310,7 +310,7 @@ fn test_local_failure_moves_frames_to_another_path() {
         ],
         ..mpx_config()
     };
-    let mut s = SenderSession::new(cfg, t0);
+    let mut s = SenderSession::new(cfg, t0).unwrap();
     s.push(t0, b"1234567\n");
     // the opening heartbeat goes to every path
     let hb = s.poll_transmit(t0).expect("a heartbeat");
@@ -343,7 +343,7 @@ fn test_shutdown_sends_everything_at_once() {
         rate: Some(Rate::from_bytes_per_sec(1000).unwrap_or_else(|| unreachable!())),
         ..mpx_config()
     };
-    let mut s = SenderSession::new(cfg, t0);
+    let mut s = SenderSession::new(cfg, t0).unwrap();
     s.handle_datagram(t0, 0, peer(), &window(0x5e55, 1, 0, 1, 7));
     s.push(t0, &[b'x'; 80]);
     s.shutdown(t0);
@@ -356,7 +356,7 @@ fn test_shutdown_sends_everything_at_once() {
 #[test]
 fn test_idle_heartbeat_carries_next_seq_and_offset() {
     let t0 = t0();
-    let mut s = SenderSession::new(mpx_config(), t0);
+    let mut s = SenderSession::new(mpx_config(), t0).unwrap();
     s.push(t0, b"hello\n");
     let _ = drain(&mut s, t0);
     // step through the timers (the end of flow control's first wait
@@ -400,7 +400,7 @@ fn run_until(
 #[test]
 fn test_end_waits_for_confirmation_then_exits_at_once() {
     let t0 = t0();
-    let mut s = SenderSession::new(mpx_config(), t0);
+    let mut s = SenderSession::new(mpx_config(), t0).unwrap();
     s.handle_datagram(t0, 0, peer(), &window(0x5e55, 1, 0, 64, 7));
     s.push(t0, b"aaaaaaa\nbbbbbbb\n");
     s.finish(t0);
@@ -437,7 +437,7 @@ fn test_silent_receiver_is_given_up_with_its_offset() {
         },
         ..mpx_config()
     };
-    let mut s = SenderSession::new(cfg, t0);
+    let mut s = SenderSession::new(cfg, t0).unwrap();
     s.handle_datagram(t0, 0, peer(), &window(0x5e55, 1, 0, 64, 7));
     s.push(t0, b"aaaaaaa\nbbbbbbb\n");
     let _ = drain(&mut s, t0);
@@ -476,7 +476,7 @@ fn test_windows_without_the_echo_token_are_ignored() {
         flow_control: true,
         ..mpx_config()
     };
-    let mut s = SenderSession::new(cfg, t0);
+    let mut s = SenderSession::new(cfg, t0).unwrap();
     // a stranger who never saw a heartbeat: no token, or a guessed one
     s.handle_datagram(t0, 0, peer(), &window_tok(0x5e55, 1, 0, 0, 9, None));
     s.handle_datagram(t0, 0, peer(), &window_tok(0x5e55, 1, 0, 0, 9, Some(12345)));
@@ -488,7 +488,7 @@ fn test_windows_without_the_echo_token_are_ignored() {
 #[test]
 fn test_nack_amplification_is_bounded_for_strangers() {
     let t0 = t0();
-    let mut s = SenderSession::new(mpx_config(), t0);
+    let mut s = SenderSession::new(mpx_config(), t0).unwrap();
     for _ in 0..100 {
         s.push(t0, b"1234567\n");
     }
@@ -524,7 +524,7 @@ fn test_nack_amplification_is_bounded_for_strangers() {
 #[test]
 fn test_crafted_nack_costs_work_by_frames_resent_not_by_its_ranges() {
     let t0 = t0();
-    let mut s = SenderSession::new(mpx_config(), t0);
+    let mut s = SenderSession::new(mpx_config(), t0).unwrap();
     s.push(t0, b"1234567\n");
     let _ = drain(&mut s, t0);
     // 128 ranges of 65,535 frames each, mostly never sent
@@ -561,7 +561,7 @@ fn test_frames_in_flight_on_a_dead_path_are_reinjected() {
         ],
         ..mpx_config()
     };
-    let mut s = SenderSession::new(cfg, t0);
+    let mut s = SenderSession::new(cfg, t0).unwrap();
     let tok = s.guard.token(t0);
     let report = |frames: u64| {
         let mut p = FeedbackReport {
@@ -613,4 +613,57 @@ fn test_frames_in_flight_on_a_dead_path_are_reinjected() {
         .filter(|(_, f)| parse(f).0.flags.contains(Flags::RETRANSMIT))
         .all(|(d, _)| *d == Dest::Path(1)));
     assert_eq!(s.stats().reinjected, on0.len() as u64);
+}
+
+#[test]
+fn test_keyed_session_seals_everything_and_opens_only_authentic_control() {
+    use crate::mpx::auth::{Key, Keyring, Opener, OpenerConfig, Sealer, Suite};
+    use std::time::SystemTime;
+    let t0 = t0();
+    let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let ring = Keyring::new(vec![Key::from_bytes(&[5u8; 32])]).unwrap();
+    let cfg = SessionConfig {
+        keys: Some(SessionKeys {
+            keyring: ring.clone(),
+            suite: Suite::default(),
+            opener: OpenerConfig::default(),
+            wall_start: wall,
+        }),
+        max_datagram: 200,
+        ..mpx_config()
+    };
+    let mut s = SenderSession::new(cfg, t0).unwrap();
+    s.push(t0, &[b'x'; 500]);
+    s.finish(t0);
+    let out = drain(&mut s, t0);
+    // every datagram is keyed, within max_datagram, and opens to the plain frame
+    let mut rx = Opener::new(&ring, &OpenerConfig::default());
+    let mut payload = Vec::new();
+    for (_, f) in &out {
+        assert!(f.len() <= 200, "{}", f.len());
+        assert!(crate::mpx::auth::is_keyed(f));
+        assert!(!f.windows(8).any(|w| w == b"xxxxxxxx"), "payload in clear");
+        let mut b = f.clone();
+        let o = rx.open(wall, &mut b).unwrap();
+        if o.repr.frame_type == FrameType::Data {
+            payload.extend_from_slice(&b[o.payload]);
+        }
+    }
+    assert_eq!(payload, vec![b'x'; 500]);
+    // an unkeyed NACK (a stranger) is refused and counted
+    s.handle_datagram(t0, 0, peer(), &nack(0x5e55, 1, 0, 1));
+    assert!(drain(&mut s, t0).is_empty());
+    assert_eq!(s.stats().auth.unwrap().unkeyed, 1);
+    // a sealed NACK from a member is answered, and the re-send is sealed anew
+    let mut member = Sealer::new(&ring, Suite::default(), wall).unwrap();
+    let plain = nack(0x5e55, 1, 0, 1);
+    let mut buf = plain.clone();
+    buf.resize(plain.len() + crate::mpx::auth::OVERHEAD, 0);
+    let n = member.seal(wall, &mut buf, plain.len()).unwrap();
+    s.handle_datagram(t0, 0, peer(), &buf[..n]);
+    let again = drain(&mut s, t0);
+    assert_eq!(again.len(), 1);
+    let mut b = again[0].1.clone();
+    let o = rx.open(wall, &mut b).expect("a fresh seal, not a replay");
+    assert!(o.repr.flags.contains(Flags::RETRANSMIT));
 }
