@@ -146,7 +146,10 @@ fn nacks_through_the_proxy_repair_every_loss() {
             "{summary}"
         );
         assert!(count_before(&px, " NACKs").is_some_and(|n| n > 0), "{px}");
-        assert!(px.contains(" 0 not control, 0 send errors"), "{px}");
+        assert!(
+            px.contains(" 0 not control, 0 over credit, 0 send errors"),
+            "{px}"
+        );
     });
 }
 
@@ -281,7 +284,9 @@ fn only_known_sessions_control_frames_go_back_and_the_rest_is_counted() {
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         let session = 0x5e55_1011_u64;
-        let data = mpx_frame(1, session, b"hello\n");
+        // 88 bytes: enough credit for the one 40-byte window sent back
+        // (a route never reflects more bytes than its source sent)
+        let data = mpx_frame(1, session, &[b'x'; 64]);
         sender.send_to(&data, "127.0.0.1:9550").unwrap();
         let mut buf = [0u8; 2048];
         let (n, proxy_out) = downstream.recv_from(&mut buf).unwrap();
@@ -313,7 +318,7 @@ fn only_known_sessions_control_frames_go_back_and_the_rest_is_counted() {
             px.contains(
                 "control relayed upstream: 0 NACKs, 1 windows, 0 feedback; dropped: \
                  1 unknown session, 0 ambiguous feedback, 0 own session, 3 not control, \
-                 0 send errors; 1 sessions learned, 0 evicted"
+                 0 over credit, 0 send errors; 1 sessions learned, 0 evicted"
             ),
             "{px}"
         );

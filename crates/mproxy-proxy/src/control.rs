@@ -9,16 +9,25 @@
 //! addressed, so it arrives from where the sender sent to. Anything else that
 //! arrives there is counted and dropped: the proxy never reflects traffic to
 //! addresses it did not learn from the sender's own frames.
+//!
+//! No reflector: routes are learned only from frames whose checksum holds,
+//! and each route carries a byte credit earned by the frames its source
+//! sent through the proxy. A control frame goes back only if the route's
+//! credit covers it, so a forged frame with a spoofed source buys at most
+//! its own size in bytes sent to that address (at most 1x).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use mproxy_common::stats::{Counter, LogLimiter};
-use mproxy_common::wire::{classify, Datagram, Frame, FrameType, VERSION};
+use mproxy_common::wire::{classify, Datagram, FrameType};
 
 /// Sessions remembered at most (each about 64 bytes)
 pub const MAX_SESSIONS: usize = 4096;
+
+/// Most reflection credit a route banks (bytes of frames from its source)
+const MAX_CREDIT: u64 = 4 << 20;
 
 /// A FEEDBACK report describes a *path*. It is relayed only while the
 /// session has come from one upstream address for at least this long: a
@@ -38,6 +47,8 @@ pub(crate) struct Route {
     seen: u64,
     /// When `from`/`input` last changed (`None`: never)
     moved: Option<Instant>,
+    /// Bytes that may still be sent back to `from`: what it sent us
+    credit: u64,
 }
 
 impl Route {
@@ -83,14 +94,25 @@ impl SessionMap {
         self.map.len()
     }
 
-    /// Record that a frame of `session` arrived from `from` on input `input`
-    pub(crate) fn learn(&mut self, session: u64, from: SocketAddr, input: usize, now: Instant) {
+    /// Record that a frame of `session`, `len` bytes, arrived from `from`
+    /// on input `input`
+    pub(crate) fn learn(
+        &mut self,
+        session: u64,
+        from: SocketAddr,
+        input: usize,
+        len: usize,
+        now: Instant,
+    ) {
         if let Some(r) = self.map.get_mut(&session) {
             if r.from != from || r.input != input {
                 r.from = from;
                 r.input = input;
                 r.moved = Some(now);
+                // the new source has earned only this frame
+                r.credit = 0;
             }
+            r.credit = (r.credit + len as u64).min(MAX_CREDIT);
             self.clock += 1;
             r.seen = self.clock;
             return;
@@ -107,6 +129,7 @@ impl SessionMap {
                 input,
                 seen: self.clock,
                 moved: None,
+                credit: (len as u64).min(MAX_CREDIT),
             },
         );
     }
@@ -130,25 +153,35 @@ impl SessionMap {
     pub(crate) fn get(&self, session: u64) -> Option<&Route> {
         self.map.get(&session)
     }
+
+    /// Take `len` bytes of the route's credit; false (nothing taken) if it
+    /// has less
+    fn spend(&mut self, session: u64, len: usize) -> bool {
+        match self.map.get_mut(&session) {
+            Some(r) if r.credit >= len as u64 => {
+                r.credit -= len as u64;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
-/// The sender-side header of a forwarded datagram: `Some(session)` if it
-/// looks like a frame an mpx sender emits (DATA, HEARTBEAT, FEC)
+/// The session of a forwarded datagram if it is a valid frame an mpx
+/// sender emits (DATA, HEARTBEAT, FEC; checksum verified)
 ///
-/// Only the header is checked, not the checksum: this runs for every
-/// forwarded datagram, and a checksum would not make the learned route any
-/// more trustworthy (the source address is the kernel's, and anyone may
-/// compute a CRC). Control frames sent back are fully validated.
+/// A damaged or forged frame with a bad checksum teaches no route: only
+/// frames a receiver would accept do (CRC32C costs a few nanoseconds per
+/// frame in hardware).
 pub(crate) fn sender_session(datagram: &[u8]) -> Option<u64> {
-    let f = Frame::new_checked(datagram).ok()?;
-    if f.version() != VERSION {
+    let Datagram::Mpx(repr, _) = classify(datagram) else {
         return None;
-    }
+    };
     matches!(
-        f.frame_type(),
+        repr.frame_type,
         FrameType::Data | FrameType::Heartbeat | FrameType::Fec
     )
-    .then(|| f.session())
+    .then_some(repr.session)
 }
 
 /// Counters of the control relay
@@ -173,6 +206,9 @@ pub struct ControlStats {
     /// Datagrams on the downstream sockets that are not mpx control frames
     /// (raw, invalid, or sender frame types): dropped
     pub not_control: Counter,
+    /// Control frames not sent back because their route's source had not
+    /// sent as many bytes through the proxy (no reflection beyond 1x)
+    pub over_credit: Counter,
     /// Sends back upstream that failed
     pub send_errors: Counter,
     /// Sessions learned from forwarded frames
@@ -187,7 +223,7 @@ impl std::fmt::Display for ControlStats {
             f,
             "control relayed upstream: {} NACKs, {} windows, {} feedback; dropped: \
              {} unknown session, {} ambiguous feedback, {} own session, {} not control, \
-             {} send errors; {} sessions learned, {} evicted",
+             {} over credit, {} send errors; {} sessions learned, {} evicted",
             self.nacks.get(),
             self.windows.get(),
             self.feedback.get(),
@@ -195,6 +231,7 @@ impl std::fmt::Display for ControlStats {
             self.feedback_ambiguous.get(),
             self.own_session.get(),
             self.not_control.get(),
+            self.over_credit.get(),
             self.send_errors.get(),
             self.sessions.get(),
             self.evicted.get()
@@ -214,7 +251,7 @@ pub(crate) enum Verdict {
 /// Decide about one datagram from a downstream socket, counting drops
 pub(crate) fn judge(
     datagram: &[u8],
-    sessions: &SessionMap,
+    sessions: &mut SessionMap,
     own: Option<u64>,
     stats: &ControlStats,
     now: Instant,
@@ -242,7 +279,12 @@ pub(crate) fn judge(
         stats.feedback_ambiguous.inc();
         return Verdict::Drop;
     }
-    Verdict::Relay(*route, repr.frame_type)
+    let route = *route;
+    if !sessions.spend(repr.session, datagram.len()) {
+        stats.over_credit.inc();
+        return Verdict::Drop;
+    }
+    Verdict::Relay(route, repr.frame_type)
 }
 
 impl ControlStats {
@@ -310,7 +352,7 @@ mod tests {
         let mut m = SessionMap::new(64);
         let t0 = Instant::now();
         for s in 0..1000u64 {
-            m.learn(s, addr(1), 0, t0 + Duration::from_millis(s));
+            m.learn(s, addr(1), 0, 1000, t0 + Duration::from_millis(s));
             assert!(m.len() <= 64, "{} entries after session {s}", m.len());
         }
         assert_eq!(m.learned, 1000);
@@ -325,11 +367,11 @@ mod tests {
         let mut m = SessionMap::new(8);
         let t0 = Instant::now();
         for s in 0..8u64 {
-            m.learn(s, addr(1), 0, t0 + Duration::from_millis(s));
+            m.learn(s, addr(1), 0, 1000, t0 + Duration::from_millis(s));
         }
         // session 0 is the oldest insert but speaks again last
-        m.learn(0, addr(1), 0, t0 + Duration::from_millis(100));
-        m.learn(100, addr(2), 0, t0 + Duration::from_millis(101));
+        m.learn(0, addr(1), 0, 1000, t0 + Duration::from_millis(100));
+        m.learn(100, addr(2), 0, 1000, t0 + Duration::from_millis(101));
         assert_eq!(m.evicted, 1);
         assert!(m.get(0).is_some());
         assert!(m.get(1).is_none());
@@ -342,7 +384,7 @@ mod tests {
         let mut m = SessionMap::new(64);
         let t0 = Instant::now();
         for s in 0..65u64 {
-            m.learn(s, addr(1), 0, t0);
+            m.learn(s, addr(1), 0, 1000, t0);
         }
         assert_eq!(m.evicted, 8, "an eighth of 64");
         assert_eq!(m.len(), 57);
@@ -353,8 +395,8 @@ mod tests {
     fn test_a_cap_of_one_still_learns() {
         let mut m = SessionMap::new(0);
         let t0 = Instant::now();
-        m.learn(1, addr(1), 0, t0);
-        m.learn(2, addr(2), 1, t0 + Duration::from_millis(1));
+        m.learn(1, addr(1), 0, 1000, t0);
+        m.learn(2, addr(2), 1, 1000, t0 + Duration::from_millis(1));
         assert_eq!((m.len(), m.evicted), (1, 1));
         assert_eq!(m.get(2).map(|r| (r.from, r.input)), Some((addr(2), 1)));
     }
@@ -364,28 +406,28 @@ mod tests {
         let mut m = SessionMap::new(16);
         let t0 = Instant::now();
         let stats = ControlStats::default();
-        m.learn(7, addr(1), 0, t0);
+        m.learn(7, addr(1), 0, 1000, t0);
         let fb = frame(FrameType::Feedback, 7);
         assert!(matches!(
-            judge(&fb, &m, None, &stats, t0),
+            judge(&fb, &mut m, None, &stats, t0),
             Verdict::Relay(r, FrameType::Feedback) if r.from == addr(1)
         ));
         // a second path of the same session: reports are now ambiguous
-        m.learn(7, addr(2), 1, t0 + Duration::from_millis(10));
+        m.learn(7, addr(2), 1, 1000, t0 + Duration::from_millis(10));
         assert_eq!(
-            judge(&fb, &m, None, &stats, t0 + Duration::from_millis(20)),
+            judge(&fb, &mut m, None, &stats, t0 + Duration::from_millis(20)),
             Verdict::Drop
         );
         assert_eq!(stats.feedback_ambiguous.get(), 1);
         // NACKs and windows are per stream: they go to the latest source
         let nack = frame(FrameType::Nack, 7);
         assert!(matches!(
-            judge(&nack, &m, None, &stats, t0 + Duration::from_millis(20)),
+            judge(&nack, &mut m, None, &stats, t0 + Duration::from_millis(20)),
             Verdict::Relay(r, FrameType::Nack) if r.from == addr(2) && r.input == 1
         ));
         // one source for a second: reports flow again
         assert!(matches!(
-            judge(&fb, &m, None, &stats, t0 + Duration::from_millis(1010)),
+            judge(&fb, &mut m, None, &stats, t0 + Duration::from_millis(1010)),
             Verdict::Relay(_, FrameType::Feedback)
         ));
         stats.sent(FrameType::Nack);
@@ -397,7 +439,7 @@ mod tests {
         let mut m = SessionMap::new(16);
         let t0 = Instant::now();
         let stats = ControlStats::default();
-        m.learn(7, addr(1), 0, t0);
+        m.learn(7, addr(1), 0, 1000, t0);
         let cases: Vec<(Vec<u8>, Verdict)> = vec![
             (b"raw datagram".to_vec(), Verdict::Drop),
             (frame(FrameType::Data, 7), Verdict::Drop),
@@ -405,15 +447,38 @@ mod tests {
             (frame(FrameType::Window, 9), Verdict::Drop),
         ];
         for (d, want) in &cases {
-            assert_eq!(judge(d, &m, Some(9), &stats, t0), *want);
+            assert_eq!(judge(d, &mut m, Some(9), &stats, t0), *want);
         }
         let mut bad = frame(FrameType::Window, 7);
         bad[30] ^= 1;
-        assert_eq!(judge(&bad, &m, None, &stats, t0), Verdict::Drop);
+        assert_eq!(judge(&bad, &mut m, None, &stats, t0), Verdict::Drop);
         assert_eq!(stats.not_control.get(), 3);
         assert_eq!(stats.unknown_session.get(), 1);
         assert_eq!(stats.own_session.get(), 1);
         assert_eq!(stats.windows.get(), 0);
+    }
+
+    #[test]
+    fn test_reflection_is_bounded_by_what_the_source_sent() {
+        let mut m = SessionMap::new(16);
+        let t0 = Instant::now();
+        let stats = ControlStats::default();
+        // a spoofed 24-byte frame earns 24 bytes back: a 52-byte window
+        // to that address is refused
+        m.learn(7, addr(9), 0, 24, t0);
+        let w = frame(FrameType::Window, 7);
+        assert_eq!(judge(&w, &mut m, None, &stats, t0), Verdict::Drop);
+        assert_eq!(stats.over_credit.get(), 1);
+        // a real sender's data pays for many control frames, each once
+        m.learn(7, addr(1), 0, 2 * w.len(), t0);
+        for _ in 0..2 {
+            assert!(matches!(
+                judge(&w, &mut m, None, &stats, t0),
+                Verdict::Relay(r, _) if r.from == addr(1)
+            ));
+        }
+        assert_eq!(judge(&w, &mut m, None, &stats, t0), Verdict::Drop);
+        assert_eq!(stats.over_credit.get(), 2);
     }
 
     #[test]
@@ -426,5 +491,9 @@ mod tests {
         let mut v2 = frame(FrameType::Data, 5);
         v2[2] = (2 << 4) | (v2[2] & 0x0f);
         assert_eq!(sender_session(&v2), None);
+        // a bad checksum teaches no route
+        let mut bad = frame(FrameType::Data, 5);
+        bad[30] ^= 1;
+        assert_eq!(sender_session(&bad), None);
     }
 }

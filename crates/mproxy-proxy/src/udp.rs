@@ -68,7 +68,7 @@ impl Relay {
                 continue;
             };
             let Verdict::Relay(route, t) =
-                control::judge(d, &self.sessions, self.own, &self.stats, now)
+                control::judge(d, &mut self.sessions, self.own, &self.stats, now)
             else {
                 continue;
             };
@@ -290,7 +290,7 @@ fn drain(
                 _ => {
                     if let Some((map, idx)) = sessions.as_mut() {
                         if let Some(s) = control::sender_session(data) {
-                            map.learn(s, meta.from, *idx, now);
+                            map.learn(s, meta.from, *idx, data.len(), now);
                         }
                     }
                     if input.encoder.is_some() {
