@@ -27,7 +27,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::wire::WindowAdvert;
+use crate::wire::{window_lost, WindowAdvert};
 
 /// Settings of a [`FlowControl`]
 #[derive(Debug, Clone)]
@@ -113,6 +113,8 @@ pub struct PeerStatus {
     pub joined: u32,
     /// Its latest `next`: every frame before it was delivered or given up
     pub next: u32,
+    /// Frames it says it gave up on (lost) so far
+    pub lost: u64,
     /// When it was first and last heard from
     pub first_heard: Instant,
     /// When it was last heard from
@@ -205,6 +207,9 @@ impl FlowControl {
             if before(st.next, next) {
                 st.next = next;
             }
+            if let Some(l) = window_lost(payload) {
+                st.lost = st.lost.max(l);
+            }
             st.last_heard = now;
             st.addr = from;
         } else {
@@ -234,6 +239,7 @@ impl FlowControl {
                     addr: from,
                     joined: next,
                     next,
+                    lost: window_lost(payload).unwrap_or(0),
                     first_heard: now,
                     last_heard: now,
                     state: PeerState::Active,

@@ -349,9 +349,20 @@ struct Stream {
     stats: StreamStats,
 }
 
+/// A WINDOW payload: the version-1 advert, then the echo token (0: none
+/// seen yet) and the frames this receiver gave up on so far, so the
+/// sender's confirmation of the end says whether anything was lost
+fn window_payload(advert: &WindowAdvert, token: Option<u64>, lost: u64) -> Vec<u8> {
+    let mut p = advert.emit().to_vec();
+    p.extend_from_slice(&token.unwrap_or(0).to_be_bytes());
+    p.extend_from_slice(&lost.to_be_bytes());
+    p
+}
+
 /// What a stream closed by FIN needs to confirm its end again
 #[derive(Debug, Clone, Copy)]
 struct FinalWindow {
+    lost: u64,
     next: u32,
     to: SocketAddr,
     listener: usize,
@@ -1018,10 +1029,7 @@ impl Receiver {
             stream: key.stream,
             seq: f.next,
         };
-        let mut payload = advert.emit().to_vec();
-        if let Some(t) = f.token {
-            payload.extend_from_slice(&t.to_be_bytes());
-        }
+        let payload = window_payload(&advert, f.token, f.lost);
         let mut bytes = vec![0u8; HEADER_LEN + payload.len()];
         if repr.emit_with_payload(&mut bytes, &payload).is_ok() {
             self.stats.windows_sent += 1;
@@ -1068,10 +1076,7 @@ impl Receiver {
             stream: key.stream,
             seq: stream.next as u32,
         };
-        let mut payload = advert.emit().to_vec();
-        if let Some(t) = stream.token {
-            payload.extend_from_slice(&t.to_be_bytes());
-        }
+        let payload = window_payload(&advert, stream.token, stream.stats.lost);
         let mut bytes = vec![0u8; HEADER_LEN + payload.len()];
         if repr.emit_with_payload(&mut bytes, &payload).is_ok() {
             stream.window_next = stream.next;
@@ -1211,6 +1216,7 @@ impl Receiver {
             self.closed_order.push_back(key);
             if reason == CloseReason::Fin && self.config.window {
                 let f = FinalWindow {
+                    lost: stream.stats.lost,
                     next: stream.next as u32,
                     to: stream.from,
                     listener: stream.listener,

@@ -354,6 +354,18 @@ impl Scheduler {
             .min()
     }
 
+    /// The live path heard from most recently (feedback), for repairs: a
+    /// re-sent frame should not go where frames may be vanishing
+    pub fn freshest(&self) -> Option<usize> {
+        self.paths
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.state == PathState::Up)
+            .filter_map(|(i, p)| p.stats.last_feedback.map(|t| (t, i)))
+            .max()
+            .map(|(_, i)| i)
+    }
+
     /// Total of the configured weights
     pub fn total_weight(&self) -> i64 {
         self.total_weight

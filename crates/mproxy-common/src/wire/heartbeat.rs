@@ -55,6 +55,12 @@ pub fn window_token(payload: &[u8]) -> Option<u64> {
     u64_at(payload, WINDOW_LEN)
 }
 
+/// The frames a receiver gave up on, carried by a WINDOW payload after
+/// its echo token (`None`: an older receiver that does not say)
+pub fn window_lost(payload: &[u8]) -> Option<u64> {
+    u64_at(payload, WINDOW_LEN + 8)
+}
+
 /// The echo token a FEEDBACK payload carries after its version-1 fields
 pub fn feedback_token(payload: &[u8]) -> Option<u64> {
     u64_at(payload, FEEDBACK_LEN)

@@ -39,7 +39,7 @@ pub use fec::{
     FEC_MAX_BLOCK, FEC_MAX_REPAIR, FEC_SOURCE_PREFIX, FEC_SYMBOL_ALIGN,
 };
 pub use feedback::{FeedbackReport, FEEDBACK_LEN};
-pub use heartbeat::{feedback_token, window_token, HeartbeatInfo, HEARTBEAT_LEN};
+pub use heartbeat::{feedback_token, window_lost, window_token, HeartbeatInfo, HEARTBEAT_LEN};
 pub use nack::{emit_nack, parse_nack, NackRange, NACK_MAX_RANGES, NACK_RANGE_LEN};
 pub use window::{WindowAdvert, WINDOW_LEN};
 

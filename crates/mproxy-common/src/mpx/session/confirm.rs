@@ -69,7 +69,11 @@ pub struct ReceiverOutcome {
     /// The stream offset it confirmed (bytes before `confirmed_seq`),
     /// when known
     pub confirmed_offset: Option<u64>,
-    /// It confirmed the end of the stream
+    /// It reached the end of the stream (everything delivered or given up)
+    pub reached_end: bool,
+    /// Frames it gave up on (lost), as it reports
+    pub lost_frames: u64,
+    /// It reached the end and lost nothing
     pub complete: bool,
     /// Whether it was still waited for
     pub state: PeerState,
@@ -86,6 +90,8 @@ impl fmt::Display for ReceiverOutcome {
         };
         if self.complete {
             f.write_str("complete")?;
+        } else if self.reached_end {
+            write!(f, "reached the end with {} frames lost", self.lost_frames)?;
         } else {
             write!(
                 f,

@@ -974,7 +974,9 @@ impl SenderSession {
                     joined_offset: self.offset_of(p.joined),
                     confirmed_seq: p.next,
                     confirmed_offset: self.offset_of(p.next),
-                    complete: end == Some(p.next),
+                    reached_end: end == Some(p.next),
+                    lost_frames: p.lost,
+                    complete: end == Some(p.next) && p.lost == 0,
                     state: p.state,
                     silent_for: now.saturating_duration_since(p.last_heard),
                 })
@@ -1088,7 +1090,7 @@ impl SenderSession {
                 let (d, not_before) = match item.dest {
                     Some(d) => (d, item.not_before),
                     None => {
-                        let (d, wait) = self.route(now, item.len());
+                        let (d, wait) = self.route(now, item.len(), item.kind);
                         let nb = (wait >= MIN_WAIT && !self.hurry).then(|| now + wait);
                         let q = match queue {
                             Queue::Urgent => &mut self.urgent,
@@ -1134,7 +1136,14 @@ impl SenderSession {
     }
 
     /// Where a frame of `len` bytes goes, and how long pacing wants it to wait
-    fn route(&mut self, now: Instant, len: usize) -> (Dest, Duration) {
+    fn route(&mut self, now: Instant, len: usize, kind: Kind) -> (Dest, Duration) {
+        if let (Kind::Retransmit, Mode::Stripe, Some(s)) = (kind, self.mode, self.sched.as_ref()) {
+            // a repair goes over the live path heard from last, not where
+            // the original may have vanished
+            if let Some(i) = s.freshest() {
+                return (Dest::Path(i), Duration::ZERO);
+            }
+        }
         match (self.mode, self.sched.as_mut()) {
             (Mode::Stripe, Some(s)) => {
                 let (i, wait) = s.pick(now, len);
