@@ -76,6 +76,8 @@ pub(crate) struct OutFile {
     regular: bool,
     /// Opened for reading too (to copy back what went into a deleted file)
     readable: bool,
+    /// Create missing directories when (re)opening
+    mkdir: bool,
     ident: (u64, u64),
     /// Bytes of whole records in the file
     len: u64,
@@ -134,7 +136,9 @@ impl OutFile {
     /// bytes; `mkdir`: create missing directories
     pub(crate) fn open(path: &Path, cap: usize, mkdir: bool) -> io::Result<Self> {
         let (file, readable) = open_append(path, mkdir)?;
-        Self::from_file(file, Some(path.to_path_buf()), readable, cap)
+        let mut f = Self::from_file(file, Some(path.to_path_buf()), readable, cap)?;
+        f.mkdir = mkdir;
+        Ok(f)
     }
 
     /// Stdout as an output
@@ -157,6 +161,7 @@ impl OutFile {
             path,
             regular,
             readable,
+            mkdir: false,
             ident: (meta.dev(), meta.ino()),
             len,
             checked_len: len,
@@ -347,7 +352,7 @@ impl OutFile {
         let Some(path) = self.path.clone() else {
             return Ok(0);
         };
-        let (mut file, readable) = open_append(&path, true)?;
+        let (mut file, readable) = open_append(&path, self.mkdir)?;
         let start = file.metadata()?.len();
         let (from, to) = (self.checked_len, self.len);
         let mut copied = 0;

@@ -170,7 +170,9 @@ impl Pool {
         if self.open >= self.max_open {
             self.evict(env);
         }
-        let mut file = OutFile::open(&path, self.cap, true)?;
+        // a fixed path's directory must exist (a typo is an error), a
+        // template's are created as its placeholders name them
+        let mut file = OutFile::open(&path, self.cap, !self.template.is_fixed())?;
         env.stats.files_opened += 1;
         if let Some(start) = self.interval_at {
             // a file left from an earlier interval is rotated before use
