@@ -90,6 +90,12 @@ fn disk_full_keeps_records_whole_and_counts_the_loss() {
         assert_eq!(c.bytes_lost, lost_bytes, "{c:?}");
         let log = server.stderr_text();
         assert!(log.contains("writing output failed"), "{log}");
+        eprintln!(
+            "disk full: {} of 5000 records written whole, {} records ({} bytes) counted lost",
+            got.len(),
+            c.records_lost,
+            c.bytes_lost
+        );
 
         // space comes back: the next records follow, and recovery is logged
         std::fs::remove_file(format!(
@@ -160,6 +166,7 @@ fn deleted_output_is_recreated_with_everything_after_the_deletion() {
         assert!(log.contains("1 recreated"), "{log}");
         let got = parse(&std::fs::read(&out).unwrap(), "the recreated out.log");
         let start = got[0];
+        eprintln!("deleted after record 999: the new file holds records {start}..2500");
         assert!(
             start <= 1000,
             "records after the deletion are missing: starts at {start}"
