@@ -15,6 +15,7 @@
 //! | blocking helpers | [`io`] (poll, tee, interruptible sleep) | yes |
 //! | sockets | [`net`] (socket2 lives only in [`net::socket`]) | yes |
 //! | accounting | [`stats`] | no |
+//! | process limits | [`sys`] (descriptor limit) | yes |
 //!
 //! The binaries are thin: they parse flags into a config, open sockets with
 //! [`net`], and move bytes, counting everything they drop.
@@ -32,6 +33,7 @@ pub mod pack;
 pub mod rate;
 pub mod signal;
 pub mod stats;
+pub mod sys;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod wire;

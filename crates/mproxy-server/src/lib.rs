@@ -8,6 +8,15 @@
 //! receive-queue overflows (SO_RXQ_OVFL) and write failures are counted and
 //! reported; nothing is dropped silently.
 //!
+//! Outputs keep records whole: a write that fails part-way is cut back to
+//! the last whole record, and what could not be written is dropped and
+//! counted (never written late). A `--path` template writes one file per
+//! stream, sender or period, opened lazily and bounded by the descriptor
+//! limit; files deleted or moved while written are recreated, SIGHUP
+//! reopens them, `--rotate-size`/`--rotate-interval` rotate them between
+//! records, and `--record-prefix` stamps each line with its sender and
+//! receive time.
+//!
 //! ```no_run
 //! use mproxy_server::{Config, Server};
 //! use mproxy_common::cli::Shutdown;
@@ -21,9 +30,10 @@
 
 #![deny(missing_docs)]
 
-mod sink;
+mod output;
 
-use sink::Sink;
+pub use output::OutputStats;
+use output::{Budget, OutputConfig, RotatePolicy, Sink};
 
 use std::fmt;
 use std::io;
@@ -36,7 +46,7 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use mproxy_common::cli::{CommonArgs, Shutdown, StatsSignal};
+use mproxy_common::cli::{CommonArgs, ReopenSignal, Shutdown, StatsSignal};
 use mproxy_common::mpx::{
     Event, FeedbackTracker, PathKey, Receiver, ReceiverConfig, ReceiverStats, StreamStats,
     REPORT_LEN,
@@ -57,15 +67,45 @@ use mproxy_common::{Endpoint, SocketOptions};
     after_help = "EXAMPLES:\n  \
         mproxy-server --path ais.log --listen-addr 0.0.0.0:9920 --listen-addr '[::]:9921'\n  \
         mproxy-server --path - --listen-addr 239.255.0.1:9922 --iface eth0\n  \
-        mproxy-server --tee --listen-addr 232.1.1.1:5000 --source 192.0.2.10"
+        mproxy-server --tee --listen-addr 232.1.1.1:5000 --source 192.0.2.10\n  \
+        mproxy-server --path 'logs/{source}/{date}.log' --record-prefix '{time} ' --listen-addr 0.0.0.0:9920\n  \
+        mproxy-server --path feed.log --rotate-size 100MiB --listen-addr 0.0.0.0:9920\n\n\
+        SIGNALS: SIGINT/SIGTERM flush and exit 0; SIGUSR1 logs the counters; SIGHUP reopens\n\
+        every output (after logrotate renamed it) and logs the counters.\n\
+        EXIT CODES: 0 done, 2 bad input, 1 a fault after start-up, including stdout\n\
+        closed by its reader (`--path - | head`), after the summary."
 )]
 pub struct Cli {
     /// Output file, appended to ('-' for stdout); datagrams are written
-    /// whole, never interleaved. With mpx, a template such as
-    /// 'out/{session}-{stream}.log' writes one file per stream (raw
-    /// datagrams go to session 'raw', stream 0)
+    /// whole, never interleaved, and a write that fails is cut back to the
+    /// last whole one. A template writes one file per stream, sender or
+    /// day: {session} {stream} (mpx; raw datagrams are session 'raw',
+    /// stream 0), {source} {port} (the sender), {date} and %Y %m %d %H %M
+    /// %S %j (UTC; the file changes when they do), e.g.
+    /// 'out/{session}-{stream}.log'. Files open lazily (a stream without
+    /// data makes none) and close when idle for 30 s. A file deleted or
+    /// moved while written is recreated (with a warning); SIGHUP reopens
+    /// every file
     #[arg(long, value_name = "FILE|-|TEMPLATE")]
     pub path: Option<String>,
+
+    /// Rotate a file before a record would make it larger than SIZE (e.g.
+    /// 100k, 64MiB): it is renamed FILE.N (N one more than the highest
+    /// there) and a new FILE begins; records are never split
+    #[arg(long, value_name = "SIZE", value_parser = mproxy_common::cli::parse_size)]
+    pub rotate_size: Option<usize>,
+
+    /// Rotate every DURATION (30s, 15m, 1h, 1d), on multiples of it since
+    /// 1970 UTC (1h: on the hour), as --rotate-size does; empty files stay
+    #[arg(long, value_name = "DURATION", value_parser = output::parse_interval)]
+    pub rotate_interval: Option<Duration>,
+
+    /// Put TEXT before every line written (records are taken as whole
+    /// lines; a missing final newline is added): {time} (receive time,
+    /// RFC 3339 UTC, microseconds), {source} {port} (the sender), {session}
+    /// {stream}, {date} and %-fields, e.g. '{time} {source}:{port} '
+    #[arg(long, value_name = "TEXT")]
+    pub record_prefix: Option<String>,
 
     /// UDP address to listen on, unicast or multicast (a multicast address
     /// is joined); repeatable, all feed the one output
@@ -94,7 +134,8 @@ pub struct Cli {
     #[arg(long, value_name = "MS", default_value_t = 200)]
     pub reorder_timeout: u64,
 
-    /// mpx: most streams tracked (and files open) at once
+    /// mpx: most streams tracked at once (their files share the
+    /// open-file bound: at most 1024, and what the descriptor limit allows)
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_streams: usize,
 
@@ -145,6 +186,12 @@ pub struct Config {
     pub path: Option<PathBuf>,
     /// Copy received data to stdout
     pub tee: bool,
+    /// Rotate files before they pass this size
+    pub rotate_size: Option<u64>,
+    /// Rotate files at every multiple of this interval
+    pub rotate_interval: Option<Duration>,
+    /// Template put before every line written
+    pub record_prefix: Option<String>,
     /// Periodic counter logging, `None` for only at exit
     pub stats_interval: Option<Duration>,
     /// Which datagrams to accept
@@ -164,6 +211,9 @@ impl Config {
             listen,
             path: None,
             tee: false,
+            rotate_size: None,
+            rotate_interval: None,
+            record_prefix: None,
             stats_interval: None,
             accept: Accept::Auto,
             mpx: ReceiverConfig::default(),
@@ -203,14 +253,27 @@ impl TryFrom<Cli> for Config {
             );
         }
         if let Some(p) = &cli.path {
-            if sink::is_template(std::path::Path::new(p)) && cli.accept == Accept::Raw {
-                bail!("--path {p}: a per-stream template needs mpx (--accept auto or mpx)");
+            let t = output::Template::parse(p, output::Usage::Path)
+                .map_err(|e| anyhow::anyhow!("--path {p}: {e}"))?;
+            if t.uses_stream() && cli.accept == Accept::Raw {
+                bail!("--path {p}: {{session}} and {{stream}} need mpx (--accept auto or mpx)");
             }
+        }
+        let rotating = cli.rotate_size.is_some() || cli.rotate_interval.is_some();
+        if rotating && cli.path.as_deref().is_none_or(|p| p == "-") {
+            bail!("--rotate-size and --rotate-interval rotate files: give --path FILE");
+        }
+        if let Some(p) = &cli.record_prefix {
+            output::Template::parse(p, output::Usage::Prefix)
+                .map_err(|e| anyhow::anyhow!("--record-prefix {p}: {e}"))?;
         }
         Ok(Self {
             listen: cli.listen_addr,
             path: cli.path.map(PathBuf::from),
             tee: cli.tee,
+            rotate_size: cli.rotate_size.map(|n| n as u64),
+            rotate_interval: cli.rotate_interval,
+            record_prefix: cli.record_prefix,
             stats_interval: (cli.stats_interval > 0)
                 .then(|| Duration::from_secs(cli.stats_interval)),
             accept: cli.accept,
@@ -254,6 +317,11 @@ pub struct Summary {
     pub write_errors: u64,
     /// Bytes that could not be written
     pub bytes_lost_to_write_errors: u64,
+    /// Output counters: records lost, files recreated, rotated, reopened
+    pub output: OutputStats,
+    /// The run stopped because the output's reader went away (EPIPE on
+    /// stdout): `main` exits 1 after the summary
+    pub output_closed: bool,
     /// mpx: receiver-wide counters
     pub mpx: ReceiverStats,
     /// mpx: counters summed over every stream that closed
@@ -292,6 +360,24 @@ impl fmt::Display for Summary {
             self.elapsed.as_secs_f64(),
             self.write_errors
         )?;
+        let o = &self.output;
+        if o.records_lost + o.bytes_lost > 0 {
+            write!(
+                f,
+                " ({} records, {} bytes lost)",
+                o.records_lost, o.bytes_lost
+            )?;
+        }
+        if o.recreated + o.reopened + o.rotations + o.rotate_errors > 0 {
+            write!(
+                f,
+                "; outputs: {} recreated, {} reopened, {} rotations ({} failed)",
+                o.recreated, o.reopened, o.rotations, o.rotate_errors
+            )?;
+        }
+        if self.output_closed {
+            write!(f, "; stopped: output closed by its reader")?;
+        }
         for l in &self.listeners {
             write!(
                 f,
@@ -390,6 +476,8 @@ struct Core {
     sink: Sink,
     closed_totals: StreamStats,
     raw_dropped: u64,
+    /// Budget of per-stream log lines ("stream opened", "stream closed")
+    stream_log: Budget,
 }
 
 impl Core {
@@ -402,7 +490,7 @@ impl Core {
         data: &[u8],
     ) {
         match self.accept {
-            Accept::Raw => self.sink.write(None, data),
+            Accept::Raw => self.sink.write_raw(from, data),
             Accept::Auto | Accept::Mpx => {
                 let datagram = classify(data);
                 if let (Datagram::Mpx(repr, payload), Some(fb), Some(l)) =
@@ -417,7 +505,7 @@ impl Core {
                     if self.accept == Accept::Mpx {
                         self.raw_dropped += 1;
                     } else {
-                        self.sink.write(None, raw);
+                        self.sink.write_raw(from, raw);
                     }
                 }
                 self.drain_events();
@@ -429,7 +517,7 @@ impl Core {
         while let Some(ev) = self.receiver.poll_event() {
             match ev {
                 Event::Data { key, payload } => {
-                    self.sink.write(Some(key), &payload);
+                    self.sink.write_stream(key, &payload);
                     self.receiver.recycle(payload);
                 }
                 Event::Opened {
@@ -437,13 +525,18 @@ impl Core {
                     from,
                     first_seq,
                 } => {
-                    tracing::info!(stream = %key, %from, first_seq, "stream opened");
+                    self.sink.open_stream(key, from);
+                    if let Some(n) = self.stream_log.allow() {
+                        tracing::info!(stream = %key, %from, first_seq, suppressed = n, "stream opened");
+                    }
                 }
                 Event::Gap { key, first, count } => {
                     tracing::debug!(stream = %key, first, count, "gap skipped");
                 }
                 Event::Closed { key, reason, stats } => {
-                    tracing::info!(stream = %key, ?reason, "stream closed: {stats}");
+                    if let Some(n) = self.stream_log.allow() {
+                        tracing::info!(stream = %key, ?reason, suppressed = n, "stream closed: {stats}");
+                    }
                     self.closed_totals.add(&stats);
                     self.sink.close_stream(key);
                 }
@@ -475,7 +568,21 @@ impl Server {
     /// socket that cannot be bound or joined (port in use, unknown
     /// interface); each names the culprit.
     pub fn bind(config: Config) -> anyhow::Result<Self> {
-        let sink = Sink::open(config.path.as_deref(), config.tee)?;
+        let per_file = config.path.as_deref().is_some_and(output::is_template);
+        let sink = Sink::open(&OutputConfig {
+            path: config.path.clone(),
+            tee: config.tee,
+            rotate: RotatePolicy {
+                size: config.rotate_size,
+                interval: config.rotate_interval.map(|d| d.as_secs().max(1)),
+            },
+            prefix: config.record_prefix.clone(),
+            max_open: output::open_file_bound(
+                per_file,
+                config.mpx.max_streams,
+                config.listen.len(),
+            )?,
+        })?;
         let mut listeners = Vec::with_capacity(config.listen.len());
         for ep in &config.listen {
             let addr = ep.resolve().context("--listen-addr")?;
@@ -522,6 +629,7 @@ impl Server {
             sink,
             closed_totals: StreamStats::default(),
             raw_dropped: 0,
+            stream_log: Budget::new(STREAM_LOG_BURST, STREAM_LOG_PER_SEC),
         };
         Ok(Self {
             config,
@@ -556,13 +664,14 @@ impl Server {
                 .context("registering socket with poller")?;
         }
         let stats_signal = StatsSignal::install();
+        let reopen_signal = ReopenSignal::install();
         let mut events = Events::with_capacity(64);
         let mut batch = RecvBatch::new(BATCH, RECV_BUF_LEN);
         let mut report = vec![0u8; REPORT_LEN];
         let recv_log = LogLimiter::default();
         let mut next_stats = self.config.stats_interval.map(|d| start + d);
         loop {
-            let stopping = shutdown.is_set();
+            let stopping = shutdown.is_set() || self.core.sink.is_closed();
             if !stopping {
                 let feedback_due = self
                     .core
@@ -598,6 +707,12 @@ impl Server {
                 self.core.drain_events();
             }
             self.core.sink.flush();
+            self.core.sink.tick(now);
+            if reopen_signal.as_ref().is_some_and(ReopenSignal::take) {
+                let n = self.core.sink.reopen();
+                tracing::info!("SIGHUP: reopened {n} output files");
+                self.log_stats(start);
+            }
             let periodic = next_stats.is_some_and(|at| now >= at);
             if periodic || stats_signal.as_ref().is_some_and(StatsSignal::take) {
                 self.log_stats(start);
@@ -607,6 +722,7 @@ impl Server {
                 break;
             }
         }
+        self.core.sink.finish();
         Ok(self.summary(start))
     }
 
@@ -647,8 +763,16 @@ impl Server {
         }
     }
 
-    fn log_stats(&self, start: Instant) {
+    fn log_stats(&mut self, start: Instant) {
         tracing::info!("{}", self.summary(start));
+        let suppressed = self.core.stream_log.take_pending();
+        if suppressed > 0 {
+            tracing::info!("{suppressed} per-stream log lines held back since the last one");
+        }
+        let (open, bound) = self.core.sink.open_files();
+        if bound > 0 {
+            tracing::debug!(open, bound, "output files open");
+        }
         for (key, stats) in self.core.receiver.stream_stats() {
             tracing::info!(stream = %key, "live stream: {stats}");
         }
@@ -667,8 +791,10 @@ impl Server {
                     stats
                 })
                 .collect(),
-            write_errors: self.core.sink.write_errors,
-            bytes_lost_to_write_errors: self.core.sink.bytes_lost,
+            write_errors: self.core.sink.stats().write_errors,
+            bytes_lost_to_write_errors: self.core.sink.stats().bytes_lost,
+            output: self.core.sink.stats(),
+            output_closed: self.core.sink.is_closed(),
             mpx: self.core.receiver.stats(),
             mpx_streams: self.core.closed_totals,
             raw_dropped: self.core.raw_dropped,
@@ -685,6 +811,11 @@ impl Server {
 const KERNEL_BYTES_PER_DATAGRAM: usize = 2560;
 /// Smallest spacing of feedback reports per path and sender
 const FEEDBACK_INTERVAL: Duration = Duration::from_millis(100);
+/// Per-stream log lines ("stream opened"/"closed") logged at once, then
+/// per second; the rest are counted and reported with the next one
+const STREAM_LOG_BURST: u32 = 50;
+/// See [`STREAM_LOG_BURST`]
+const STREAM_LOG_PER_SEC: u32 = 10;
 /// Longest wait in the poll loop before timers and signals are checked
 const POLL_TICK: Duration = Duration::from_millis(200);
 

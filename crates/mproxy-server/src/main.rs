@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use mproxy_common::cli::{parse_args, runtime_error, usage_error, Shutdown};
+use mproxy_common::cli::{parse_args, runtime_error, usage_error, Shutdown, EXIT_FAILURE};
 use mproxy_server::{Cli, Config, Server};
 
 fn main() -> ExitCode {
@@ -29,6 +29,11 @@ fn main() -> ExitCode {
         Err(e) => return runtime_error(&e.into()),
     };
     match server.run(&shutdown) {
+        Ok(summary) if summary.output_closed => {
+            // the reader of stdout went away (`| head`): a fault, after the summary
+            tracing::error!("{summary}");
+            ExitCode::from(EXIT_FAILURE)
+        }
         Ok(summary) => {
             tracing::info!("{summary}");
             ExitCode::SUCCESS

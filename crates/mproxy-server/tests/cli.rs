@@ -49,4 +49,8 @@ const FLAGS: &[&str] = &[
     "--accept",
     "--iface",
     "--source",
+    "--rotate-size",
+    "--rotate-interval",
+    "--record-prefix",
+    "SIGHUP",
 ];
