@@ -329,28 +329,7 @@ fn program_name() -> String {
         .unwrap_or_else(|| "mproxy".into())
 }
 
-pub use crate::signal::{Shutdown, StatsSignal};
-
-/// Set by SIGHUP: "reopen your outputs" (what logrotate sends after
-/// renaming a log), instead of the default action of dying
-#[derive(Debug, Clone)]
-pub struct ReopenSignal(Arc<AtomicBool>);
-
-impl ReopenSignal {
-    /// Register the SIGHUP handler; `None` if that fails (SIGHUP then
-    /// keeps its default action)
-    pub fn install() -> Option<Self> {
-        let flag = Arc::new(AtomicBool::new(false));
-        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&flag))
-            .ok()
-            .map(|_| Self(flag))
-    }
-
-    /// True (once) if SIGHUP arrived since the last call
-    pub fn take(&self) -> bool {
-        self.0.swap(false, Ordering::Relaxed)
-    }
-}
+pub use crate::signal::{ReopenSignal, Shutdown, StatsSignal};
 
 #[cfg(test)]
 mod tests {

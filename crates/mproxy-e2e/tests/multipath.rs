@@ -323,7 +323,8 @@ fn redundant_over_three_lossy_paths_loses_at_most_0_2_percent() {
                 )
             })
             .collect();
-        let client = run_ok(
+        // exit 3 when a frame was lost on all three paths (checked below)
+        let client = mproxy_e2e::run(
             "mproxy-client",
             &[
                 "--mode",
@@ -400,6 +401,18 @@ fn redundant_over_three_lossy_paths_loses_at_most_0_2_percent() {
             (lost as f64) <= 0.002 * frames as f64,
             "{lost} of {frames} frames lost"
         );
+        // the client says so too: exit 3 and the same count
+        assert_eq!(
+            client.status.code(),
+            Some(if lost > 0 { 3 } else { 0 }),
+            "{summary}"
+        );
+        if lost > 0 {
+            assert!(
+                summary.contains(&format!("with {lost} frames lost")),
+                "{summary}"
+            );
+        }
         // every frame that got through twice or three times was a duplicate
         let dups: u64 = line
             .split(", ")
