@@ -33,6 +33,23 @@ struct Dest {
     gso_max: AtomicUsize,
 }
 
+impl Dest {
+    /// `n` datagrams of `bytes` in all went out
+    fn sent(&self, n: usize, bytes: usize) {
+        self.stats.datagrams.fetch_add(n as u64, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// A datagram of `len` bytes could not be sent: counted, logged
+    /// (rate-limited)
+    fn failed(&self, len: usize, e: &io::Error) {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.log.allow() {
+            tracing::warn!(dest = %self.spec, suppressed, "send of {len} bytes failed: {e}");
+        }
+    }
+}
+
 /// Sends every datagram to every destination, counting per destination
 ///
 /// One sending socket per address family is shared by all destinations of
@@ -103,35 +120,28 @@ impl Fanout {
         self.dests.is_empty()
     }
 
+    /// The sending socket of `d`'s address family
+    fn socket_for(&self, d: &Dest) -> Option<&UdpSocket> {
+        if d.addr.is_ipv4() {
+            self.v4.as_ref()
+        } else {
+            self.v6.as_ref()
+        }
+    }
+
     /// Send `payload` to every destination; returns how many sends succeeded
     pub fn send(&self, payload: &[u8]) -> usize {
         let mut ok = 0;
         for d in &self.dests {
-            let sock = if d.addr.is_ipv4() {
-                self.v4.as_ref()
-            } else {
-                self.v6.as_ref()
+            let Some(sock) = self.socket_for(d) else {
+                continue;
             };
-            let Some(sock) = sock else { continue };
             match send_to_retrying(sock, payload, d.addr) {
                 Ok(_) => {
                     ok += 1;
-                    d.stats.datagrams.fetch_add(1, Ordering::Relaxed);
-                    d.stats
-                        .bytes
-                        .fetch_add(payload.len() as u64, Ordering::Relaxed);
+                    d.sent(1, payload.len());
                 }
-                Err(e) => {
-                    d.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    if let Some(suppressed) = d.log.allow() {
-                        tracing::warn!(
-                            dest = %d.spec,
-                            suppressed,
-                            "send of {} bytes failed: {e}",
-                            payload.len()
-                        );
-                    }
-                }
+                Err(e) => d.failed(payload.len(), &e),
             }
         }
         ok
@@ -144,12 +154,9 @@ impl Fanout {
     pub fn send_many(&self, frames: &[&[u8]]) -> usize {
         let mut ok = 0;
         for d in &self.dests {
-            let sock = if d.addr.is_ipv4() {
-                self.v4.as_ref()
-            } else {
-                self.v6.as_ref()
+            let Some(sock) = self.socket_for(d) else {
+                continue;
             };
-            let Some(sock) = sock else { continue };
             let mut done = 0;
             let mut retries = 0;
             while done < frames.len() {
@@ -157,16 +164,11 @@ impl Fanout {
                 match send_segments(sock, &frames[done..], d.addr, gso_max) {
                     Ok(k) => {
                         let bytes: usize = frames[done..done + k].iter().map(|f| f.len()).sum();
-                        d.stats.datagrams.fetch_add(k as u64, Ordering::Relaxed);
-                        d.stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                        d.sent(k, bytes);
                         ok += k;
                         done += k.max(1);
                     }
-                    Err(e)
-                        if retries < 50
-                            && (e.kind() == io::ErrorKind::WouldBlock
-                                || e.raw_os_error() == Some(libc::ENOBUFS)) =>
-                    {
+                    Err(e) if retries < TRANSIENT_RETRIES && transient(&e) => {
                         retries += 1;
                         std::thread::sleep(std::time::Duration::from_micros(200));
                     }
@@ -195,15 +197,7 @@ impl Fanout {
                     }
                     Err(e) => {
                         // the first datagram of the rest failed: count it, go on
-                        d.stats.errors.fetch_add(1, Ordering::Relaxed);
-                        if let Some(suppressed) = d.log.allow() {
-                            tracing::warn!(
-                                dest = %d.spec,
-                                suppressed,
-                                "send of {} bytes failed: {e}",
-                                frames[done].len()
-                            );
-                        }
+                        d.failed(frames[done].len(), &e);
                         done += 1;
                     }
                 }
@@ -215,7 +209,7 @@ impl Fanout {
     /// Read one datagram that arrived on a sending socket (receivers'
     /// NACKs and feedback), without blocking; its length and source
     pub fn recv_control(&self, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
-        for sock in [self.v4.as_ref(), self.v6.as_ref()].into_iter().flatten() {
+        for sock in self.sockets() {
             if let Ok(got) = recv_nonblocking(sock, buf) {
                 return Some(got);
             }
@@ -263,6 +257,15 @@ impl Fanout {
     }
 }
 
+/// How often a send waits out a full queue (200 µs each) before the
+/// datagram counts as failed
+const TRANSIENT_RETRIES: u32 = 50;
+
+/// A full device or socket queue (ENOBUFS, EAGAIN): worth a short wait
+fn transient(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS)
+}
+
 /// Errors with which a route turns down a UDP GSO message it cannot segment
 fn gso_refused(e: &io::Error) -> bool {
     matches!(
@@ -279,11 +282,7 @@ fn send_to_retrying(sock: &UdpSocket, payload: &[u8], addr: SocketAddr) -> io::R
         match sock.send_to(payload, addr) {
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if tries < 50
-                    && (e.kind() == io::ErrorKind::WouldBlock
-                        || e.raw_os_error() == Some(libc::ENOBUFS)) =>
-            {
+            Err(e) if tries < TRANSIENT_RETRIES && transient(&e) => {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_micros(200));
             }

@@ -394,7 +394,13 @@ mod tests {
 
     #[test]
     fn test_split_gro_covers_every_byte_once() {
-        for wire_len in [1usize, 99, 100, 101, 4399, 4400, 65_000] {
+        // (Miri interprets every step: smaller cases there)
+        let lens: &[usize] = if cfg!(miri) {
+            &[1, 99, 100, 101, 2000]
+        } else {
+            &[1, 99, 100, 101, 4399, 4400, 65_000]
+        };
+        for &wire_len in lens {
             for segment in [0usize, 1, 100, 1472, 65_535] {
                 let v = metas(wire_len, segment, 65_536, false);
                 assert_eq!(v.iter().map(|m| m.2).sum::<usize>(), wire_len);
