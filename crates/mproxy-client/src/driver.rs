@@ -17,7 +17,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use mproxy_common::cli::Shutdown;
 use mproxy_common::io::{wait_readable, Tee};
 use mproxy_common::mpx::{PathCause, SenderSession, SessionEvent};
-use mproxy_common::net::socket::recv_nonblocking;
+use mproxy_common::net::recv_nonblocking;
 use mproxy_common::stats::human_bytes;
 
 use crate::input::Input;

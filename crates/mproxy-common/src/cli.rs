@@ -19,6 +19,20 @@ pub const EXIT_FAILURE: u8 = 1;
 /// sent at all
 pub const EXIT_UNCONFIRMED: u8 = 3;
 
+/// A flag common to all binaries names something this host does not have
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    /// `--iface` names no interface of this host
+    #[error("--iface {iface}: {reason}")]
+    Interface {
+        /// The interface as given
+        iface: String,
+        /// Why it was not found
+        reason: crate::addr::AddrError,
+    },
+}
+
 /// Socket and logging flags common to all four binaries
 #[derive(clap::Args, Debug, Clone)]
 pub struct CommonArgs {
@@ -152,12 +166,13 @@ impl CommonArgs {
     /// Check the flags that name things on this host (the interface)
     ///
     /// # Errors
-    /// An interface that does not exist.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    /// [`CliError::Interface`]: an interface that does not exist.
+    pub fn validate(&self) -> Result<(), CliError> {
         if let Some(iface) = &self.iface {
-            iface
-                .index()
-                .map_err(|e| anyhow::anyhow!("--iface {iface}: {e}"))?;
+            iface.index().map_err(|reason| CliError::Interface {
+                iface: iface.to_string(),
+                reason,
+            })?;
         }
         Ok(())
     }

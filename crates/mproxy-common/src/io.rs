@@ -33,6 +33,20 @@ pub fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
     Ok(rc > 0)
 }
 
+/// True if the other end of `fd` went away (a pipe or socket whose reader
+/// closed it: POLLERR or POLLHUP); never blocks, false for files and
+/// terminals and on any error
+pub fn hung_up(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: pfd is a valid pollfd array of length 1; timeout 0 never blocks.
+    let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+    rc > 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
 /// Sleep for `d`, waking early if shutdown is requested; false if it was
 pub fn sleep_unless(shutdown: &Shutdown, d: Duration) -> bool {
     let step = Duration::from_millis(50);

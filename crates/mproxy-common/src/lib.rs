@@ -13,7 +13,7 @@
 //! | mpx protocol core | [`mpx`] (`Sender`, `Receiver`: sans-IO, time passed in) | no |
 //! | stream → datagrams | [`pack`], [`rate::Pacer`], [`backoff`] | no: sans-IO, time passed in |
 //! | blocking helpers | [`io`] (poll, tee, interruptible sleep) | yes |
-//! | sockets | [`net`] (socket2 lives only in [`net::socket`]) | yes |
+//! | sockets | [`net`] (the only user of socket2, raw socket options and socket system calls) | yes |
 //! | accounting | [`stats`] | no |
 //! | process limits | [`sys`] (descriptor limit) | yes |
 //!

@@ -3,6 +3,7 @@
 //! (see [`mproxy_testsupport::in_netns`]).
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

@@ -1,78 +1,36 @@
-//! TCP keepalive on upstream sockets, set with setsockopt(2)
-//!
-//! Raw socket options belong in `mproxy_common::net::socket` (the project's
-//! one user of socket2); this small helper lives here until a TCP
-//! counterpart of the UDP helpers exists there.
+//! TCP keepalive on upstream sockets
 //!
 //! An upstream that vanishes without a FIN or RST (power loss, a NAT or
 //! firewall that forgot the flow) leaves a silent connection behind. With
 //! keepalive the kernel probes it after `idle` without traffic, then every
 //! `idle / 3` (at least 1 s), and fails the socket after
 //! [`KEEPALIVE_PROBES`] unanswered probes, so the read returns an error and
-//! the upstream is redialled: about twice `idle` in all.
+//! the upstream is redialled: about twice `idle` in all. The options are
+//! set by `mproxy_common::net` (socket2's `TcpKeepalive`).
 
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use mproxy_common::net::{self, Keepalive};
+
 /// Unanswered probes before the connection is declared dead
-pub(crate) const KEEPALIVE_PROBES: i32 = 3;
+pub(crate) const KEEPALIVE_PROBES: u32 = 3;
+
+/// The probe schedule for a first probe after `idle` of silence (whole
+/// seconds, at least one)
+fn schedule(idle: Duration) -> Keepalive {
+    let idle = Duration::from_secs(idle.as_secs().max(1));
+    Keepalive {
+        idle,
+        interval: Duration::from_secs((idle.as_secs() / 3).max(1)),
+        probes: KEEPALIVE_PROBES,
+    }
+}
 
 /// Turn keepalive on with the first probe after `idle` of silence
 pub(crate) fn set_keepalive(sock: &TcpStream, idle: Duration) -> io::Result<()> {
-    let idle_s = i32::try_from(idle.as_secs().max(1)).unwrap_or(i32::MAX);
-    let interval = (idle_s / 3).max(1);
-    let fd = sock.as_raw_fd();
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
-    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle_s)?;
-    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, interval)?;
-    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, KEEPALIVE_PROBES)
-}
-
-fn setsockopt_int(
-    fd: libc::c_int,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: fd is an open socket borrowed for the duration of the call;
-    // the option value points at a c_int and its exact length is passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            std::ptr::from_ref(&value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-#[cfg(test)]
-fn getsockopt_int(fd: libc::c_int, level: libc::c_int, name: libc::c_int) -> io::Result<i32> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: value and len are valid, writable and of the lengths given.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            level,
-            name,
-            std::ptr::from_mut(&mut value).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(value)
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    net::set_keepalive(sock, &schedule(idle))
 }
 
 #[cfg(test)]
@@ -86,12 +44,21 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let sock = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             set_keepalive(&sock, Duration::from_secs(30)).unwrap();
-            let fd = sock.as_raw_fd();
-            let get = |level, name| getsockopt_int(fd, level, name).unwrap();
-            assert_eq!(get(libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
-            assert_eq!(get(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 30);
-            assert_eq!(get(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL), 10);
-            assert_eq!(get(libc::IPPROTO_TCP, libc::TCP_KEEPCNT), KEEPALIVE_PROBES);
+            let got = net::keepalive(&sock).unwrap().unwrap();
+            assert_eq!(got.idle, Duration::from_secs(30));
+            assert_eq!(got.interval, Duration::from_secs(10));
+            assert_eq!(got.probes, KEEPALIVE_PROBES);
         });
+    }
+
+    #[test]
+    fn test_schedule_rounds_to_whole_seconds() {
+        let s = schedule(Duration::from_millis(1500));
+        assert_eq!(
+            (s.idle, s.interval),
+            (Duration::from_secs(1), Duration::from_secs(1))
+        );
+        let s = schedule(Duration::ZERO);
+        assert_eq!(s.idle, Duration::from_secs(1));
     }
 }

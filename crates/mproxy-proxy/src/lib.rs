@@ -83,6 +83,7 @@
 //! ```
 
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod control;
 mod keepalive;
@@ -105,7 +106,7 @@ use mproxy_common::io::Tee;
 use mproxy_common::mpx::new_session_id;
 use mproxy_common::net::bind_batch_receiver;
 use mproxy_common::pack::Framing;
-use mproxy_common::stats::{human_bytes, Counter};
+use mproxy_common::stats::human_bytes;
 use mproxy_common::{Endpoint, Fanout, SocketOptions};
 
 pub use control::{ControlStats, MAX_SESSIONS};
@@ -381,20 +382,9 @@ impl TryFrom<Cli> for Config {
     }
 }
 
-/// Counters of one UDP input
-#[derive(Debug, Default)]
-pub struct UdpInputStats {
-    /// Datagrams received
-    pub datagrams: Counter,
-    /// Payload bytes received
-    pub bytes: Counter,
-    /// Datagrams cut short by the receive buffer
-    pub truncated: Counter,
-    /// Datagrams the kernel dropped (receive queue full)
-    pub kernel_drops: Counter,
-    /// Receive errors
-    pub recv_errors: Counter,
-}
+/// Counters of one UDP input: the receive counters every receiver shares
+/// (truncated datagrams are counted and dropped, never forwarded cut short)
+pub type UdpInputStats = mproxy_common::net::RecvStats;
 
 /// Shared by the forwarding threads
 pub(crate) struct Shared {
@@ -474,7 +464,7 @@ impl fmt::Display for Summary {
                 human_bytes(s.bytes.get()),
                 s.truncated.get(),
                 s.kernel_drops.get(),
-                s.recv_errors.get()
+                s.errors.get()
             )?;
         }
         for s in &self.tcp_upstreams {
@@ -512,7 +502,7 @@ impl Proxy {
             let (sock, gro) = bind_batch_receiver(addr, &config.socket)
                 .with_context(|| format!("--udp-listen-addr {ep}"))?;
             tracing::info!(listen = %ep, gro, "listening for UDP");
-            udp.push(udp::Input::new(ep.to_string(), sock));
+            udp.push(udp::Input::new(ep.to_string(), sock, gro));
         }
         // Fail fast on upstream names that can never resolve (typos);
         // transient DNS failures later are retried.

@@ -1,5 +1,7 @@
 //! `mproxy-proxy`: see the library docs of [`mproxy_proxy`]
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use mproxy_common::cli::{parse_args, runtime_error, usage_error, Shutdown};

@@ -11,7 +11,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use mproxy_common::cli::Shutdown;
 use mproxy_common::mpx::Encoder;
-use mproxy_common::net::{DatagramBatch, RecvBatch, MAX_UDP_PAYLOAD, RECV_BUF_LEN};
+use mproxy_common::net::{DatagramBatch, Drain, Drained, RecvBatch, MAX_UDP_PAYLOAD, RECV_BUF_LEN};
 use mproxy_common::pack::Framing;
 use mproxy_common::stats::LogLimiter;
 use mproxy_common::wire::{classify, Datagram};
@@ -91,18 +91,20 @@ pub(crate) struct Input {
     pub(crate) spec: String,
     sock: UdpSocket,
     pub(crate) stats: Arc<UdpInputStats>,
-    last_drops: u32,
+    /// Budget, kernel-drop total and logs of this socket's receive side
+    drain: Drain,
     /// Frames raw datagrams as one mpx stream (with --mpx)
     encoder: Option<Encoder>,
 }
 
 impl Input {
-    pub(crate) fn new(spec: String, sock: UdpSocket) -> Self {
+    /// An input reading `sock`, which takes coalesced buffers if `gro`
+    pub(crate) fn new(spec: String, sock: UdpSocket, gro: bool) -> Self {
         Self {
+            drain: Drain::new(spec.clone()).with_gro(gro),
             spec,
             sock,
             stats: Arc::default(),
-            last_drops: 0,
             encoder: None,
         }
     }
@@ -148,7 +150,6 @@ pub(crate) fn run(
     let mut events = Events::with_capacity(64);
     let mut batch = RecvBatch::new(BATCH, RECV_BUF_LEN);
     let mut out = DatagramBatch::default();
-    let log = LogLimiter::default();
     let forward = |f: &[u8]| shared.forward(f);
     // inputs whose last drain stopped at the budget, data still queued
     let mut pending = vec![false; inputs.len()];
@@ -180,7 +181,7 @@ pub(crate) fn run(
         for (i, (input, p)) in inputs.iter_mut().zip(pending.iter_mut()).enumerate() {
             if *p {
                 let sessions = relay.as_mut().map(|r| (&mut r.sessions, i));
-                *p = drain(input, sessions, &mut batch, &mut out, shared, &log);
+                *p = drain(input, sessions, &mut batch, &mut out, shared);
             }
         }
         // after every turn, not only on the sockets' events: cheap (one
@@ -194,6 +195,9 @@ pub(crate) fn run(
                 enc.handle_timeout(now, forward);
             }
         }
+    }
+    for input in &mut inputs {
+        input.drain.sync_kernel_drops(&input.sock, &input.stats);
     }
     // end the mpx streams: FIN, then the closing heartbeats
     for input in &mut inputs {
@@ -220,97 +224,57 @@ pub(crate) fn run(
 /// Datagrams received (recvmmsg) and forwarded (sendmmsg) per system call
 const BATCH: usize = 32;
 
-/// Most datagrams taken from one socket per readiness event: under a
-/// constant flood the socket never runs dry, and the loop must still see
-/// shutdown requests, timers and the other inputs. mio's readiness is
-/// edge-triggered, so a socket left with data queued is drained again
-/// without waiting for a new event.
-const DRAIN_BUDGET: usize = 1024;
-
-/// Forward what is queued on `input`, a batch per system call; true if the
-/// budget ran out first (more may be queued). With `sessions` (the map and
-/// this input's index), the mpx senders whose frames pass are remembered
-/// so their receivers' control frames can be sent back.
+/// Forward what is queued on `input`, a batch per system call, up to the
+/// drain's budget (under a constant flood the socket never runs dry, and
+/// the loop must still see shutdown requests, timers and the other
+/// inputs); true if the budget ran out first (more may be queued: mio's
+/// readiness is edge-triggered, so the caller comes back without waiting).
+/// With `sessions` (the map and this input's index), the mpx senders whose
+/// frames pass are remembered so their receivers' control frames can be
+/// sent back.
 fn drain(
     input: &mut Input,
     mut sessions: Option<(&mut SessionMap, usize)>,
     batch: &mut RecvBatch,
     out: &mut DatagramBatch,
     shared: &Shared,
-    log: &LogLimiter,
 ) -> bool {
-    let mut taken = 0;
-    while taken < DRAIN_BUDGET {
-        let n = match batch.recv(&input.sock) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                input.stats.recv_errors.inc();
-                if let Some(n) = log.allow() {
-                    tracing::warn!(listen = %input.spec, suppressed = n, "receive failed: {e}");
-                }
-                return false;
-            }
-        };
-        taken += n.max(1);
-        let now = Instant::now();
-        // without --mpx framing, datagrams are forwarded from the receive
-        // buffers themselves (no copy); framing builds new ones in `out`
-        let mut direct: Vec<&[u8]> = Vec::new();
-        for i in 0..n {
-            let Some((data, meta)) = batch.get(i) else {
-                continue;
-            };
-            input.stats.datagrams.inc();
-            input.stats.bytes.add(meta.len as u64);
-            if meta.truncated() {
-                input.stats.truncated.inc();
-                if let Some(n) = log.allow() {
-                    tracing::warn!(listen = %input.spec, from = %meta.from, suppressed = n,
-                        "datagram of {} bytes truncated to {}", meta.wire_len, meta.len);
-                }
-            }
-            if let Some(d) = meta.kernel_drops {
-                if d != input.last_drops {
-                    input
-                        .stats
-                        .kernel_drops
-                        .add(u64::from(d.wrapping_sub(input.last_drops)));
-                    input.last_drops = d;
-                }
-            }
-            match input.encoder.as_mut() {
-                // frames (valid or not) pass untouched; only raw payloads are framed
-                Some(enc) if matches!(classify(data), Datagram::Raw(_)) => {
-                    enc.push(now, data, |f| out.push(f));
-                }
-                // nothing to forward for an empty datagram
-                _ if data.is_empty() => {}
-                _ => {
-                    if let Some((map, idx)) = sessions.as_mut() {
-                        if let Some(s) = control::sender_session(data) {
-                            map.learn(s, meta.from, *idx, data.len(), now);
+    let encoder = &mut input.encoder;
+    let drained = input
+        .drain
+        .run(&input.sock, batch, &input.stats, |datagrams| {
+            let now = Instant::now();
+            // without --mpx framing, datagrams are forwarded from the
+            // receive buffers themselves (no copy); framing builds new ones
+            // in `out`
+            let mut direct: Vec<&[u8]> = Vec::new();
+            for d in datagrams {
+                match encoder.as_mut() {
+                    // frames (valid or not) pass untouched; only raw payloads are framed
+                    Some(enc) if matches!(classify(d.data), Datagram::Raw(_)) => {
+                        enc.push(now, d.data, |f| out.push(f));
+                    }
+                    _ => {
+                        if let Some((map, idx)) = sessions.as_mut() {
+                            if let Some(s) = control::sender_session(d.data) {
+                                map.learn(s, d.from, *idx, d.data.len(), now);
+                            }
+                        }
+                        if encoder.is_some() {
+                            out.push(d.data);
+                        } else {
+                            direct.push(d.data);
                         }
                     }
-                    if input.encoder.is_some() {
-                        out.push(data);
-                    } else {
-                        direct.push(data);
-                    }
                 }
             }
-        }
-        if !direct.is_empty() {
-            shared.forward_many(&direct);
-        }
-        if !out.is_empty() {
-            shared.forward_many(&out.frames());
-            out.clear();
-        }
-        if batch.messages() < BATCH {
-            return false;
-        }
-    }
-    true
+            if !direct.is_empty() {
+                shared.forward_many(&direct);
+            }
+            if !out.is_empty() {
+                shared.forward_many(&out.frames());
+                out.clear();
+            }
+        });
+    drained == Drained::More
 }

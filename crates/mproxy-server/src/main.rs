@@ -1,5 +1,7 @@
 //! `mproxy-server`: see the library docs of [`mproxy_server`]
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use mproxy_common::cli::{parse_args, runtime_error, usage_error, Shutdown, EXIT_FAILURE};

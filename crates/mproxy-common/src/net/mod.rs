@@ -1,22 +1,55 @@
-//! Sockets: option sets, receivers, senders and UDP fan-out
+//! Sockets: option sets, receivers, senders, the receive drain and UDP
+//! fan-out
 //!
-//! [`socket`] is the only place that touches socket2 and raw socket options;
-//! everything above it works with `std::net::UdpSocket`.
+//! `net` is the boundary to the operating system's sockets: it is the only
+//! module that uses socket2, raw socket options or socket system calls, and
+//! everything above it works with `std::net` sockets. Inside, one module
+//! per responsibility:
+//!
+//! | module | what |
+//! |---|---|
+//! | `bind` | receivers and senders: options, multicast joins, buffers, offload switches |
+//! | `recv` | `recvmsg`/`recvmmsg` with true sizes, drop counters and GRO splitting ([`RecvBatch`]) |
+//! | `drain` | the receive loop every receiver shares ([`Drain`], [`RecvStats`]) |
+//! | `send` | `sendmmsg` with UDP GSO runs ([`send_segments`]) |
+//! | `fanout` | every datagram to every destination ([`Fanout`]) |
+//! | `tcp` | TCP keepalive and non-blocking probes |
+//! | `cmsg`, `sockaddr`, `sys`, `ifaddrs` | control messages as bytes, addresses through socket2, the EINTR/errno helper, interface addresses |
+//!
+//! Every `unsafe` block (system calls, and reading what the kernel wrote)
+//! is in `bind`, `recv`, `send`, `tcp`, `sys`, `sockaddr` and `ifaddrs`,
+//! each with its SAFETY argument; the parts that need no kernel
+//! (control-message encoding and parsing, address conversion, GRO
+//! splitting, the headers handed to recvmmsg/sendmmsg) have tests that run
+//! under Miri.
 
-pub mod socket;
+mod bind;
+mod cmsg;
+mod drain;
+mod fanout;
+mod ifaddrs;
+mod recv;
+mod send;
+mod sockaddr;
+mod sys;
+mod tcp;
 
 use std::io;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::net::IpAddr;
 
-pub use socket::{
-    bind_batch_receiver, bind_receiver, bind_sender, enable_gro, gso_run, gso_supported,
-    kernel_drops, recv_buffer_size, recv_meta, send_batch, send_segments, RecvBatch, RecvMeta,
-    DEFAULT_RCVBUF, GSO_MAX_BYTES, GSO_MAX_SEGMENTS,
+pub use bind::{
+    bind_batch_receiver, bind_receiver, bind_sender, enable_gro, gso_supported, kernel_drops,
+    recv_buffer_size, DEFAULT_RCVBUF,
 };
+pub use drain::{
+    Datagram, Datagrams, Drain, Drained, KernelDrops, RecvSnapshot, RecvStats, DRAIN_BUDGET,
+};
+pub use fanout::{DatagramBatch, DestStats, Fanout};
+pub use recv::{recv_meta, recv_nonblocking, RecvBatch, RecvMeta};
+pub use send::{gso_run, send_batch, send_segments, GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
+pub use tcp::{keepalive, recv_dontwait, set_keepalive, Keepalive};
 
-use crate::addr::{Endpoint, Interface};
-use crate::stats::LogLimiter;
+use crate::addr::{AddrError, Interface};
 
 /// Largest UDP payload over IPv4 (65535 - 8 byte UDP header - 20 byte IP header)
 pub const MAX_UDP_PAYLOAD: usize = 65_507;
@@ -43,6 +76,27 @@ pub enum NetError {
     /// The options contradict each other or name something that does not exist
     #[error("{0}")]
     Config(String),
+    /// An address that does not parse or resolve
+    #[error(transparent)]
+    Addr(#[from] AddrError),
+    /// Opening a sending socket of one address family failed
+    #[error("opening {family} sending socket")]
+    Sender {
+        /// "IPv4" or "IPv6"
+        family: &'static str,
+        /// What failed
+        #[source]
+        source: Box<Self>,
+    },
+}
+
+impl NetError {
+    fn sender(family: &'static str, source: Self) -> Self {
+        Self::Sender {
+            family,
+            source: Box::new(source),
+        }
+    }
 }
 
 /// Socket options shared by every binary (`--iface`, `--ttl`, `--loop`, ...)
@@ -81,7 +135,7 @@ impl Default for SocketOptions {
 
 /// Index of the interface that has address `ip`
 pub fn interface_index_of(ip: IpAddr) -> Option<u32> {
-    socket::interface_addrs()
+    ifaddrs::interface_addrs()
         .into_iter()
         .find(|(_, a)| *a == ip)
         .map(|(i, _)| i)
@@ -89,360 +143,10 @@ pub fn interface_index_of(ip: IpAddr) -> Option<u32> {
 
 /// First IPv4 address of interface `index`
 pub fn ipv4_of_index(index: u32) -> Option<std::net::Ipv4Addr> {
-    socket::interface_addrs()
+    ifaddrs::interface_addrs()
         .into_iter()
         .find_map(|(i, a)| match a {
             IpAddr::V4(v4) if i == index => Some(v4),
             _ => None,
         })
-}
-
-/// Counters of one [`Fanout`] destination
-#[derive(Debug, Default)]
-pub struct DestStats {
-    /// Datagrams handed to the kernel
-    pub datagrams: AtomicU64,
-    /// Payload bytes handed to the kernel
-    pub bytes: AtomicU64,
-    /// Sends that failed (unreachable, refused, no buffer space, ...)
-    pub errors: AtomicU64,
-}
-
-struct Dest {
-    spec: String,
-    addr: SocketAddr,
-    stats: DestStats,
-    log: LogLimiter,
-    /// Largest segment sent as part of a UDP GSO message (0: no GSO):
-    /// lowered below a size the route refused (over its MTU), 0 when it
-    /// cannot segment at all
-    gso_max: AtomicUsize,
-}
-
-/// Sends every datagram to every destination, counting per destination
-///
-/// One sending socket per address family is shared by all destinations of
-/// that family. Send errors are counted and logged (rate-limited), never
-/// fatal: a dead downstream must not stop the others. Safe to share between
-/// threads.
-pub struct Fanout {
-    v4: Option<UdpSocket>,
-    v6: Option<UdpSocket>,
-    dests: Vec<Dest>,
-}
-
-impl std::fmt::Debug for Fanout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fanout")
-            .field(
-                "dests",
-                &self.dests.iter().map(|d| d.addr).collect::<Vec<_>>(),
-            )
-            .finish()
-    }
-}
-
-impl Fanout {
-    /// Resolve `endpoints` and open the sending sockets
-    ///
-    /// # Errors
-    /// A destination that does not resolve, or socket setup failure.
-    pub fn new(endpoints: &[Endpoint], opts: &SocketOptions) -> anyhow::Result<Self> {
-        use anyhow::Context as _;
-        let mut dests = Vec::with_capacity(endpoints.len());
-        for ep in endpoints {
-            let addr = ep.resolve()?;
-            dests.push(Dest {
-                spec: ep.to_string(),
-                addr,
-                stats: DestStats::default(),
-                log: LogLimiter::default(),
-                gso_max: AtomicUsize::new(0),
-            });
-        }
-        let v4 = if dests.iter().any(|d| d.addr.is_ipv4()) {
-            Some(bind_sender(false, opts).context("opening IPv4 sending socket")?)
-        } else {
-            None
-        };
-        let v6 = if dests.iter().any(|d| d.addr.is_ipv6()) {
-            Some(bind_sender(true, opts).context("opening IPv6 sending socket")?)
-        } else {
-            None
-        };
-        let gso4 = opts.offload && v4.as_ref().is_some_and(gso_supported);
-        let gso6 = opts.offload && v6.as_ref().is_some_and(gso_supported);
-        for d in &dests {
-            let on = if d.addr.is_ipv4() { gso4 } else { gso6 };
-            d.gso_max
-                .store(if on { usize::MAX } else { 0 }, Ordering::Relaxed);
-        }
-        Ok(Self { v4, v6, dests })
-    }
-
-    /// Number of destinations
-    pub fn len(&self) -> usize {
-        self.dests.len()
-    }
-
-    /// True if there are no destinations
-    pub fn is_empty(&self) -> bool {
-        self.dests.is_empty()
-    }
-
-    /// Send `payload` to every destination; returns how many sends succeeded
-    pub fn send(&self, payload: &[u8]) -> usize {
-        let mut ok = 0;
-        for d in &self.dests {
-            let sock = if d.addr.is_ipv4() {
-                self.v4.as_ref()
-            } else {
-                self.v6.as_ref()
-            };
-            let Some(sock) = sock else { continue };
-            match send_to_retrying(sock, payload, d.addr) {
-                Ok(_) => {
-                    ok += 1;
-                    d.stats.datagrams.fetch_add(1, Ordering::Relaxed);
-                    d.stats
-                        .bytes
-                        .fetch_add(payload.len() as u64, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    d.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    if let Some(suppressed) = d.log.allow() {
-                        tracing::warn!(
-                            dest = %d.spec,
-                            suppressed,
-                            "send of {} bytes failed: {e}",
-                            payload.len()
-                        );
-                    }
-                }
-            }
-        }
-        ok
-    }
-
-    /// Send every datagram of `frames` to every destination, batching them
-    /// into as few system calls as the kernel accepts (sendmmsg, and UDP
-    /// GSO for runs of equal-sized datagrams where the route takes it);
-    /// returns the number of successful datagram sends
-    pub fn send_many(&self, frames: &[&[u8]]) -> usize {
-        let mut ok = 0;
-        for d in &self.dests {
-            let sock = if d.addr.is_ipv4() {
-                self.v4.as_ref()
-            } else {
-                self.v6.as_ref()
-            };
-            let Some(sock) = sock else { continue };
-            let mut done = 0;
-            let mut retries = 0;
-            while done < frames.len() {
-                let gso_max = d.gso_max.load(Ordering::Relaxed);
-                match send_segments(sock, &frames[done..], d.addr, gso_max) {
-                    Ok(k) => {
-                        let bytes: usize = frames[done..done + k].iter().map(|f| f.len()).sum();
-                        d.stats.datagrams.fetch_add(k as u64, Ordering::Relaxed);
-                        d.stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-                        ok += k;
-                        done += k.max(1);
-                    }
-                    Err(e)
-                        if retries < 50
-                            && (e.kind() == io::ErrorKind::WouldBlock
-                                || e.raw_os_error() == Some(libc::ENOBUFS)) =>
-                    {
-                        retries += 1;
-                        std::thread::sleep(std::time::Duration::from_micros(200));
-                    }
-                    Err(e) if gso_run(&frames[done..], gso_max) > 1 && gso_refused(&e) => {
-                        // the route cannot take this message: segments over
-                        // its MTU (EINVAL, EMSGSIZE) are sent plainly from
-                        // now on, smaller ones still as GSO; no checksum
-                        // offload or GSO at all (EIO, ...): plain only
-                        let seg = frames[done].len();
-                        let over_mtu =
-                            matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EMSGSIZE));
-                        let limit = if over_mtu { seg - 1 } else { 0 };
-                        d.gso_max.store(limit, Ordering::Relaxed);
-                        if limit == 0 {
-                            tracing::info!(
-                                dest = %d.spec,
-                                "UDP GSO refused ({e}); sending datagrams one by one"
-                            );
-                        } else {
-                            tracing::info!(
-                                dest = %d.spec,
-                                "UDP GSO refused for {seg}-byte datagrams ({e}); \
-                                 those go one by one, smaller ones still batched"
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        // the first datagram of the rest failed: count it, go on
-                        d.stats.errors.fetch_add(1, Ordering::Relaxed);
-                        if let Some(suppressed) = d.log.allow() {
-                            tracing::warn!(
-                                dest = %d.spec,
-                                suppressed,
-                                "send of {} bytes failed: {e}",
-                                frames[done].len()
-                            );
-                        }
-                        done += 1;
-                    }
-                }
-            }
-        }
-        ok
-    }
-
-    /// Read one datagram that arrived on a sending socket (receivers'
-    /// NACKs and feedback), without blocking; its length and source
-    pub fn recv_control(&self, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
-        for sock in [self.v4.as_ref(), self.v6.as_ref()].into_iter().flatten() {
-            if let Ok(got) = socket::recv_nonblocking(sock, buf) {
-                return Some(got);
-            }
-        }
-        None
-    }
-
-    /// The sending sockets (one per address family in use), for a caller
-    /// that waits for receivers' control frames with a poller; read them
-    /// with [`Fanout::recv_control`]
-    pub fn sockets(&self) -> impl Iterator<Item = &UdpSocket> {
-        [self.v4.as_ref(), self.v6.as_ref()].into_iter().flatten()
-    }
-
-    /// Per destination: (spec as given, resolved address, counters)
-    pub fn stats(&self) -> impl Iterator<Item = (&str, SocketAddr, &DestStats)> {
-        self.dests
-            .iter()
-            .map(|d| (d.spec.as_str(), d.addr, &d.stats))
-    }
-
-    /// Sum of send errors over all destinations
-    pub fn total_errors(&self) -> u64 {
-        self.dests
-            .iter()
-            .map(|d| d.stats.errors.load(Ordering::Relaxed))
-            .sum()
-    }
-
-    /// One line per destination for the final summary
-    pub fn summary(&self) -> String {
-        self.dests
-            .iter()
-            .map(|d| {
-                format!(
-                    "{}: {} datagrams, {} bytes, {} errors",
-                    d.spec,
-                    d.stats.datagrams.load(Ordering::Relaxed),
-                    d.stats.bytes.load(Ordering::Relaxed),
-                    d.stats.errors.load(Ordering::Relaxed)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-}
-
-/// Errors with which a route turns down a UDP GSO message it cannot segment
-fn gso_refused(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::EMSGSIZE | libc::ENOPROTOOPT)
-    )
-}
-
-/// `send_to`, retrying on EINTR and waiting out transient ENOBUFS/EAGAIN
-/// (a full device queue) a few times before giving up
-fn send_to_retrying(sock: &UdpSocket, payload: &[u8], addr: SocketAddr) -> io::Result<usize> {
-    let mut tries = 0;
-    loop {
-        match sock.send_to(payload, addr) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if tries < 50
-                    && (e.kind() == io::ErrorKind::WouldBlock
-                        || e.raw_os_error() == Some(libc::ENOBUFS)) =>
-            {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_micros(200));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Datagrams queued to go out together (one sendmmsg per destination, see
-/// [`Fanout::send_many`]), packed into one buffer that is reused
-#[derive(Debug, Default)]
-pub struct DatagramBatch {
-    buf: Vec<u8>,
-    ends: Vec<usize>,
-}
-
-impl DatagramBatch {
-    /// Queue a copy of `d`
-    pub fn push(&mut self, d: &[u8]) {
-        self.buf.extend_from_slice(d);
-        self.ends.push(self.buf.len());
-    }
-
-    /// Datagrams queued
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    /// Bytes queued (all datagrams together)
-    pub fn bytes(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// Whether nothing is queued
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
-    /// The queued datagrams, in order
-    pub fn frames(&self) -> Vec<&[u8]> {
-        let mut start = 0;
-        self.ends
-            .iter()
-            .map(|&end| {
-                let f = &self.buf[start..end];
-                start = end;
-                f
-            })
-            .collect()
-    }
-
-    /// Forget what is queued (keeping the buffers)
-    pub fn clear(&mut self) {
-        self.buf.clear();
-        self.ends.clear();
-    }
-}
-
-#[cfg(test)]
-mod batch_tests {
-    use super::DatagramBatch;
-
-    #[test]
-    fn test_batch_keeps_datagrams_whole_and_in_order() {
-        let mut b = DatagramBatch::default();
-        assert!(b.is_empty());
-        b.push(b"ab");
-        b.push(b"");
-        b.push(b"cde");
-        assert_eq!(b.len(), 3);
-        assert_eq!(b.frames(), [&b"ab"[..], b"", b"cde"]);
-        b.clear();
-        assert!(b.is_empty() && b.frames().is_empty());
-    }
 }

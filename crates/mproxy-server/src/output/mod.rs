@@ -183,14 +183,7 @@ pub(crate) fn open_file_bound(
 /// True if the reader of stdout went away (a pipe or socket whose other
 /// end is closed); never for files and terminals
 fn stdout_hung_up() -> bool {
-    let mut pfd = libc::pollfd {
-        fd: 1,
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: pfd is a valid pollfd array of length 1; timeout 0 never blocks.
-    let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
-    rc > 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0
+    mproxy_common::io::hung_up(1)
 }
 
 impl Sink {
