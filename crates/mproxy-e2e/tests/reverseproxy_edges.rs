@@ -508,7 +508,7 @@ fn tls_output_read_by_openssl_s_client() {
         );
         wait_for_clients(&p, 1);
         // no need to wait for the handshake: the 2000 datagrams fit in the
-        // client's queue (--client-queue 4096) until it is done
+        // client's queue (--client-queue, 4 MiB by default) until it is done
         let data = payloads(2000, 1000, 10);
         let expected = data.concat();
         send_paced(addr("127.0.0.1:9000"), &data, 4);
@@ -621,11 +621,14 @@ fn check_exit_2(args: &[&str], wanted: &[&str]) {
 // ---------------------------------------------------------------- fan-out isolation
 
 /// Datagrams of the fan-out tests (16.8 MB; large datagrams, so 49
-/// clients cost fewer system calls), and the queue each client gets
+/// clients cost fewer system calls), and the queue each client gets (in
+/// datagrams of this size: `--client-queue` is in bytes)
 const FAN_DATAGRAMS: usize = 4200;
 const FAN_LEN: usize = 4000;
 const FAN_QUEUE: usize = 256;
 const FAN_READERS: usize = 49;
+/// Longest the feed waits for its slowest reader, in all
+const FAN_FEED_LIMIT: Duration = Duration::from_secs(60);
 
 /// The fan-out tests take both cores of a small machine: one at a time
 static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -659,7 +662,7 @@ fn fan_out_with_stalled_client(policy: &str) -> FanOut {
         "--tcp-output-addr",
         "127.0.0.1:9100",
         "--client-queue",
-        &FAN_QUEUE.to_string(),
+        &format!("{}B", FAN_QUEUE * FAN_LEN),
         "--slow-client",
         policy,
         "--rcvbuf",
@@ -707,9 +710,9 @@ fn fan_out_with_stalled_client(policy: &str) -> FanOut {
             .min()
             .unwrap_or(0)
     };
+    let until = Instant::now() + FAN_FEED_LIMIT;
     for (i, d) in data.iter().enumerate() {
         let behind = i.saturating_sub(FAN_QUEUE / 2) * FAN_LEN;
-        let until = Instant::now() + Duration::from_secs(30);
         while slowest() < behind && Instant::now() < until {
             thread::sleep(Duration::from_millis(1));
         }

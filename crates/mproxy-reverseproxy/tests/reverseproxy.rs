@@ -417,8 +417,26 @@ fn bad_input_exits_2_with_one_line() {
     });
 }
 
+/// Read exactly `n` bytes (bounded by a 5 s timeout)
+fn read_exact_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = vec![0u8; n];
+    s.read_exact(&mut buf).unwrap();
+    buf
+}
+
+/// Closed by the proxy: EOF (or a reset) within 5 s
+fn assert_closed(s: &mut TcpStream, what: &str) {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    assert!(
+        matches!(s.read(&mut buf), Ok(0) | Err(_)),
+        "{what} still open"
+    );
+}
+
 #[test]
-fn max_clients_closes_extra_connections() {
+fn max_clients_refuses_when_all_read_and_evicts_the_unproven() {
     in_netns(|_ns| {
         let mut p = spawn(&mut reverseproxy(&[
             "--udp-listen-addr",
@@ -430,32 +448,48 @@ fn max_clients_closes_extra_connections() {
         ]));
         wait_for_tcp_bound(9107, STARTUP);
         wait_for_udp_bound(9007, STARTUP);
-        let a = TcpStream::connect("127.0.0.1:9107").unwrap();
-        let b = TcpStream::connect("127.0.0.1:9107").unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // on an idle group nobody has taken a byte: the oldest goes first
+        let mut x = TcpStream::connect("127.0.0.1:9107").unwrap();
+        let _y = TcpStream::connect("127.0.0.1:9107").unwrap();
         wait_for_clients(&p, 2);
+        let _z = TcpStream::connect("127.0.0.1:9107").unwrap();
+        assert_closed(&mut x, "the oldest client that never took a byte");
+        wait_for_clients(&p, 3);
+        drop((_y, _z));
+
+        // two clients that take data: a third is refused, nobody evicted
+        wait_until(STARTUP, "y and z to be gone", || {
+            sender.send_to(b"ping", "127.0.0.1:9007").unwrap();
+            thread::sleep(Duration::from_millis(20));
+            p.stderr_text().matches("disconnected").count() >= 2
+        });
+        let mut a = TcpStream::connect("127.0.0.1:9107").unwrap();
+        let mut b = TcpStream::connect("127.0.0.1:9107").unwrap();
+        wait_for_clients(&p, 5);
+        sender.send_to(b"hello", "127.0.0.1:9007").unwrap();
+        assert_eq!(read_exact_n(&mut a, 5), b"hello");
+        assert_eq!(read_exact_n(&mut b, 5), b"hello");
         let mut extra = TcpStream::connect("127.0.0.1:9107").unwrap();
-        extra
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let mut buf = [0u8; 16];
-        // closed by the proxy: EOF (or a reset)
-        assert!(matches!(extra.read(&mut buf), Ok(0) | Err(_)));
+        assert_closed(&mut extra, "the connection over --max-clients");
 
         // a client that leaves frees its slot: at once on a reset, at the
         // next datagram after a plain close (it might only have half-closed)
         drop(a);
-        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
         wait_until(STARTUP, "the closed client to be dropped", || {
             sender.send_to(b"ping", "127.0.0.1:9007").unwrap();
             thread::sleep(Duration::from_millis(20));
-            p.stderr_text().contains("disconnected")
+            p.stderr_text().matches("disconnected").count() >= 3
         });
-        let c = TcpStream::connect("127.0.0.1:9107").unwrap();
-        wait_for_clients(&p, 3);
+        let _c = TcpStream::connect("127.0.0.1:9107").unwrap();
+        wait_for_clients(&p, 6);
         let stderr = interrupt_ok(&mut p, Duration::from_secs(3));
         assert!(stderr.contains("--max-clients"), "{stderr}");
-        assert!(stderr.contains("3 clients (1 rejected"), "{stderr}");
-        drop((b, c));
+        assert!(
+            stderr.contains("6 clients (1 rejected, 1 evicted"),
+            "{stderr}"
+        );
+        drop((b, _c));
     });
 }
 
