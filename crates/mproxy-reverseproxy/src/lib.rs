@@ -58,14 +58,35 @@
 //! (evicted, counted, logged), in this order: the oldest TLS handshake; an
 //! output client whose socket has taken nothing the longest while data
 //! waits; the oldest connection that never took (output) or sent (input)
-//! a byte; the oldest half-closed output client. Connections that take or
-//! send data are never evicted: when all slots hold those, the newcomer is
-//! closed (counted as rejected). So idle connections, slowloris
-//! handshakes and half-closed clients cannot lock readers out; on an idle
-//! group every reader has taken nothing yet, and slots turn over first in,
-//! first out. A client that resets is dropped at once; one that
-//! half-closes (`ncat < /dev/null` does) stays while it may still read,
-//! until a write fails, it stalls or it is evicted.
+//! a byte; the oldest half-closed output client; last, among output
+//! clients that all take data, the one that has taken the fewest bytes.
+//! A TCP output therefore never refuses a newcomer (a reader that has
+//! just connected cannot be told from one that will never read until its
+//! socket buffers fill); a TCP input refuses one (counted as rejected)
+//! only when every connection has sent data. So idle connections,
+//! slowloris handshakes and half-closed clients cannot lock readers out;
+//! on an idle group every reader has taken nothing yet, and slots turn
+//! over first in, first out. A client that resets is dropped at once; one
+//! that half-closes (`ncat < /dev/null` does) stays while it may still
+//! read, until a write fails, it stalls or it is evicted.
+//!
+//! ## TLS
+//!
+//! A `--tcp-output-addr` or `--tcp-listen-addr` written `tls://HOST:PORT`
+//! (the scheme syntax of `mproxy-proxy --tcp-connect-addr`; `tcp://` and no
+//! scheme mean plain TCP) speaks TLS 1.2/1.3 (rustls with *ring*) with the
+//! certificate chain of `--tls-cert` and the key of `--tls-key`. With
+//! `--tls-client-ca` every client must present a certificate issued by one
+//! of that file's CAs; clients without one are refused. Every file is read
+//! before anything is bound: a missing or malformed one is exit 2 with one
+//! line naming the flag and the file. A handshake never blocks anyone
+//! else: every session is driven non-blocking by its listener's event
+//! loop, and whatever rustls has to send (a TLS 1.2 server's
+//! ChangeCipherSpec and Finished too) is written as soon as it has it, data
+//! or not. One not finished after `--tls-handshake-timeout` seconds (10)
+//! is closed, and at most `--max-handshakes` run at once (see Slots).
+//! Failed handshakes are counted per listener ("TLS failures") and logged
+//! rate-limited.
 //!
 //! ## mpx
 //!

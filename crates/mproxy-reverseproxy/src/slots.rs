@@ -15,10 +15,14 @@
 //! 3. a connection that has never taken (output) or sent (input) a byte,
 //!    the oldest first: on an idle group every reader is one, so the
 //!    slots turn over first in, first out;
-//! 4. an output client that has half-closed its end, the oldest first.
+//! 4. an output client that has half-closed its end, the oldest first;
+//! 5. an output client that takes data (none of the above), the one that
+//!    has taken the fewest bytes first: a newcomer is never refused by a
+//!    TCP output, since a reader that has just connected cannot be told
+//!    from one that will never read until its socket buffers are full.
 //!
-//! A connection that takes (or sends) data is never evicted: when every
-//! slot holds one of those, the newcomer is refused, as before.
+//! An input connection that has sent data is never evicted: when every
+//! slot of a TCP input holds one of those, the newcomer is refused.
 
 use std::time::{Duration, Instant};
 
@@ -33,23 +37,46 @@ pub(crate) enum Class {
     Unproven,
     /// It has half-closed its end (since then)
     HalfClosed,
-    /// Taking or sending data: never evicted
+    /// Taking (output) or sending (input) data: outputs evict the one
+    /// that has taken the fewest bytes last, inputs never evict it
     Healthy,
 }
 
-/// A connection's class, and since when it has been in it
+/// A connection's class, since when it has been in it, and (for
+/// [`Class::Healthy`]) the bytes it has taken
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Standing {
     /// Its class
     pub(crate) class: Class,
     /// Since when
     pub(crate) since: Instant,
+    /// Bytes taken, which order [`Class::Healthy`] connections
+    pub(crate) taken: u64,
 }
 
 impl Standing {
     /// A standing of `class` since `since`
     pub(crate) fn new(class: Class, since: Instant) -> Self {
-        Self { class, since }
+        Self {
+            class,
+            since,
+            taken: 0,
+        }
+    }
+
+    /// A [`Class::Healthy`] standing: connected at `since`, `taken` bytes
+    pub(crate) fn healthy(since: Instant, taken: u64) -> Self {
+        Self {
+            class: Class::Healthy,
+            since,
+            taken,
+        }
+    }
+
+    /// Eviction order: class, then within [`Class::Healthy`] the bytes
+    /// taken, then the oldest `since`
+    fn key(&self) -> (Class, u64, Instant) {
+        (self.class, self.taken, self.since)
     }
 
     /// Why it was chosen, for the log: "its TLS handshake unfinished after 2.0 s"
@@ -60,17 +87,24 @@ impl Standing {
             Class::Stuck => format!("it has taken no data for {secs:.1} s"),
             Class::Unproven => format!("no byte either way in {secs:.1} s"),
             Class::HalfClosed => format!("half-closed {secs:.1} s ago"),
-            Class::Healthy => "healthy".to_string(),
+            Class::Healthy => format!(
+                "the fewest bytes taken ({}) of all clients, every one taking data",
+                self.taken
+            ),
         }
     }
 }
 
 /// The connection to close for a newcomer: the lowest class, within it
-/// the oldest `since`; `None` if every one is [`Class::Healthy`]
-pub(crate) fn victim<K>(all: impl IntoIterator<Item = (K, Standing)>) -> Option<(K, Standing)> {
+/// the oldest `since` ([`Class::Healthy`]: the fewest bytes taken); with
+/// `spare_healthy` (inputs) `None` if every one is [`Class::Healthy`]
+pub(crate) fn victim<K>(
+    all: impl IntoIterator<Item = (K, Standing)>,
+    spare_healthy: bool,
+) -> Option<(K, Standing)> {
     all.into_iter()
-        .filter(|(_, s)| s.class != Class::Healthy)
-        .min_by_key(|(_, s)| (s.class, s.since))
+        .filter(|(_, s)| !(spare_healthy && s.class == Class::Healthy))
+        .min_by_key(|(_, s)| s.key())
 }
 
 /// The handshake to close when `--max-handshakes` are running: the oldest
@@ -107,16 +141,26 @@ mod tests {
             (3, Standing::new(Class::Unproven, at(2))),
             (4, Standing::new(Class::Stuck, at(9))),
         ];
-        assert_eq!(victim(all).map(|(k, _)| k), Some(4));
-        assert_eq!(victim(all[..4].iter().copied()).map(|(k, _)| k), Some(3));
-        assert_eq!(victim(all[..2].iter().copied()).map(|(k, _)| k), Some(1));
-        assert_eq!(victim(all[..1].iter().copied()), None);
+        let pick = |v: &[(i32, Standing)], spare| victim(v.iter().copied(), spare).map(|(k, _)| k);
+        assert_eq!(pick(&all, true), Some(4));
+        assert_eq!(pick(&all[..4], true), Some(3));
+        assert_eq!(pick(&all[..2], true), Some(1));
+        assert_eq!(pick(&all[..1], true), None);
+        assert_eq!(pick(&all[..1], false), Some(0));
         let hs = [
             (7, Standing::new(Class::Handshaking, at(3))),
             (8, Standing::new(Class::Handshaking, at(1))),
         ];
-        let mixed = all.iter().chain(&hs).copied();
-        assert_eq!(victim(mixed).map(|(k, _)| k), Some(8));
+        let mixed: Vec<_> = all.iter().chain(&hs).copied().collect();
+        assert_eq!(pick(&mixed, true), Some(8));
+        // among readers that all take data: the fewest bytes, then the oldest
+        let readers = [
+            (1, Standing::healthy(at(1), 500)),
+            (2, Standing::healthy(at(2), 100)),
+            (3, Standing::healthy(at(0), 100)),
+        ];
+        assert_eq!(pick(&readers, false), Some(3));
+        assert_eq!(pick(&readers, true), None);
         assert_eq!(oldest_handshake(all.iter().copied()), None);
         assert_eq!(oldest_handshake(hs).map(|(k, _)| k), Some(8));
     }

@@ -89,7 +89,7 @@ impl Conn {
         } else if self.bytes_in == 0 {
             Standing::new(Class::Unproven, self.opened)
         } else {
-            Standing::new(Class::Healthy, self.opened)
+            Standing::healthy(self.opened, self.bytes_in)
         }
     }
 }
@@ -370,7 +370,7 @@ impl TcpInput {
         if conns.len() < self.max_clients {
             return true;
         }
-        match slots::victim(standings(conns)) {
+        match slots::victim(standings(conns), true) {
             Some((token, s)) => {
                 self.evict(conns, closing, token, s, now);
                 true

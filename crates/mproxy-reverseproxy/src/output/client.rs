@@ -188,7 +188,7 @@ impl Client {
         } else if let Some(at) = self.half_closed {
             Standing::new(Class::HalfClosed, at)
         } else {
-            Standing::new(Class::Healthy, self.progress)
+            Standing::healthy(self.opened, self.stats.bytes.get())
         }
     }
 

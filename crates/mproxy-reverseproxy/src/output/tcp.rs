@@ -433,8 +433,7 @@ impl TcpOutput {
                 if let Some(suppressed) = self.logs.reject.allow() {
                     tracing::warn!(
                         suppressed,
-                        "closed connection from {peer}: already {} clients (--max-clients), \
-                         every one of them taking data",
+                        "closed connection from {peer}: already {} clients (--max-clients)",
                         hub.count
                     );
                 }
@@ -450,8 +449,8 @@ impl TcpOutput {
     }
 
     /// Make room for one more connection if the limits are reached, by
-    /// evicting whoever has made the least progress; false if every
-    /// client is healthy (the newcomer is refused)
+    /// evicting whoever has made the least progress (false only if there
+    /// is nobody to evict)
     fn make_room(&self, hub: &mut Hub, now: Instant) -> bool {
         if self.tls.is_some() {
             let handshakes = hub.clients().filter(|(_, c)| c.handshaking()).count();
@@ -464,7 +463,7 @@ impl TcpOutput {
         if hub.count < self.limits.max_clients {
             return true;
         }
-        match slots::victim(hub.standings()) {
+        match slots::victim(hub.standings(), false) {
             Some((i, s)) => {
                 self.evict(hub, i, s, now);
                 true
