@@ -22,8 +22,9 @@ pub const DEFAULT_GROUP: &str = "239.255.77.18:9918";
 /// without IP fragmentation (1500 - 20 - 8)
 pub const DEFAULT_MAX_DATAGRAM: usize = 1472;
 
-/// Default per-client queue: 4 MiB
-pub const DEFAULT_CLIENT_QUEUE: ClientQueue = ClientQueue::Bytes(4 << 20);
+/// Default per-client queue: 8 MiB (about the 4096 datagrams of 1472
+/// bytes of earlier versions; held once per TCP output, not per client)
+pub const DEFAULT_CLIENT_QUEUE: ClientQueue = ClientQueue::Bytes(8 << 20);
 
 /// Default connection limit per TCP listener
 pub const DEFAULT_MAX_CLIENTS: usize = 256;
@@ -179,7 +180,7 @@ pub struct Cli {
     /// datagrams of --max-datagram bytes. Clients share one copy of the
     /// payloads, so a TCP output holds at most one queue's worth however
     /// many clients it has. When a client is further behind, --slow-client
-    /// decides, and what it missed is counted [default: 4MiB]
+    /// decides, and what it missed is counted [default: 8MiB]
     #[arg(long, value_name = "SIZE|N", default_value_t = DEFAULT_CLIENT_QUEUE,
           hide_default_value = true)]
     pub client_queue: ClientQueue,
@@ -261,7 +262,7 @@ mod tests {
         assert_eq!(cli.multicast_addr.to_string(), DEFAULT_GROUP);
         assert_eq!(cli.framing, Framing::Bytes);
         assert_eq!(cli.max_datagram, 1472);
-        assert_eq!(cli.client_queue, ClientQueue::Bytes(4 << 20));
+        assert_eq!(cli.client_queue, ClientQueue::Bytes(8 << 20));
         assert_eq!(cli.max_handshakes, None);
         assert_eq!(cli.stall_timeout, 60);
         assert_eq!(cli.max_clients, 256);

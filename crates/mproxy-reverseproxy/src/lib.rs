@@ -30,7 +30,7 @@
 //! `writev` straight from the chunks, as much as its socket takes per
 //! turn. A client that does not keep up never delays the group or the
 //! other clients: its socket is simply not written until it is writable
-//! again. How far behind it may fall is `--client-queue` (bytes, 4 MiB by
+//! again. How far behind it may fall is `--client-queue` (bytes, 8 MiB by
 //! default; a bare number is the old datagram count, times
 //! `--max-datagram`), and what happens beyond is `--slow-client`: `drop`
 //! (the default) skips the oldest datagrams for it only, `disconnect`
@@ -114,6 +114,13 @@
 //! `--udp-output-strip` it sends the reassembled payloads instead, one
 //! datagram per frame. Every output logs each stream's close with its
 //! counters (bytes, gaps, lost, duplicates) and sums them in the summary.
+//!
+//! Every receive socket (UDP inputs, each output's socket on the group)
+//! asks for a 64 MiB receive buffer unless `--rcvbuf` says otherwise, as
+//! much of it as the kernel grants without complaint (forced with
+//! CAP_NET_ADMIN, else up to `net.core.rmem_max`): an unpaced burst then
+//! waits in the kernel while the thread that receives it waits for a CPU,
+//! instead of overflowing 8 MiB. It costs memory only while datagrams wait.
 //!
 //! Runtime faults (send and receive errors, resets, full queues, truncated
 //! datagrams, kernel receive-queue overflows) are counted in [`Stats`] and

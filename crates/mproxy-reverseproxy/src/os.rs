@@ -32,6 +32,39 @@ pub(crate) fn raise_nofile(needed: u64) -> Option<u64> {
     }
 }
 
+/// The largest receive buffer a socket of this process gets as asked:
+/// unlimited with CAP_NET_ADMIN in the initial user namespace
+/// (SO_RCVBUFFORCE), else `net.core.rmem_max`; `None` if unknown
+pub(crate) fn rcvbuf_ceiling() -> Option<usize> {
+    if can_force_buffers() {
+        return Some(usize::MAX);
+    }
+    std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// CAP_NET_ADMIN, and in the initial user namespace (the kernel checks
+/// SO_RCVBUFFORCE against that one)
+fn can_force_buffers() -> bool {
+    const CAP_NET_ADMIN: u32 = 12;
+    let effective = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let init_ns = std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| {
+        let fields: Vec<&str> = m.split_whitespace().collect();
+        fields == ["0", "0", "4294967295"]
+    });
+    effective & (1 << CAP_NET_ADMIN) != 0 && init_ns
+}
+
 /// Give freed heap memory back to the OS
 ///
 /// The allocator keeps what the clients' payloads and TLS sessions used in
@@ -56,5 +89,6 @@ mod tests {
         assert!(now > 0);
         assert_eq!(raise_nofile(16), Some(now));
         release_memory();
+        assert!(rcvbuf_ceiling().is_some_and(|c| c > 0));
     }
 }

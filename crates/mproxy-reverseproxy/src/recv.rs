@@ -9,10 +9,47 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 
 use mproxy_common::cli::Shutdown;
-use mproxy_common::net::{RecvBatch, RECV_BUF_LEN};
+use mproxy_common::net::{kernel_drops, RecvBatch, DEFAULT_RCVBUF, RECV_BUF_LEN};
 use mproxy_common::stats::LogLimiter;
+use mproxy_common::SocketOptions;
 
+use crate::os;
 use crate::stats::RecvStats;
+
+/// Receive buffer the proxy's receive sockets (UDP inputs, every output's
+/// socket on the group) ask for when `--rcvbuf` is not given
+///
+/// An unpaced sender outruns a receive thread that must also send on what
+/// it receives, and on a busy machine that thread may wait for a CPU for
+/// tens of milliseconds: 8 MiB holds only about 3,600 datagrams of 1,472
+/// bytes (the kernel charges ~2.3 KB each), so a burst overflows it where
+/// 64 MiB does not (measured with the fan-out rows of `bench/run.sh`, see
+/// docs/PERFORMANCE.md). It costs memory only while datagrams wait.
+pub(crate) const RECV_RCVBUF: usize = 64 << 20;
+
+/// `opts` for a receive socket: without an explicit `--rcvbuf`, ask for
+/// [`RECV_RCVBUF`], or as much of it as the kernel grants without cutting
+/// it down (forced with CAP_NET_ADMIN, else up to `net.core.rmem_max`), so
+/// nothing warns about a request the user never made
+pub(crate) fn receive_options(opts: &SocketOptions) -> SocketOptions {
+    let rcvbuf = opts.rcvbuf.or_else(|| {
+        let ceiling = os::rcvbuf_ceiling()?;
+        let want = RECV_RCVBUF.min(ceiling);
+        (want > DEFAULT_RCVBUF).then_some(want)
+    });
+    SocketOptions {
+        rcvbuf,
+        ..opts.clone()
+    }
+}
+
+/// Take the socket's own drop counter (SO_MEMINFO) into `stats`: drops
+/// after the last datagram received show in no control message
+pub(crate) fn settle(sock: &UdpSocket, stats: &RecvStats) {
+    if let Some(drops) = kernel_drops(sock) {
+        stats.kernel_drops.max(u64::from(drops));
+    }
+}
 
 /// Datagrams received per wake-up before other work gets a turn
 pub(crate) const BUDGET: usize = 256;

@@ -19,7 +19,7 @@ use super::{linger, GroupTx, StreamLease, HEARTBEAT};
 use crate::config::{Addr, Config};
 use crate::error::Error;
 use crate::poller::{register, timeout_until, wait};
-use crate::recv::{drain_udp, recv_batch, RecvLogs};
+use crate::recv::{drain_udp, receive_options, recv_batch, settle, RecvLogs};
 use crate::stats::UdpInputStats;
 
 /// The mpx stream of a UDP input's raw datagrams
@@ -53,7 +53,7 @@ impl UdpInput {
         // --source belongs to the group's joins, not to the inputs
         let opts = SocketOptions {
             sources: Vec::new(),
-            ..config.socket.clone()
+            ..receive_options(&config.socket)
         };
         let (sock, _gro) =
             bind_batch_receiver(addr.addr, &opts).map_err(|e| Error::bind(what(), e))?;
@@ -115,6 +115,9 @@ impl UdpInput {
                 timeout_until(self.stream.as_ref().and_then(|s| s.encoder.poll_timeout()))
             };
             wait(&mut self.poll, &mut events, timeout)?;
+            if events.is_empty() {
+                settle(&self.sock, &self.stats.recv);
+            }
             let (group, stats) = (&self.group, &self.stats);
             let mut stream = self.stream.as_mut();
             more = drain_udp(
@@ -151,6 +154,7 @@ impl UdpInput {
             }
             out.flush(group, stats);
         }
+        settle(&self.sock, &self.stats.recv);
         // end the stream, if it ever started: FIN, then the closing heartbeats
         let (group, stats) = (&self.group, &self.stats);
         if let Some(s) = self.stream.as_mut() {

@@ -27,13 +27,15 @@ use mproxy_common::net::bind_batch_receiver;
 
 use crate::config::{Addr, Config};
 use crate::error::Error;
+use crate::recv::receive_options;
 
 pub(crate) use tcp::TcpOutput;
 pub(crate) use udp::UdpOutput;
 
 /// Bind a receive socket on the group for the output named by `flag` and `addr`
 fn join_group(config: &Config, flag: &str, addr: &Addr) -> Result<UdpSocket, Error> {
-    let (sock, _gro) = bind_batch_receiver(config.group.addr, &config.socket).map_err(|e| {
+    let opts = receive_options(&config.socket);
+    let (sock, _gro) = bind_batch_receiver(config.group.addr, &opts).map_err(|e| {
         Error::bind(
             format!(
                 "joining --multicast-addr {} for {flag} {addr}",

@@ -34,7 +34,7 @@ use crate::error::Error;
 use crate::os;
 use crate::poller::{register, register_rw, timeout_until, wait};
 use crate::reassembly::Reassembly;
-use crate::recv::{drain_udp, recv_batch, RecvLogs};
+use crate::recv::{drain_udp, recv_batch, settle, RecvLogs};
 use crate::slots::{self, Standing};
 use crate::stats::TcpOutputStats;
 use crate::tls;
@@ -244,6 +244,9 @@ impl TcpOutput {
             // without events (a timeout) look at everything anyway: cheap,
             // and nothing depends on an edge that was missed
             let idle = events.is_empty();
+            if idle {
+                settle(&self.sock, &self.stats.recv);
+            }
             let (mut group_ready, mut accept_ready) =
                 (more_group || idle, hub.accept_retry || idle);
             for ev in events.iter() {
@@ -290,6 +293,7 @@ impl TcpOutput {
             }
         });
         reassembly.publish(&self.stats.mpx);
+        settle(&self.sock, &self.stats.recv);
         self.finish(hub, &mut events);
         Ok(())
     }

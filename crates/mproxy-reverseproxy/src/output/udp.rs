@@ -20,7 +20,7 @@ use crate::config::{Addr, Config};
 use crate::error::Error;
 use crate::poller::{register, timeout_until, wait};
 use crate::reassembly::Reassembly;
-use crate::recv::{drain_udp, recv_batch, RecvLogs};
+use crate::recv::{drain_udp, recv_batch, settle, RecvLogs};
 use crate::stats::UdpOutputStats;
 
 const GROUP: Token = Token(0);
@@ -96,6 +96,9 @@ impl UdpOutput {
                 timeout_until(reassembly.as_ref().and_then(Reassembly::poll_timeout))
             };
             wait(&mut self.poll, &mut events, timeout)?;
+            if events.is_empty() {
+                settle(&self.sock, &self.stats.recv);
+            }
             let (fanout, stats) = (&self.fanout, &self.stats);
             let now = Instant::now();
             more = drain_udp(
@@ -123,6 +126,7 @@ impl UdpOutput {
             r.publish(&self.stats.mpx);
         }
         flush(&self.fanout, &self.stats, &mut out);
+        settle(&self.sock, &self.stats.recv);
         Ok(())
     }
 }
