@@ -159,11 +159,14 @@
 //! ```
 
 #![deny(missing_docs)]
+// the only unsafe code: getrlimit, setrlimit and malloc_trim in `os`
+#![deny(unsafe_code)]
 
 mod cli;
 mod config;
 mod error;
 mod input;
+#[allow(unsafe_code)]
 mod os;
 mod output;
 mod poller;
@@ -172,6 +175,7 @@ mod recv;
 mod slots;
 pub mod stats;
 mod tls;
+mod types;
 
 use std::io;
 use std::sync::Arc;

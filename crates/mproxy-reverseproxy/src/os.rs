@@ -73,9 +73,11 @@ fn can_force_buffers() -> bool {
 /// this does nothing).
 pub(crate) fn release_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim has no preconditions; it only returns free memory.
-    unsafe {
-        libc::malloc_trim(0);
+    {
+        // SAFETY: malloc_trim has no preconditions; it only returns free memory.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 }
 
