@@ -155,7 +155,7 @@
 //! # shutdown.trigger();
 //! proxy.run()?;
 //! eprintln!("{:?}", stats.summary_lines());
-//! # Ok::<(), mproxy_reverseproxy::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 #![deny(missing_docs)]
