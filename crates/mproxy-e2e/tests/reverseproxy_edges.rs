@@ -8,10 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd as _;
-use std::path::Path;
+use std::io::Write;
+use std::net::{Shutdown, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,285 +17,17 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod pki;
+mod rp;
 
-use mproxy_e2e::{run, start, stop};
+use mproxy_e2e::{run, stop};
 use mproxy_testsupport::{
-    in_netns, skip, spawn_with_stdin, wait_for_tcp_bound, wait_for_udp_bound, wait_until,
-    ChildGuard, SplitMix64, TempDir,
+    in_netns, skip, spawn_with_stdin, wait_for_tcp_bound, wait_for_udp_bound, wait_until, TempDir,
 };
-use pki::{issue, make_ca, Issued, Leaf};
-use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
-
-/// Bound of every wait that is not a whole transfer
-const STARTUP: Duration = Duration::from_secs(10);
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-// ---------------------------------------------------------------- certificates
-
-/// A CA, the proxy's server certificate, a client certificate, and a CA
-/// nobody trusts
-struct Pki {
-    ca: Issued,
-    rogue_ca: Issued,
-    server: Issued,
-    client: Issued,
-}
-
-impl Pki {
-    fn new(dir: &Path) -> Self {
-        let ca = make_ca(dir, "ca");
-        let rogue_ca = make_ca(dir, "rogue-ca");
-        Self {
-            server: issue(
-                dir,
-                "server",
-                &ca,
-                &["127.0.0.1", "localhost"],
-                Leaf::Server,
-            ),
-            client: issue(dir, "client", &ca, &["reader.test"], Leaf::Client),
-            ca,
-            rogue_ca,
-        }
-    }
-
-    /// `--tls-cert` and `--tls-key`
-    fn server_args(&self) -> Vec<String> {
-        vec![
-            "--tls-cert".into(),
-            s(&self.server.cert_pem).into(),
-            "--tls-key".into(),
-            s(&self.server.key_pem).into(),
-        ]
-    }
-}
-
-// ---------------------------------------------------------------- TLS client
-
-type TlsStream = StreamOwned<ClientConnection, TcpStream>;
-
-/// A rustls client trusting `ca`, presenting `cert` if given
-fn client_config(ca: &Issued, cert: Option<&Issued>) -> Arc<ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.cert.der().clone()).unwrap();
-    let b = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    Arc::new(match cert {
-        Some(c) => b.with_client_auth_cert(c.chain(), c.private_key()).unwrap(),
-        None => b.with_no_client_auth(),
-    })
-}
-
-/// Connect and finish the handshake (bounded); the error if it fails
-fn tls_connect(to: SocketAddr, config: &Arc<ClientConfig>) -> io::Result<TlsStream> {
-    let mut sock = TcpStream::connect_timeout(&to, STARTUP)?;
-    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
-    sock.set_write_timeout(Some(STARTUP))?;
-    let name = ServerName::IpAddress(to.ip().into());
-    let mut conn = ClientConnection::new(Arc::clone(config), name).map_err(io::Error::other)?;
-    let deadline = Instant::now() + STARTUP;
-    while conn.is_handshaking() {
-        match conn.complete_io(&mut sock) {
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => return Err(e),
-        }
-        if Instant::now() > deadline {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-    }
-    Ok(StreamOwned::new(conn, sock))
-}
-
-/// Read until `want` bytes, EOF, an error, or `timeout`
-fn read_upto<R: Read>(r: &mut R, want: usize, timeout: Duration) -> (Vec<u8>, Option<io::Error>) {
-    let deadline = Instant::now() + timeout;
-    let mut got = Vec::with_capacity(want.min(1 << 20));
-    let mut buf = vec![0u8; 64 * 1024];
-    while got.len() < want && Instant::now() < deadline {
-        match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return (got, Some(e)),
-        }
-    }
-    (got, None)
-}
-
-/// Read until `expected.len()` bytes, EOF, an error or `timeout`,
-/// comparing as it goes (49 readers of 17 MB must not hold it all);
-/// the count read and whether everything matched
-fn read_compare<R: Read>(
-    r: &mut R,
-    expected: &[u8],
-    progress: &AtomicUsize,
-    timeout: Duration,
-) -> (usize, bool) {
-    let deadline = Instant::now() + timeout;
-    let mut at = 0;
-    let mut buf = vec![0u8; 64 * 1024];
-    while at < expected.len() && Instant::now() < deadline {
-        match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                let end = at + n;
-                if end > expected.len() || buf[..n] != expected[at..end] {
-                    return (end, false);
-                }
-                at = end;
-                progress.store(at, Ordering::Relaxed);
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
-            Err(_) => return (at, false),
-        }
-    }
-    (at, at == expected.len())
-}
-
-// ---------------------------------------------------------------- helpers
-
-/// Deterministic payloads of `len` bytes each
-fn payloads(n: usize, len: usize, seed: u64) -> Vec<Vec<u8>> {
-    let mut rng = SplitMix64::new(seed);
-    (0..n)
-        .map(|_| {
-            let mut p = vec![0u8; len];
-            rng.fill(&mut p);
-            p
-        })
-        .collect()
-}
-
-/// Send each payload as a datagram, pausing 1 ms after every `burst`
-fn send_paced(to: SocketAddr, payloads: &[Vec<u8>], burst: usize) {
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    for (i, p) in payloads.iter().enumerate() {
-        sock.send_to(p, to).unwrap();
-        if (i + 1) % burst == 0 {
-            thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
-fn start_rp(args: &[String]) -> ChildGuard {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    start("mproxy-reverseproxy", &args)
-}
-
-fn args(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| (*s).to_string()).collect()
-}
-
-/// Wait until the proxy logged `n` "client ... connected" lines
-fn wait_for_clients(p: &ChildGuard, n: usize) {
-    wait_until(STARTUP, &format!("{n} clients connected"), || {
-        p.stderr_text().matches(" connected").count() >= n
-    });
-}
-
-/// A number from `/proc/PID/status` (kB for memory fields)
-fn proc_status(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
-/// Open file descriptors of a process
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
-/// The number right before `what` in the first line containing `key`
-fn number_before(text: &str, key: &str, what: &str) -> u64 {
-    let line = text
-        .lines()
-        .find(|l| l.contains(key))
-        .unwrap_or_else(|| panic!("no line with '{key}' in:\n{text}"));
-    let at = line[line.find(key).unwrap()..]
-        .find(what)
-        .map(|i| i + line.find(key).unwrap())
-        .unwrap_or_else(|| panic!("no '{what}' in: {line}"));
-    let digits: String = line[..at]
-        .trim_end()
-        .chars()
-        .rev()
-        .take_while(char::is_ascii_digit)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    digits
-        .parse()
-        .unwrap_or_else(|_| panic!("no number before '{what}' in: {line}"))
-}
-
-/// SO_LINGER 0: closing the socket sends RST instead of FIN
-fn set_linger_zero(sock: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket and a properly sized option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            std::ptr::from_ref(&linger).cast(),
-            libc::socklen_t::try_from(std::mem::size_of::<libc::linger>()).unwrap(),
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER: {}", io::Error::last_os_error());
-}
-
-/// A small receive buffer, so a client that never reads stalls early
-fn set_small_rcvbuf(sock: &TcpStream) {
-    let size: libc::c_int = 4096;
-    // SAFETY: a valid socket and a properly sized option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            std::ptr::from_ref(&size).cast(),
-            libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap(),
-        )
-    };
-    assert_eq!(rc, 0, "SO_RCVBUF: {}", io::Error::last_os_error());
-}
+use rp::{
+    addr, args, client_config, fd_count, number_before, payloads, proc_status, read_compare,
+    read_upto, s, send_paced, set_linger_zero, set_small_rcvbuf, start_rp, tls_connect,
+    wait_for_clients, Pki, TlsStream, STARTUP,
+};
 
 // ---------------------------------------------------------------- TLS tests
 
@@ -508,7 +238,7 @@ fn tls_output_read_by_openssl_s_client() {
         );
         wait_for_clients(&p, 1);
         // no need to wait for the handshake: the 2000 datagrams fit in the
-        // client's queue (--client-queue 4096) until it is done
+        // client's queue (--client-queue, 4 MiB by default) until it is done
         let data = payloads(2000, 1000, 10);
         let expected = data.concat();
         send_paced(addr("127.0.0.1:9000"), &data, 4);
@@ -621,11 +351,14 @@ fn check_exit_2(args: &[&str], wanted: &[&str]) {
 // ---------------------------------------------------------------- fan-out isolation
 
 /// Datagrams of the fan-out tests (16.8 MB; large datagrams, so 49
-/// clients cost fewer system calls), and the queue each client gets
+/// clients cost fewer system calls), and the queue each client gets (in
+/// datagrams of this size: `--client-queue` is in bytes)
 const FAN_DATAGRAMS: usize = 4200;
 const FAN_LEN: usize = 4000;
 const FAN_QUEUE: usize = 256;
 const FAN_READERS: usize = 49;
+/// Longest the feed waits for its slowest reader, in all
+const FAN_FEED_LIMIT: Duration = Duration::from_secs(60);
 
 /// The fan-out tests take both cores of a small machine: one at a time
 static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -659,7 +392,7 @@ fn fan_out_with_stalled_client(policy: &str) -> FanOut {
         "--tcp-output-addr",
         "127.0.0.1:9100",
         "--client-queue",
-        &FAN_QUEUE.to_string(),
+        &format!("{}B", FAN_QUEUE * FAN_LEN),
         "--slow-client",
         policy,
         "--rcvbuf",
@@ -707,9 +440,9 @@ fn fan_out_with_stalled_client(policy: &str) -> FanOut {
             .min()
             .unwrap_or(0)
     };
+    let until = Instant::now() + FAN_FEED_LIMIT;
     for (i, d) in data.iter().enumerate() {
         let behind = i.saturating_sub(FAN_QUEUE / 2) * FAN_LEN;
-        let until = Instant::now() + Duration::from_secs(30);
         while slowest() < behind && Instant::now() < until {
             thread::sleep(Duration::from_millis(1));
         }

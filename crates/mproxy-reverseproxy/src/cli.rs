@@ -6,7 +6,7 @@ use mproxy_common::pack::Framing;
 use mproxy_common::Endpoint;
 use std::path::PathBuf;
 
-use crate::config::{ListenAddr, SlowClient};
+use crate::config::{ClientQueue, ListenAddr, SlowClient};
 use crate::tls::DEFAULT_HANDSHAKE_TIMEOUT_SECS;
 
 /// Default group: an administratively scoped IPv4 group (RFC 2365)
@@ -22,11 +22,15 @@ pub const DEFAULT_GROUP: &str = "239.255.77.18:9918";
 /// without IP fragmentation (1500 - 20 - 8)
 pub const DEFAULT_MAX_DATAGRAM: usize = 1472;
 
-/// Default per-client queue, in datagrams
-pub const DEFAULT_CLIENT_QUEUE: usize = 4096;
+/// Default per-client queue: 8 MiB (about the 4096 datagrams of 1472
+/// bytes of earlier versions; held once per TCP output, not per client)
+pub const DEFAULT_CLIENT_QUEUE: ClientQueue = ClientQueue::Bytes(8 << 20);
 
 /// Default connection limit per TCP listener
 pub const DEFAULT_MAX_CLIENTS: usize = 256;
+
+/// Default `--stall-timeout`, in seconds
+pub const DEFAULT_STALL_TIMEOUT_SECS: u64 = 60;
 
 /// Which datagrams of the group the outputs accept (`--accept`)
 ///
@@ -68,7 +72,7 @@ EXAMPLES:
   # that falls behind is disconnected instead of getting gaps
   mproxy-reverseproxy --udp-listen-addr 0.0.0.0:9920 --tcp-output-addr tls://0.0.0.0:9443 \\
       --tls-cert server.pem --tls-key server.key --tls-client-ca clients-ca.pem \\
-      --slow-client disconnect --client-queue 1024
+      --slow-client disconnect --client-queue 1MiB
   openssl s_client -connect host:9443 -cert reader.pem -key reader.key -quiet
 
 Inputs send to the group with multicast loopback on (--loop on, the
@@ -83,8 +87,8 @@ carries data (--tee).";
     version,
     about = "Feed TCP and UDP inputs into a multicast group, and fan the group out to TCP clients and UDP outputs",
     long_about = "Feed TCP and UDP inputs into a multicast group, and fan the group out to \
-                  TCP clients and UDP outputs. One thread per listener; every address flag \
-                  may be repeated.",
+                  TCP clients and UDP outputs. One thread (one event loop) per listener, \
+                  whatever the number of clients; every address flag may be repeated.",
     after_help = EXAMPLES
 )]
 pub struct Cli {
@@ -112,8 +116,9 @@ pub struct Cli {
     /// the payloads of the group's datagrams, concatenated (mpx frames are
     /// reassembled in order per stream and their headers stripped, see
     /// --accept). Written tls://HOST:PORT, the listener speaks TLS (see
-    /// --tls-cert); the handshake runs in the client's own writer thread,
-    /// so it never holds up the group or the other clients. Repeatable
+    /// --tls-cert). One event loop serves every client, non-blocking, so
+    /// a slow client or handshake never holds up the group or the other
+    /// clients. Repeatable
     #[arg(long = "tcp-output-addr", value_name = "[tls://]HOST:PORT")]
     pub tcp_output_addr: Vec<ListenAddr>,
 
@@ -170,12 +175,15 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_streams: usize,
 
-    /// Datagrams queued per TCP output client (waiting or being written);
-    /// when a client's queue is full, --slow-client decides, and what the
-    /// client missed is counted
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_CLIENT_QUEUE,
-          value_parser = parse_count)]
-    pub client_queue: usize,
+    /// How far a TCP output client may fall behind, in bytes (4MiB,
+    /// 512KiB); a bare number N is the old datagram count, read as N
+    /// datagrams of --max-datagram bytes. Clients share one copy of the
+    /// payloads, so a TCP output holds at most one queue's worth however
+    /// many clients it has. When a client is further behind, --slow-client
+    /// decides, and what it missed is counted [default: 8MiB]
+    #[arg(long, value_name = "SIZE|N", default_value_t = DEFAULT_CLIENT_QUEUE,
+          hide_default_value = true)]
+    pub client_queue: ClientQueue,
 
     /// What happens to a TCP output client whose queue (--client-queue) is
     /// full: 'drop' drops datagrams for it only (it stays connected, with a
@@ -205,11 +213,25 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT_SECS)]
     pub tls_handshake_timeout: u64,
 
-    /// Connections per TCP listener (input or output); more are accepted,
-    /// closed at once and counted
+    /// Connections per TCP listener (input or output). When all are taken
+    /// a newcomer evicts the connection that has made the least progress
+    /// (a TLS handshake, a client that takes no data or never took any, a
+    /// half-closed client; an input that never sent a byte); if every one
+    /// is taking (or sending) data, the newcomer is closed. Counted
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CLIENTS,
           value_parser = parse_count)]
     pub max_clients: usize,
+
+    /// TLS handshakes running at once per tls:// listener; a newcomer
+    /// beyond them evicts the oldest handshake (counted) [default: a
+    /// quarter of --max-clients, 8 to 64]
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub max_handshakes: Option<usize>,
+
+    /// Seconds a TCP output client may take no data at all while data
+    /// waits for it before it is closed (counted)
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_STALL_TIMEOUT_SECS)]
+    pub stall_timeout: u64,
 
     /// Copy everything the inputs send to the group to stdout (with --mpx:
     /// the payloads of the data frames, without headers)
@@ -240,7 +262,9 @@ mod tests {
         assert_eq!(cli.multicast_addr.to_string(), DEFAULT_GROUP);
         assert_eq!(cli.framing, Framing::Bytes);
         assert_eq!(cli.max_datagram, 1472);
-        assert_eq!(cli.client_queue, 4096);
+        assert_eq!(cli.client_queue, ClientQueue::Bytes(8 << 20));
+        assert_eq!(cli.max_handshakes, None);
+        assert_eq!(cli.stall_timeout, 60);
         assert_eq!(cli.max_clients, 256);
         assert_eq!(cli.slow_client, SlowClient::Drop);
         assert_eq!(cli.tls_handshake_timeout, 10);
@@ -253,6 +277,23 @@ mod tests {
             (cli.reorder_window, cli.reorder_timeout, cli.max_streams),
             (1024, 200, 1024)
         );
+    }
+
+    #[test]
+    fn test_client_queue_forms() {
+        let q = |s: &str| {
+            Cli::try_parse_from(["x", "--client-queue", s])
+                .unwrap()
+                .client_queue
+        };
+        assert_eq!(q("4MiB"), ClientQueue::Bytes(4 << 20));
+        assert_eq!(q("64k"), ClientQueue::Bytes(64 << 10));
+        assert_eq!(q("100B"), ClientQueue::Bytes(100));
+        assert_eq!(q("1024"), ClientQueue::Datagrams(1024));
+        assert_eq!(q("1024").bytes(1472), 1024 * 1472);
+        assert_eq!(q("4MiB").bytes(60_000), 4 << 20);
+        assert_eq!(q("1024").to_string(), "1024");
+        assert_eq!(q("1k").to_string(), "1024B");
     }
 
     #[test]
@@ -295,6 +336,9 @@ mod tests {
             &["x", "--max-datagram", "0"],
             &["x", "--max-datagram", "70000"],
             &["x", "--client-queue", "0"],
+            &["x", "--client-queue", "2GiB"],
+            &["x", "--client-queue", "4 apples"],
+            &["x", "--max-handshakes", "0"],
             &["x", "--max-clients", "x"],
             &["x", "--framing", "words"],
             &["x", "--accept", "mixed"],

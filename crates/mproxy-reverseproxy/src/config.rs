@@ -1,142 +1,22 @@
 //! Validated configuration: every address resolved, nothing bound yet
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
 use mproxy_common::mpx::ReceiverConfig;
 use mproxy_common::net::MAX_UDP_PAYLOAD;
 use mproxy_common::pack::Framing;
 use mproxy_common::wire::HEADER_LEN;
 use mproxy_common::{AddrError, Endpoint, SocketOptions};
 
-use crate::cli::DEFAULT_MAX_DATAGRAM;
-use crate::cli::{Accept, Cli, DEFAULT_CLIENT_QUEUE, DEFAULT_GROUP, DEFAULT_MAX_CLIENTS};
+use crate::cli::{
+    Accept, Cli, DEFAULT_CLIENT_QUEUE, DEFAULT_GROUP, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_DATAGRAM,
+    DEFAULT_STALL_TIMEOUT_SECS,
+};
+use crate::error::{bail_config, Error};
+use crate::slots::default_max_handshakes;
 use crate::tls::TlsServerOptions;
-
-/// An address as the user wrote it, with what it resolved to
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Addr {
-    /// As written (kept for messages, and for the IPv6 zone of a group)
-    pub spec: Endpoint,
-    /// What it resolved to
-    pub addr: SocketAddr,
-    /// A TCP listener written `tls://host:port`: it speaks TLS (see
-    /// [`Config::tls`]); never set for UDP addresses
-    pub tls: bool,
-}
-
-impl Addr {
-    /// Resolve `spec` (literals need no resolver); a plain address
-    ///
-    /// # Errors
-    /// A host name that does not resolve, or an unknown IPv6 zone.
-    pub fn resolve(spec: Endpoint) -> Result<Self, AddrError> {
-        let addr = spec.resolve()?;
-        Ok(Self {
-            spec,
-            addr,
-            tls: false,
-        })
-    }
-
-    /// Resolve a listener as written on the command line
-    ///
-    /// # Errors
-    /// As [`Addr::resolve`].
-    pub fn resolve_listen(listen: ListenAddr) -> Result<Self, AddrError> {
-        Ok(Self {
-            tls: listen.tls,
-            ..Self::resolve(listen.endpoint)?
-        })
-    }
-}
-
-impl From<SocketAddr> for Addr {
-    fn from(addr: SocketAddr) -> Self {
-        Self {
-            spec: Endpoint::from_socket_addr(addr),
-            addr,
-            tls: false,
-        }
-    }
-}
-
-impl FromStr for Addr {
-    type Err = AddrError;
-
-    /// Parse and resolve `host:port`, `tcp://host:port` or `tls://host:port`
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::resolve_listen(s.parse()?)
-    }
-}
-
-impl fmt::Display for Addr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.tls {
-            f.write_str("tls://")?;
-        }
-        let spec = self.spec.to_string();
-        if spec == self.addr.to_string() || self.spec.ip().is_some() {
-            f.write_str(&spec)
-        } else {
-            write!(f, "{spec} ({})", self.addr)
-        }
-    }
-}
-
-/// A TCP listener as written: `host:port` or `tcp://host:port` for plain
-/// TCP, `tls://host:port` for TLS (the scheme syntax of `mproxy-proxy`'s
-/// `--tcp-connect-addr`)
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenAddr {
-    /// Written `tls://`
-    pub tls: bool,
-    /// The address
-    pub endpoint: Endpoint,
-}
-
-impl FromStr for ListenAddr {
-    type Err = AddrError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (tls, rest) = if let Some(rest) = s.strip_prefix("tls://") {
-            (true, rest)
-        } else if let Some(rest) = s.strip_prefix("tcp://") {
-            (false, rest)
-        } else {
-            (false, s)
-        };
-        Ok(Self {
-            tls,
-            endpoint: rest.parse()?,
-        })
-    }
-}
-
-impl fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.tls {
-            f.write_str("tls://")?;
-        }
-        write!(f, "{}", self.endpoint)
-    }
-}
-
-/// What happens to a TCP output client whose queue is full (`--slow-client`)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum SlowClient {
-    /// Drop datagrams for that client only (counted as missed); it stays
-    /// connected and gets what arrives once its queue has room again
-    #[default]
-    Drop,
-    /// Disconnect it at once; what it missed (the datagram that did not
-    /// fit, and everything still queued or half-written) is counted and
-    /// logged
-    Disconnect,
-}
+pub use crate::types::{Addr, ClientQueue, ListenAddr, SlowClient, MAX_CLIENT_QUEUE};
 
 /// Everything [`ReverseProxy::start`](crate::ReverseProxy::start) needs
 ///
@@ -172,12 +52,20 @@ pub struct Config {
     /// Reassembly of mpx streams in the outputs; `reorder_window`,
     /// `reorder_timeout` and `max_streams` come from the command line
     pub receiver: ReceiverConfig,
-    /// Datagrams queued per TCP output client before it loses datagrams
-    pub client_queue: usize,
+    /// How far a TCP output client may fall behind before it loses
+    /// datagrams (or is disconnected, see `slow_client`)
+    pub client_queue: ClientQueue,
     /// What happens to a TCP output client whose queue is full
     pub slow_client: SlowClient,
-    /// Connections per TCP listener
+    /// Connections per TCP listener (a newcomer evicts the one that made
+    /// the least progress, see `mproxy_reverseproxy` docs)
     pub max_clients: usize,
+    /// TLS handshakes running at once per `tls://` listener; `None`: a
+    /// quarter of `max_clients`, 8 to 64
+    pub max_handshakes: Option<usize>,
+    /// A TCP output client that takes no data for this long while data
+    /// waits for it is closed
+    pub stall_timeout: Duration,
     /// Certificate, key and client CA of the `tls://` listeners
     pub tls: TlsServerOptions,
     /// Copy what the inputs send to the group to stdout
@@ -207,6 +95,8 @@ impl Default for Config {
             client_queue: DEFAULT_CLIENT_QUEUE,
             slow_client: SlowClient::Drop,
             max_clients: DEFAULT_MAX_CLIENTS,
+            max_handshakes: None,
+            stall_timeout: Duration::from_secs(DEFAULT_STALL_TIMEOUT_SECS),
             tls: TlsServerOptions::default(),
             tee: false,
             socket: SocketOptions::default(),
@@ -215,25 +105,28 @@ impl Default for Config {
 }
 
 impl TryFrom<Cli> for Config {
-    type Error = anyhow::Error;
+    type Error = Error;
 
     /// Resolve every address and check the combination; binds nothing
-    fn try_from(cli: Cli) -> anyhow::Result<Self> {
-        cli.common.validate()?;
-        let resolve_all = |flag: &str, specs: Vec<Endpoint>| -> anyhow::Result<Vec<Addr>> {
+    fn try_from(cli: Cli) -> Result<Self, Error> {
+        cli.common
+            .validate()
+            .map_err(|e| Error::Config(format!("{e:#}")))?;
+        let named = |flag: &str, e: AddrError| Error::Config(format!("--{flag}: {e}"));
+        let resolve_all = |flag: &str, specs: Vec<Endpoint>| -> Result<Vec<Addr>, Error> {
             specs
                 .into_iter()
-                .map(|e| Addr::resolve(e).with_context(|| format!("--{flag}")))
+                .map(|e| Addr::resolve(e).map_err(|e| named(flag, e)))
                 .collect()
         };
-        let resolve_listen = |flag: &str, specs: Vec<ListenAddr>| -> anyhow::Result<Vec<Addr>> {
+        let resolve_listen = |flag: &str, specs: Vec<ListenAddr>| -> Result<Vec<Addr>, Error> {
             specs
                 .into_iter()
-                .map(|e| Addr::resolve_listen(e).with_context(|| format!("--{flag}")))
+                .map(|e| Addr::resolve_listen(e).map_err(|e| named(flag, e)))
                 .collect()
         };
         let config = Self {
-            group: Addr::resolve(cli.multicast_addr).context("--multicast-addr")?,
+            group: Addr::resolve(cli.multicast_addr).map_err(|e| named("multicast-addr", e))?,
             udp_inputs: resolve_all("udp-listen-addr", cli.udp_listen_addr)?,
             tcp_inputs: resolve_listen("tcp-listen-addr", cli.tcp_listen_addr)?,
             tcp_outputs: resolve_listen("tcp-output-addr", cli.tcp_output_addr)?,
@@ -252,6 +145,8 @@ impl TryFrom<Cli> for Config {
             client_queue: cli.client_queue,
             slow_client: cli.slow_client,
             max_clients: cli.max_clients,
+            max_handshakes: cli.max_handshakes,
+            stall_timeout: Duration::from_secs(cli.stall_timeout),
             tls: TlsServerOptions {
                 cert: cli.tls_cert,
                 key: cli.tls_key,
@@ -293,34 +188,45 @@ impl Config {
     /// back into the group (a loop); limits out of range; mpx settings
     /// that cannot work (`mpx` without inputs or with a `max_datagram` no
     /// larger than the header, `udp_output_strip` without UDP outputs).
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), Error> {
         if !self.has_inputs() && !self.has_outputs() {
-            bail!(
+            bail_config!(
                 "nothing to do: give at least one --udp-listen-addr, --tcp-listen-addr, \
                  --tcp-output-addr or --udp-output-addr"
             );
         }
         let group = &self.group;
         if !group.addr.ip().is_multicast() {
-            bail!(
+            bail_config!(
                 "--multicast-addr {group}: not a multicast address \
                  (expected e.g. {DEFAULT_GROUP} or [ff15::77:18]:9918)"
             );
         }
         if group.addr.port() == 0 {
-            bail!("--multicast-addr {group}: the group needs a port (1-65535)");
+            bail_config!("--multicast-addr {group}: the group needs a port (1-65535)");
         }
         if !(1..=MAX_UDP_PAYLOAD).contains(&self.max_datagram) {
-            bail!(
+            bail_config!(
                 "--max-datagram {}: expected 1 to {MAX_UDP_PAYLOAD}",
                 self.max_datagram
             );
         }
-        if self.client_queue == 0 {
-            bail!("--client-queue must be at least 1");
+        let queue = self.client_queue.bytes(self.max_datagram);
+        if !(1..=MAX_CLIENT_QUEUE).contains(&queue) {
+            bail_config!(
+                "--client-queue {}: {queue} bytes, expected 1 byte to 1GiB",
+                self.client_queue
+            );
         }
         if self.max_clients == 0 {
-            bail!("--max-clients must be at least 1");
+            bail_config!("--max-clients must be at least 1");
+        }
+        if self.max_handshakes == Some(0) {
+            bail_config!("--max-handshakes must be at least 1");
+        }
+        let stall = self.stall_timeout.as_secs();
+        if !(1..=86_400).contains(&stall) {
+            bail_config!("--stall-timeout {stall} out of range (1 to 86400 s)");
         }
         self.validate_mpx()?;
         self.tls.validate(self.has_tls())?;
@@ -330,20 +236,20 @@ impl Config {
             .chain(&self.udp_outputs)
             .find(|a| a.tls)
         {
-            bail!("{a}: TLS only applies to TCP listeners");
+            bail_config!("{a}: TLS only applies to TCP listeners");
         }
         for out in &self.udp_outputs {
             if out.addr.port() == 0 || out.addr.ip().is_unspecified() {
-                bail!("--udp-output-addr {out}: not a destination address");
+                bail_config!("--udp-output-addr {out}: not a destination address");
             }
             if out.addr == group.addr {
-                bail!(
+                bail_config!(
                     "--udp-output-addr {out} is the group itself: the group's traffic \
                      would be sent back into the group forever"
                 );
             }
             if let Some(input) = self.udp_inputs.iter().find(|i| receives(i.addr, out.addr)) {
-                bail!(
+                bail_config!(
                     "--udp-output-addr {out} would reach --udp-listen-addr {input}: the \
                      group's traffic would be sent back into the group forever"
                 );
@@ -351,7 +257,7 @@ impl Config {
         }
         for input in &self.udp_inputs {
             if receives(input.addr, group.addr) {
-                bail!(
+                bail_config!(
                     "--udp-listen-addr {input} would receive the group's own traffic \
                      (--multicast-addr {group}) and send it back into the group forever; \
                      use another port"
@@ -366,7 +272,7 @@ impl Config {
         )?;
         no_duplicates("--udp-output-addr", &self.udp_outputs, &[])?;
         if !self.socket.sources.is_empty() && !self.has_outputs() {
-            bail!("--source only applies to the outputs' joins of the group, and there are no outputs");
+            bail_config!("--source only applies to the outputs' joins of the group, and there are no outputs");
         }
         if !self.socket.multicast_loop && self.has_inputs() && self.has_outputs() {
             tracing::warn!(
@@ -376,37 +282,47 @@ impl Config {
         Ok(())
     }
 
+    /// TLS handshakes a `tls://` listener runs at once (`--max-handshakes`,
+    /// by default a quarter of `--max-clients`, 8 to 64), never more than
+    /// `--max-clients`
+    pub fn max_handshakes(&self) -> usize {
+        self.max_handshakes
+            .unwrap_or_else(|| default_max_handshakes(self.max_clients))
+            .min(self.max_clients)
+            .max(1)
+    }
+
     /// The mpx part of [`Config::validate`]
-    fn validate_mpx(&self) -> anyhow::Result<()> {
+    fn validate_mpx(&self) -> Result<(), Error> {
         if self.mpx && !self.has_inputs() {
-            bail!(
+            bail_config!(
                 "--mpx frames what the inputs send, and there are no inputs \
                  (outputs take mpx frames anyway, see --accept)"
             );
         }
         if self.mpx && self.max_datagram <= HEADER_LEN {
-            bail!(
+            bail_config!(
                 "--max-datagram {}: with --mpx it must be larger than the \
                  {HEADER_LEN}-byte frame header",
                 self.max_datagram
             );
         }
         if self.udp_output_strip && self.udp_outputs.is_empty() {
-            bail!("--udp-output-strip applies to --udp-output-addr, and there is none");
+            bail_config!("--udp-output-strip applies to --udp-output-addr, and there is none");
         }
         let r = &self.receiver;
         if !(1..=65536).contains(&r.reorder_window) {
-            bail!(
+            bail_config!(
                 "--reorder-window {} out of range (1 to 65536 frames)",
                 r.reorder_window
             );
         }
         let timeout = r.reorder_timeout.as_millis();
         if !(1..=60_000).contains(&timeout) {
-            bail!("--reorder-timeout {timeout} out of range (1 to 60000 ms)");
+            bail_config!("--reorder-timeout {timeout} out of range (1 to 60000 ms)");
         }
         if !(1..=65536).contains(&r.max_streams) {
-            bail!("--max-streams {} out of range (1 to 65536)", r.max_streams);
+            bail_config!("--max-streams {} out of range (1 to 65536)", r.max_streams);
         }
         Ok(())
     }
@@ -429,14 +345,14 @@ fn is_local(ip: IpAddr) -> bool {
     mproxy_common::net::interface_index_of(ip).is_some()
 }
 
-fn no_duplicates(flag: &str, a: &[Addr], b: &[Addr]) -> anyhow::Result<()> {
+fn no_duplicates(flag: &str, a: &[Addr], b: &[Addr]) -> Result<(), Error> {
     let all: Vec<&Addr> = a.iter().chain(b).collect();
     for (i, x) in all.iter().enumerate() {
         if x.addr.port() == 0 {
             continue;
         }
         if let Some(y) = all[i + 1..].iter().find(|y| y.addr == x.addr) {
-            bail!("{flag}: {x} and {y} are the same address");
+            bail_config!("{flag}: {x} and {y} are the same address");
         }
     }
     Ok(())
@@ -447,10 +363,11 @@ mod tests {
     use super::*;
     use clap::Parser as _;
 
-    fn config(args: &[&str]) -> anyhow::Result<Config> {
+    fn config(args: &[&str]) -> Result<Config, Error> {
         let mut argv = vec!["mproxy-reverseproxy"];
         argv.extend_from_slice(args);
-        Config::try_from(Cli::try_parse_from(argv)?)
+        let cli = Cli::try_parse_from(argv).map_err(|e| Error::Config(e.to_string()))?;
+        Config::try_from(cli)
     }
 
     fn err(args: &[&str]) -> String {

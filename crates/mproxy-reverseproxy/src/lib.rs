@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  --udp-listen-addr ─┐                         ┌─ --tcp-output-addr ─┬─ client
-//!  --udp-listen-addr ─┼──▶ --multicast-addr ──▶─┤   (hub + writers)   └─ client
+//!  --udp-listen-addr ─┼──▶ --multicast-addr ──▶─┤  (one event loop)   └─ client
 //!  --tcp-listen-addr ─┘     (one sending        └─ --udp-output-addr ──▶ host:port
 //!                            socket)
 //! ```
@@ -19,21 +19,56 @@
 //! default): without it, outputs on this host would not see this host's
 //! inputs.
 //!
-//! A TCP output serves each client from its own writer thread and bounded
-//! queue (`--client-queue`); a client that does not keep up never delays
-//! the group or the other clients. What happens to it is `--slow-client`:
-//! `drop` (the default) drops datagrams for it only, `disconnect` closes
-//! its connection the moment its queue is full. Either way what it missed
-//! is counted per client ([`stats::ClientStats::drops`]), logged when it
-//! leaves and listed in the summary. The
-//! number of clients per listener is capped (`--max-clients`). Memory is
-//! therefore bounded: payloads are shared between the queues, so at most
-//! `--client-queue` × `--max-clients` datagrams per TCP output are held (6
-//! MB per client queue at the defaults and 1472-byte datagrams, far less
-//! when clients keep up). A client that resets is dropped at once; one
-//! that closes normally is dropped at the next datagram written to it,
-//! because until then it may only have half-closed (`ncat < /dev/null`
-//! does) and still be reading.
+//! ## TCP outputs
+//!
+//! A TCP output is one thread running one event loop (mio) for its socket
+//! on the group, its listener and every client: non-blocking writes, no
+//! thread per client, so the number of threads does not depend on the
+//! number of clients (one per listener or output, plus the main thread).
+//! Every payload is copied once into a log shared by the output's clients
+//! (chunks of 256 KiB); a client is a position in it and is written with
+//! `writev` straight from the chunks, as much as its socket takes per
+//! turn. A client that does not keep up never delays the group or the
+//! other clients: its socket is simply not written until it is writable
+//! again. How far behind it may fall is `--client-queue` (bytes, 8 MiB by
+//! default; a bare number is the old datagram count, times
+//! `--max-datagram`), and what happens beyond is `--slow-client`: `drop`
+//! (the default) skips the oldest datagrams for it only, `disconnect`
+//! closes its connection. Either way what it missed is counted per client
+//! ([`stats::ClientStats::drops`]), logged when it leaves and listed in the
+//! summary. A client that takes no data at all for `--stall-timeout` (60
+//! s) while data waits is closed (counted).
+//!
+//! Memory is bounded in bytes, per output, whatever the clients do: the
+//! log holds what the client furthest behind still needs, at most one
+//! `--client-queue` plus one datagram and two chunks (and up to 1 MiB of
+//! emptied chunks kept for reuse); beyond that a plain client costs about
+//! 1 KiB of state, a TLS client its rustls session plus at most 64 KiB of
+//! records while its socket is full. Freed memory is handed back to the
+//! OS (malloc_trim) once megabytes have been freed, at most once a second.
+//! The kernel's socket buffers come on top.
+//!
+//! ## Slots
+//!
+//! The connections per TCP listener are capped (`--max-clients`, 256), and
+//! on a `tls://` listener so are the handshakes running at once
+//! (`--max-handshakes`, a quarter of `--max-clients`, 8 to 64). A newcomer
+//! that would go over either does not find the door shut while someone
+//! who has made less progress holds a slot: that one is closed instead
+//! (evicted, counted, logged), in this order: the oldest TLS handshake; an
+//! output client whose socket has taken nothing the longest while data
+//! waits; the oldest connection that never took (output) or sent (input)
+//! a byte; the oldest half-closed output client; last, among output
+//! clients that all take data, the one that has taken the fewest bytes.
+//! A TCP output therefore never refuses a newcomer (a reader that has
+//! just connected cannot be told from one that will never read until its
+//! socket buffers fill); a TCP input refuses one (counted as rejected)
+//! only when every connection has sent data. So idle connections,
+//! slowloris handshakes and half-closed clients cannot lock readers out;
+//! on an idle group every reader has taken nothing yet, and slots turn
+//! over first in, first out. A client that resets is dropped at once; one
+//! that half-closes (`ncat < /dev/null` does) stays while it may still
+//! read, until a write fails, it stalls or it is evicted.
 //!
 //! ## TLS
 //!
@@ -45,10 +80,13 @@
 //! of that file's CAs; clients without one are refused. Every file is read
 //! before anything is bound: a missing or malformed one is exit 2 with one
 //! line naming the flag and the file. A handshake never blocks anyone
-//! else: an output client's runs in its own writer thread, an input's in
-//! the input's non-blocking poll loop; one not finished after
-//! `--tls-handshake-timeout` seconds (10) is closed. Failed handshakes are
-//! counted per listener ("TLS failures") and logged rate-limited.
+//! else: every session is driven non-blocking by its listener's event
+//! loop, and whatever rustls has to send (a TLS 1.2 server's
+//! ChangeCipherSpec and Finished too) is written as soon as it has it, data
+//! or not. One not finished after `--tls-handshake-timeout` seconds (10)
+//! is closed, and at most `--max-handshakes` run at once (see Slots).
+//! Failed handshakes are counted per listener ("TLS failures") and logged
+//! rate-limited.
 //!
 //! ## mpx
 //!
@@ -77,13 +115,24 @@
 //! datagram per frame. Every output logs each stream's close with its
 //! counters (bytes, gaps, lost, duplicates) and sums them in the summary.
 //!
+//! Every receive socket (UDP inputs, each output's socket on the group)
+//! asks for a 64 MiB receive buffer unless `--rcvbuf` says otherwise, as
+//! much of it as the kernel grants without complaint (forced with
+//! CAP_NET_ADMIN, else up to `net.core.rmem_max`): an unpaced burst then
+//! waits in the kernel while the thread that receives it waits for a CPU,
+//! instead of overflowing 8 MiB. It costs memory only while datagrams wait.
+//!
 //! Runtime faults (send and receive errors, resets, full queues, truncated
 //! datagrams, kernel receive-queue overflows) are counted in [`Stats`] and
-//! logged at most once per 5 s each, never fatal.
+//! logged at most once per 5 s each, never fatal. What cannot start is an
+//! [`Error`], grouped by fault: bad settings or files, an address this host
+//! cannot bind ([`Error::is_bad_input`], exit 2), or a fault of the OS.
 //!
 //! One thread per listener or output, each waking at least every 100 ms to
 //! notice a shutdown request; [`ReverseProxy::run`] waits for it, stops the
-//! threads and logs one summary line per component.
+//! threads and logs one summary line per component. At start the soft
+//! limit on open files is raised (up to the hard limit) to what the
+//! `--max-clients` of every TCP listener need.
 //!
 //! The default group is `239.255.77.18:9918`, an administratively scoped
 //! IPv4 group (RFC 2365). The original tool used `[ff02::1]:9918`, the IPv6
@@ -106,45 +155,59 @@
 //! # shutdown.trigger();
 //! proxy.run()?;
 //! eprintln!("{:?}", stats.summary_lines());
-//! # Ok::<(), anyhow::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 #![deny(missing_docs)]
+// the only unsafe code: getrlimit, setrlimit and malloc_trim in `os`
+#![deny(unsafe_code)]
 
 mod cli;
 mod config;
+mod error;
 mod input;
+#[allow(unsafe_code)]
+mod os;
 mod output;
 mod poller;
 mod reassembly;
+mod recv;
+mod slots;
 pub mod stats;
 mod tls;
+mod types;
 
+use std::io;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use mproxy_common::cli::Shutdown;
 
 pub use crate::cli::{
     Accept, Cli, DEFAULT_CLIENT_QUEUE, DEFAULT_GROUP, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_DATAGRAM,
+    DEFAULT_STALL_TIMEOUT_SECS,
 };
-pub use crate::config::{Addr, Config, ListenAddr, SlowClient};
+pub use crate::config::{Addr, ClientQueue, Config, ListenAddr, SlowClient, MAX_CLIENT_QUEUE};
+pub use crate::error::Error;
 use crate::input::{GroupTx, TcpInput, UdpInput};
 use crate::output::{TcpOutput, UdpOutput};
 pub use crate::stats::Stats;
 pub use crate::tls::{TlsServerOptions, DEFAULT_HANDSHAKE_TIMEOUT_SECS};
 
 /// The body of one component thread
-type Job = Box<dyn FnOnce() -> anyhow::Result<()> + Send>;
+type Job = Box<dyn FnOnce() -> io::Result<()> + Send>;
+
+/// Descriptors a process needs besides its clients' (sockets, poll
+/// instances, stdio)
+const SPARE_FDS: u64 = 64;
 
 /// A running reverse proxy: every socket bound, one thread per component
 #[derive(Debug)]
 pub struct ReverseProxy {
     shutdown: Shutdown,
     stats: Arc<Stats>,
-    threads: Vec<(String, JoinHandle<anyhow::Result<()>>)>,
+    threads: Vec<(String, JoinHandle<io::Result<()>>)>,
     started: Instant,
 }
 
@@ -156,11 +219,13 @@ impl ReverseProxy {
     /// address. The threads run until `shutdown` is set.
     ///
     /// # Errors
-    /// An invalid [`Config`], a TLS certificate, key or CA file that cannot
-    /// be used (one line naming the flag and the file), or a socket that
-    /// cannot be set up.
-    pub fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+    /// An invalid [`Config`] ([`Error::Config`]), a TLS certificate, key or
+    /// CA file that cannot be used ([`Error::TlsFile`]), a socket that
+    /// cannot be set up ([`Error::Bind`]), all naming the flag; or the OS
+    /// refusing a thread or poll instance ([`Error::Os`]).
+    pub fn start(config: Config, shutdown: Shutdown) -> Result<Self, Error> {
         config.validate()?;
+        raise_nofile(&config);
         // every file is read before anything is bound
         let tls = if config.has_tls() {
             Some(tls::server_config(&config.tls)?)
@@ -210,7 +275,7 @@ impl ReverseProxy {
             let handle = std::thread::Builder::new()
                 .name(thread_name(&name))
                 .spawn(job)
-                .with_context(|| format!("starting a thread for {name}"))?;
+                .map_err(|e| Error::os(format!("starting a thread for {name}"), e))?;
             // on error, dropping `proxy` stops the threads already started
             proxy.threads.push((name, handle));
         }
@@ -242,10 +307,10 @@ impl ReverseProxy {
     /// Returns the final counters.
     ///
     /// # Errors
-    /// A component thread that failed on its own (its poll instance broke,
-    /// which a working kernel never does); the other components are
-    /// stopped first.
-    pub fn run(mut self) -> anyhow::Result<Arc<Stats>> {
+    /// A component thread that failed on its own ([`Error::Component`]: its
+    /// poll instance broke, which a working kernel never does) or panicked
+    /// ([`Error::Panicked`]); the other components are stopped first.
+    pub fn run(mut self) -> Result<Arc<Stats>, Error> {
         while !self.shutdown.is_set() {
             if self.threads.iter().any(|(_, h)| h.is_finished()) {
                 break; // a component gave up: stop the rest
@@ -266,15 +331,15 @@ impl ReverseProxy {
     }
 
     /// Join every thread; the first failure, if any
-    fn join_all(&mut self) -> Option<anyhow::Error> {
+    fn join_all(&mut self) -> Option<Error> {
         let mut failure = None;
-        for (name, handle) in self.threads.drain(..) {
+        for (component, handle) in self.threads.drain(..) {
             let err = match handle.join() {
                 Ok(Ok(())) => continue,
-                Ok(Err(e)) => e.context(name),
-                Err(_) => anyhow::anyhow!("{name}: thread panicked"),
+                Ok(Err(source)) => Error::Component { component, source },
+                Err(_) => Error::Panicked { component },
             };
-            tracing::error!("{err:#}");
+            tracing::error!("{}", one_line(&err));
             failure.get_or_insert(err);
         }
         failure
@@ -288,6 +353,35 @@ impl Drop for ReverseProxy {
             self.shutdown.trigger();
             let _ = self.join_all();
         }
+    }
+}
+
+/// An error and its sources on one line, "a: b: c"
+fn one_line(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        line.push_str(": ");
+        line.push_str(&s.to_string());
+        source = s.source();
+    }
+    line
+}
+
+/// Raise the soft limit on open files to what every TCP listener's
+/// `--max-clients` needs; warn if the hard limit is lower
+fn raise_nofile(config: &Config) {
+    let listeners = (config.tcp_inputs.len() + config.tcp_outputs.len()) as u64;
+    let needed = listeners * config.max_clients as u64 + SPARE_FDS;
+    match os::raise_nofile(needed) {
+        Some(limit) if limit < needed => tracing::warn!(
+            "the limit on open files is {limit}, below the {needed} that --max-clients \
+             {} on {listeners} TCP listeners needs: accepts will fail before that \
+             (raise it with ulimit -n)",
+            config.max_clients
+        ),
+        Some(_) => {}
+        None => tracing::debug!("cannot read the limit on open files"),
     }
 }
 

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use mproxy_common::cli::{parse_args, runtime_error, usage_error, Shutdown};
-use mproxy_reverseproxy::{Cli, Config, ReverseProxy};
+use mproxy_reverseproxy::{Cli, Config, Error, ReverseProxy};
 
 fn main() -> ExitCode {
     let cli: Cli = parse_args();
@@ -22,19 +22,24 @@ fn main() -> ExitCode {
     cli.common.init_tracing();
     let config = match Config::try_from(cli) {
         Ok(c) => c,
-        Err(e) => return usage_error(&e),
+        Err(e) => return exit(e),
     };
     let shutdown = match Shutdown::install() {
         Ok(s) => s,
         Err(e) => return runtime_error(&e.into()),
     };
-    // binding happens here: a port in use or a failed join is a usage error
-    let proxy = match ReverseProxy::start(config, shutdown) {
-        Ok(p) => p,
-        Err(e) => return usage_error(&e),
-    };
-    match proxy.run() {
+    // binding happens here: a port in use or a failed join is bad input
+    match ReverseProxy::start(config, shutdown).and_then(ReverseProxy::run) {
         Ok(_) => ExitCode::SUCCESS,
-        Err(e) => runtime_error(&e),
+        Err(e) => exit(e),
+    }
+}
+
+/// One line on stderr; exit 2 for bad input, 1 for a fault at run time
+fn exit(e: Error) -> ExitCode {
+    if e.is_bad_input() {
+        usage_error(&e.into())
+    } else {
+        runtime_error(&e.into())
     }
 }

@@ -1,32 +1,15 @@
 //! What every component thread shares: a readiness wait that wakes at
-//! least every [`TICK`] to look at the shutdown flag, and UDP draining
+//! least every [`TICK`] to look at the shutdown flag
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use mproxy_common::cli::Shutdown;
-use mproxy_common::net::{RecvBatch, RECV_BUF_LEN};
-use mproxy_common::stats::LogLimiter;
-
-use crate::stats::RecvStats;
 
 /// Longest a thread sleeps before looking at the shutdown flag again
 pub(crate) const TICK: Duration = Duration::from_millis(100);
-
-/// Datagrams received per wake-up before other work gets a turn
-pub(crate) const BUDGET: usize = 256;
-/// Datagrams received per system call (recvmmsg)
-pub(crate) const RECV_BATCH: usize = 32;
-
-/// A receive batch for [`drain_udp`]: [`RECV_BATCH`] slots of the largest
-/// datagram
-pub(crate) fn recv_batch() -> RecvBatch {
-    RecvBatch::new(RECV_BATCH, RECV_BUF_LEN)
-}
 
 /// Watch `fd` for readability (edge-triggered: drain to `WouldBlock`)
 pub(crate) fn register(poll: &Poll, fd: RawFd, token: Token) -> io::Result<()> {
@@ -62,90 +45,4 @@ pub(crate) fn wait(poll: &mut Poll, events: &mut Events, timeout: Duration) -> i
         }
         Err(e) => Err(e),
     }
-}
-
-/// Logs of one receive socket, each rate-limited on its own
-#[derive(Debug, Default)]
-pub(crate) struct RecvLogs {
-    truncated: LogLimiter,
-    kernel_drops: LogLimiter,
-    errors: LogLimiter,
-}
-
-/// Receive up to [`BUDGET`] datagrams waiting on `sock`, counting
-/// everything into `stats`; `f` gets the sender and each non-empty,
-/// complete payload
-///
-/// Returns true if the budget ran out before the socket was empty (call
-/// again without waiting). Truncated and empty datagrams are counted and
-/// dropped; a receive error is counted, logged (rate-limited) and ends
-/// this round, so a persistent error costs one attempt per wake-up.
-pub(crate) fn drain_udp(
-    sock: &UdpSocket,
-    batch: &mut RecvBatch,
-    stats: &RecvStats,
-    logs: &RecvLogs,
-    shutdown: &Shutdown,
-    mut f: impl FnMut(SocketAddr, &[u8]),
-) -> bool {
-    let mut taken = 0;
-    while taken < BUDGET {
-        if shutdown.is_set() {
-            return false;
-        }
-        let n = match batch.recv(sock) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                stats.errors.inc();
-                if let Some(suppressed) = logs.errors.allow() {
-                    tracing::warn!(suppressed, "receive failed: {e}");
-                }
-                return false;
-            }
-        };
-        taken += n.max(1);
-        for i in 0..n {
-            let Some((data, meta)) = batch.get(i) else {
-                continue;
-            };
-            stats.datagrams.inc();
-            stats.bytes.add(meta.wire_len as u64);
-            if let Some(drops) = meta.kernel_drops.map(u64::from) {
-                if drops > stats.kernel_drops.get() {
-                    stats.kernel_drops.max(drops);
-                    if let Some(suppressed) = logs.kernel_drops.allow() {
-                        tracing::warn!(
-                            suppressed,
-                            "the kernel dropped {drops} datagrams so far (receive queue full; \
-                             a larger --rcvbuf may help)"
-                        );
-                    }
-                }
-            }
-            if meta.truncated() {
-                stats.truncated.inc();
-                if let Some(suppressed) = logs.truncated.allow() {
-                    tracing::warn!(
-                        from = %meta.from,
-                        suppressed,
-                        "dropped a datagram of {} bytes: larger than the {}-byte receive buffer",
-                        meta.wire_len,
-                        meta.len
-                    );
-                }
-                continue;
-            }
-            if meta.len == 0 {
-                stats.empty.inc();
-                continue;
-            }
-            f(meta.from, data);
-        }
-        if batch.messages() < RECV_BATCH {
-            return false;
-        }
-    }
-    true
 }

@@ -121,8 +121,13 @@ pub struct TcpInputStats {
     pub local: SocketAddr,
     /// Connections accepted and read from
     pub accepted: Counter,
-    /// Connections closed at once because of `--max-clients`
+    /// Connections closed at once because of `--max-clients` (every
+    /// connection had sent data)
     pub rejected: Counter,
+    /// Connections closed to make room for a newcomer: TLS handshakes
+    /// (`--max-handshakes`, `--max-clients`) and connections that never
+    /// sent a byte (`--max-clients`)
+    pub evicted: Counter,
     /// Connections that ended (EOF, reset or read error)
     pub closed: Counter,
     /// Bytes read from connections
@@ -155,6 +160,7 @@ impl TcpInputStats {
             local,
             accepted: Counter::default(),
             rejected: Counter::default(),
+            evicted: Counter::default(),
             closed: Counter::default(),
             bytes_in: Counter::default(),
             datagrams: Counter::default(),
@@ -180,7 +186,7 @@ impl TcpInputStats {
         };
         format!(
             "tcp input {}: {} connections ({} rejected), {} read, {} datagrams ({}) to the group; \
-             {} split lines, {} read errors, {} send errors, {} accept errors, \
+             {} split lines, {} read errors, {} send errors, {} accept errors, {} evicted, \
              {} TLS failures{mpx}",
             self.spec,
             self.accepted.get(),
@@ -192,6 +198,7 @@ impl TcpInputStats {
             self.read_errors.get(),
             self.send_errors.get(),
             self.accept_errors.get(),
+            self.evicted.get(),
             self.tls_failures.get()
         )
     }
@@ -207,7 +214,8 @@ pub struct ClientStats {
     pub since: Instant,
     /// Datagrams written to it
     pub datagrams: Counter,
-    /// Payload bytes written to it
+    /// Payload bytes written to it (for a TLS client: handed to its
+    /// session, to be encrypted and written)
     pub bytes: Counter,
     /// Datagrams it missed: its queue was full, or they were still queued
     /// or half-written when the client went away, was disconnected
@@ -258,8 +266,14 @@ pub struct TcpOutputStats {
     pub recv: RecvStats,
     /// Clients accepted
     pub accepted: Counter,
-    /// Clients closed at once because of `--max-clients`
+    /// Clients closed at once because of `--max-clients` (every client was
+    /// taking data)
     pub rejected: Counter,
+    /// Clients closed to make room for a newcomer (`--max-clients`,
+    /// `--max-handshakes`): the one that had made the least progress
+    pub evicted: Counter,
+    /// Clients closed because they took no data for `--stall-timeout`
+    pub stalled: Counter,
     /// Failed accepts
     pub accept_errors: Counter,
     /// `tls://` output: clients whose TLS handshake failed or timed out
@@ -283,6 +297,8 @@ impl TcpOutputStats {
             recv: RecvStats::default(),
             accepted: Counter::default(),
             rejected: Counter::default(),
+            evicted: Counter::default(),
+            stalled: Counter::default(),
             accept_errors: Counter::default(),
             tls_failures: Counter::default(),
             slow_disconnects: Counter::default(),
@@ -342,16 +358,19 @@ impl TcpOutputStats {
     fn summary(&self) -> String {
         format!(
             "tcp output {}: {} datagrams ({}) from the group, {} clients ({} rejected, \
-             {} accept errors, {} TLS failures, {} disconnected as slow), {} datagrams ({}) \
-             written, {} dropped for slow or departed clients; {}{}",
+             {} evicted, {} accept errors, {} TLS failures, {} disconnected as slow, \
+             {} closed as stalled), {} datagrams ({}) written, {} dropped for slow or \
+             departed clients; {}{}",
             self.spec,
             self.recv.datagrams.get(),
             human_bytes(self.recv.bytes.get()),
             self.accepted.get(),
             self.rejected.get(),
+            self.evicted.get(),
             self.accept_errors.get(),
             self.tls_failures.get(),
             self.slow_disconnects.get(),
+            self.stalled.get(),
             self.datagrams(),
             human_bytes(self.bytes()),
             self.drops(),

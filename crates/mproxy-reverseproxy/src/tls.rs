@@ -6,13 +6,12 @@
 //! a certificate issued by one of that file's CAs (mutual TLS).
 //!
 //! rustls is sans-IO: a [`rustls::ServerConnection`] only turns bytes into
-//! bytes. A TCP output's client is driven by its own writer thread over a
-//! blocking socket with 100 ms timeouts, so its handshake never holds up
-//! the hub or the other clients; a TCP input's connections are driven
-//! non-blocking by the input's poll loop. Either way a handshake that has
-//! not finished after `--tls-handshake-timeout` seconds ends the
-//! connection. The crypto provider is always *ring*, passed explicitly, as
-//! in `mproxy-proxy`.
+//! bytes. Every TLS connection, input or output, is driven non-blocking by
+//! its listener's event loop, so a slow handshake never holds up anyone
+//! else. A handshake that has not finished after `--tls-handshake-timeout`
+//! seconds ends the connection, and at most `--max-handshakes` run at once
+//! per listener (a newcomer evicts the oldest). The crypto provider is
+//! always *ring*, passed explicitly, as in `mproxy-proxy`.
 //!
 //! Every file is read and checked at start-up: a missing or malformed
 //! file is bad input (exit 2, one line naming the flag and the file).
@@ -25,10 +24,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail};
 use mproxy_common::tls::{load_certs, load_key, provider};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
+
+use crate::error::{bail_config, Error};
 
 /// Default `--tls-handshake-timeout`, in seconds
 pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
@@ -79,15 +79,15 @@ impl TlsServerOptions {
     /// # Errors
     /// A `tls://` listener without `--tls-cert` and `--tls-key`, TLS flags
     /// without a `tls://` listener, a handshake timeout out of range.
-    pub(crate) fn validate(&self, any_tls: bool) -> anyhow::Result<()> {
+    pub(crate) fn validate(&self, any_tls: bool) -> Result<(), Error> {
         let secs = self.handshake_timeout.as_secs();
         if !(1..=3600).contains(&secs) {
-            bail!("--tls-handshake-timeout {secs} out of range (1 to 3600 s)");
+            bail_config!("--tls-handshake-timeout {secs} out of range (1 to 3600 s)");
         }
         if !any_tls {
             let set = self.flags_set();
             if !set.is_empty() {
-                bail!(
+                bail_config!(
                     "{} only applies to TLS listeners: give --tcp-output-addr tls://HOST:PORT \
                      or --tcp-listen-addr tls://HOST:PORT",
                     set.join(", ")
@@ -97,9 +97,9 @@ impl TlsServerOptions {
         }
         match (&self.cert, &self.key) {
             (Some(_), Some(_)) => Ok(()),
-            (Some(_), None) => bail!("--tls-cert needs --tls-key"),
-            (None, Some(_)) => bail!("--tls-key needs --tls-cert"),
-            (None, None) => bail!("a tls:// listener needs --tls-cert and --tls-key"),
+            (Some(_), None) => bail_config!("--tls-cert needs --tls-key"),
+            (None, Some(_)) => bail_config!("--tls-key needs --tls-cert"),
+            (None, None) => bail_config!("a tls:// listener needs --tls-cert and --tls-key"),
         }
     }
 }
@@ -110,42 +110,44 @@ impl TlsServerOptions {
 /// One line naming the flag and file: unreadable, not PEM, no certificate
 /// or key in it, a CA certificate rustls cannot use, a key that does not
 /// match the certificate.
-pub(crate) fn server_config(opts: &TlsServerOptions) -> anyhow::Result<Arc<ServerConfig>> {
+pub(crate) fn server_config(opts: &TlsServerOptions) -> Result<Arc<ServerConfig>, Error> {
     opts.validate(true)?;
     let (Some(cert), Some(key)) = (&opts.cert, &opts.key) else {
-        bail!("a tls:// listener needs --tls-cert and --tls-key");
+        bail_config!("a tls:// listener needs --tls-cert and --tls-key");
     };
+    let file = |e: &dyn std::fmt::Display| Error::TlsFile(e.to_string());
     let provider = provider();
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| anyhow!("TLS set-up: {e}"))?;
+        .map_err(|e| Error::Config(format!("TLS set-up: {e}")))?;
     let builder = match &opts.client_ca {
         None => builder.with_no_client_auth(),
         Some(path) => {
             let mut roots = RootCertStore::empty();
-            for (i, c) in load_certs(path, "--tls-client-ca")?.into_iter().enumerate() {
+            let certs = load_certs(path, "--tls-client-ca").map_err(|e| file(&e))?;
+            for (i, c) in certs.into_iter().enumerate() {
                 roots.add(c).map_err(|e| {
-                    anyhow!(
+                    Error::TlsFile(format!(
                         "--tls-client-ca {}: certificate {} is not usable as a CA: {e}",
                         path.display(),
                         i + 1
-                    )
+                    ))
                 })?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .map_err(|e| anyhow!("--tls-client-ca {}: {e}", path.display()))?;
+                .map_err(|e| Error::TlsFile(format!("--tls-client-ca {}: {e}", path.display())))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let chain = load_certs(cert, "--tls-cert")?;
-    let key_der = load_key(key, "--tls-key")?;
+    let chain = load_certs(cert, "--tls-cert").map_err(|e| file(&e))?;
+    let key_der = load_key(key, "--tls-key").map_err(|e| file(&e))?;
     let config = builder.with_single_cert(chain, key_der).map_err(|e| {
-        anyhow!(
+        Error::TlsFile(format!(
             "--tls-key {} does not fit --tls-cert {}: {e}",
             key.display(),
             cert.display()
-        )
+        ))
     })?;
     Ok(Arc::new(config))
 }

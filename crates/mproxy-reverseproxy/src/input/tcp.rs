@@ -1,423 +1,37 @@
-//! Inputs: UDP sockets and TCP listeners whose data goes to the group
-//!
-//! With `--mpx` every TCP connection, and the raw datagrams of every UDP
-//! listener, is one mpx stream of this process's [`Session`]: its bytes go
-//! out as sequenced frames, an idle stream sends a heartbeat every second,
-//! and a connection that ends sends FIN and then its closing heartbeats
-//! (about 150 ms, at most [`CLOSING_LIMIT`]) although the socket is gone.
+//! TCP (and TLS) inputs: one thread accepts connections and reads them
+//! all, and sends what they carry to the group
 //!
 //! A `tls://` TCP input drives each connection's rustls session in the
-//! same non-blocking poll loop (read records, decrypt, write handshake
-//! records when the socket takes them): a slow or silent handshake never
-//! blocks the other connections, and one not finished after
-//! `--tls-handshake-timeout` is closed and counted.
+//! same non-blocking loop (read records, decrypt, write handshake records
+//! whenever the session has any): a slow or silent handshake never blocks
+//! the other connections. A handshake not finished after
+//! `--tls-handshake-timeout` is closed and counted; when `--max-handshakes`
+//! run at once, or `--max-clients` connections are open, a newcomer
+//! evicts the oldest handshake, then the oldest connection that never
+//! sent a byte ([`crate::slots`]); connections that send are never evicted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{self, Read as _};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd as _;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context as _};
 use mio::{Events, Poll, Token};
 use mproxy_common::cli::Shutdown;
-use mproxy_common::io::Tee;
-use mproxy_common::mpx::{new_session_id, Encoder};
-use mproxy_common::net::{bind_batch_receiver, DatagramBatch};
+use mproxy_common::mpx::Encoder;
+use mproxy_common::net::DatagramBatch;
 use mproxy_common::pack::Framing;
 use mproxy_common::stats::LogLimiter;
-use mproxy_common::wire::{classify, Datagram, Frame, FrameType, HEADER_LEN};
-use mproxy_common::{Fanout, SocketOptions};
 use rustls::{ServerConfig, ServerConnection};
 
+use super::{linger, GroupTx, StreamLease, CLOSING_LIMIT, HEARTBEAT};
 use crate::config::{Addr, Config};
-use crate::poller::{drain_udp, register, register_rw, timeout_until, wait, RecvLogs};
-use crate::stats::{TcpInputStats, UdpInputStats};
+use crate::error::Error;
+use crate::poller::{register, register_rw, timeout_until, wait};
+use crate::slots::{self, Class, Standing};
+use crate::stats::TcpInputStats;
 use crate::tls;
-
-/// Heartbeat interval of an idle mpx stream
-const HEARTBEAT: Duration = Duration::from_secs(1);
-/// Longest an ended mpx stream may take to send its closing heartbeats
-/// (the sender spaces its three closing heartbeats 50 ms apart)
-const CLOSING_LIMIT: Duration = Duration::from_millis(500);
-
-/// The mpx session of this process: its random id, and the stream ids in use
-#[derive(Debug)]
-pub(crate) struct Session {
-    id: u64,
-    ids: Mutex<StreamIds>,
-}
-
-#[derive(Debug)]
-struct StreamIds {
-    /// Next candidate: ids increase from 1 and wrap past `u32::MAX` to 1
-    next: u32,
-    /// Ids of streams not yet finished (closing heartbeats included)
-    live: HashSet<u32>,
-}
-
-impl Session {
-    fn new(id: u64) -> Self {
-        Self {
-            id,
-            ids: Mutex::new(StreamIds {
-                next: 1,
-                live: HashSet::new(),
-            }),
-        }
-    }
-
-    /// A stream id that no live stream of the session uses; `None` only if
-    /// all 2^32 - 1 are live
-    pub(crate) fn lease(self: &Arc<Self>) -> Option<StreamLease> {
-        let mut ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
-        // among live + 1 consecutive candidates at least one is free
-        for _ in 0..=ids.live.len() {
-            let id = ids.next;
-            ids.next = ids.next.wrapping_add(1).max(1);
-            if ids.live.insert(id) {
-                return Some(StreamLease {
-                    session: Arc::clone(self),
-                    id,
-                });
-            }
-        }
-        None
-    }
-}
-
-/// A stream id in use; given back when dropped
-#[derive(Debug)]
-pub(crate) struct StreamLease {
-    session: Arc<Session>,
-    id: u32,
-}
-
-impl StreamLease {
-    /// `(session, stream)` for [`Encoder::new`]
-    fn key(&self) -> (u64, u32) {
-        (self.session.id, self.id)
-    }
-}
-
-impl Drop for StreamLease {
-    fn drop(&mut self) {
-        self.session
-            .ids
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .live
-            .remove(&self.id);
-    }
-}
-
-/// The group as the inputs see it: one sending socket shared by all input
-/// threads, plus the `--tee` copy and, with `--mpx`, the session
-#[derive(Debug)]
-pub(crate) struct GroupTx {
-    fanout: Fanout,
-    tee: Tee,
-    session: Option<Arc<Session>>,
-}
-
-impl GroupTx {
-    /// Open the sending socket (multicast TTL, loopback and interface from
-    /// `config.socket`); with `config.mpx`, start a session
-    pub(crate) fn open(config: &Config) -> anyhow::Result<Self> {
-        let fanout = Fanout::new(std::slice::from_ref(&config.group.spec), &config.socket)
-            .with_context(|| {
-                format!(
-                    "opening the sending socket for --multicast-addr {}",
-                    config.group
-                )
-            })?;
-        let session = config.mpx.then(|| Arc::new(Session::new(new_session_id())));
-        if let Some(s) = &session {
-            tracing::info!(
-                session = format_args!("{:016x}", s.id),
-                "mpx framing of the inputs on"
-            );
-        }
-        Ok(Self {
-            fanout,
-            tee: Tee::new(config.tee),
-            session,
-        })
-    }
-
-    /// A fresh stream id, with `--mpx`
-    fn lease(&self) -> Option<anyhow::Result<StreamLease>> {
-        let session = self.session.as_ref()?;
-        Some(
-            session
-                .lease()
-                .ok_or_else(|| anyhow!("every mpx stream id is in use")),
-        )
-    }
-
-    /// Send one datagram to the group (and to stdout with `--tee`: with
-    /// `--mpx` only the payloads of DATA frames); false if the send failed
-    /// (counted and logged by the fan-out)
-    fn send(&self, datagram: &[u8]) -> bool {
-        if datagram.is_empty() {
-            // nothing to send, and an empty datagram would only wake receivers
-            return true;
-        }
-        if self.tee.enabled() {
-            if self.session.is_none() {
-                self.tee.write(datagram);
-            } else if let Some(payload) = data_payload(datagram) {
-                self.tee.write(payload);
-            }
-        }
-        self.fanout.send(datagram) == 1
-    }
-
-    /// Send the datagrams of `batch` (none empty) to the group with as few
-    /// system calls as the kernel takes (sendmmsg), and to stdout with
-    /// `--tee` as [`GroupTx::send`] does; how many were sent
-    fn send_many(&self, batch: &DatagramBatch) -> usize {
-        let frames = batch.frames();
-        if self.tee.enabled() {
-            for d in &frames {
-                if self.session.is_none() {
-                    self.tee.write(d);
-                } else if let Some(payload) = data_payload(d) {
-                    self.tee.write(payload);
-                }
-            }
-        }
-        self.fanout.send_many(&frames)
-    }
-}
-
-/// The payload of a DATA frame (not checksummed: only our own frames and
-/// frames forwarded anyway get here)
-fn data_payload(datagram: &[u8]) -> Option<&[u8]> {
-    let frame = Frame::new_checked(datagram).ok()?;
-    (frame.frame_type() == FrameType::Data && datagram.len() > HEADER_LEN)
-        .then(|| &datagram[HEADER_LEN..])
-}
-
-/// Send the closing heartbeats of ended streams, for at most [`CLOSING_LIMIT`]
-fn linger(encoders: &mut [&mut Encoder], mut emit: impl FnMut(&[u8])) {
-    let until = Instant::now() + CLOSING_LIMIT;
-    while let Some(at) = encoders.iter().filter_map(|e| e.poll_timeout()).min() {
-        if at > until {
-            break;
-        }
-        std::thread::sleep(at.saturating_duration_since(Instant::now()));
-        let now = Instant::now();
-        for e in encoders.iter_mut() {
-            e.handle_timeout(now, &mut emit);
-        }
-    }
-}
-
-/// The mpx stream of a UDP input's raw datagrams
-#[derive(Debug)]
-struct UdpStream {
-    encoder: Encoder,
-    lease: StreamLease,
-}
-
-/// One `--udp-listen-addr`: every datagram received goes to the group
-/// (with `--mpx`, raw ones framed as the listener's stream)
-#[derive(Debug)]
-pub(crate) struct UdpInput {
-    sock: UdpSocket,
-    poll: Poll,
-    group: Arc<GroupTx>,
-    stats: Arc<UdpInputStats>,
-    stream: Option<UdpStream>,
-    shutdown: Shutdown,
-}
-
-impl UdpInput {
-    /// Bind (and join, for a multicast address) the socket
-    pub(crate) fn bind(
-        addr: &Addr,
-        config: &Config,
-        group: Arc<GroupTx>,
-        shutdown: Shutdown,
-    ) -> anyhow::Result<Self> {
-        let context = || format!("binding --udp-listen-addr {addr}");
-        // --source belongs to the group's joins, not to the inputs
-        let opts = SocketOptions {
-            sources: Vec::new(),
-            ..config.socket.clone()
-        };
-        let (sock, _gro) = bind_batch_receiver(addr.addr, &opts)
-            .map_err(anyhow::Error::from)
-            .with_context(context)?;
-        let local = sock.local_addr().with_context(context)?;
-        let poll = Poll::new().context("creating a poll instance")?;
-        register(&poll, sock.as_raw_fd(), Token(0)).with_context(context)?;
-        let stream = group
-            .lease()
-            .transpose()
-            .with_context(|| format!("--udp-listen-addr {addr}"))?
-            .map(|lease| {
-                tracing::info!(
-                    stream = lease.id,
-                    "--udp-listen-addr {addr}: raw datagrams framed as mpx stream"
-                );
-                UdpStream {
-                    // one raw datagram per frame whenever it fits
-                    encoder: Encoder::new(
-                        Some(lease.key()),
-                        Framing::Bytes,
-                        config.max_datagram,
-                        HEARTBEAT,
-                    ),
-                    lease,
-                }
-            });
-        let stream_id = stream.as_ref().map(|s| s.lease.id);
-        Ok(Self {
-            sock,
-            poll,
-            group,
-            stats: Arc::new(UdpInputStats::new(addr.to_string(), local, stream_id)),
-            stream,
-            shutdown,
-        })
-    }
-
-    /// Its counters
-    pub(crate) fn stats(&self) -> &Arc<UdpInputStats> {
-        &self.stats
-    }
-
-    /// Forward datagrams until shutdown
-    pub(crate) fn run(mut self) -> anyhow::Result<()> {
-        let _span = tracing::info_span!("udp-input", listen = %self.stats.spec).entered();
-        tracing::debug!(local = %self.stats.local, "listening");
-        let mut events = Events::with_capacity(8);
-        let mut batch = crate::poller::recv_batch();
-        let logs = RecvLogs::default();
-        let mut out = Outgoing::default();
-        let mut more = false;
-        while !self.shutdown.is_set() {
-            let timeout = if more {
-                Duration::ZERO
-            } else {
-                timeout_until(self.stream.as_ref().and_then(|s| s.encoder.poll_timeout()))
-            };
-            wait(&mut self.poll, &mut events, timeout).context("waiting for datagrams")?;
-            let (group, stats) = (&self.group, &self.stats);
-            let mut stream = self.stream.as_mut();
-            more = drain_udp(
-                &self.sock,
-                &mut batch,
-                &stats.recv,
-                &logs,
-                &self.shutdown,
-                |_, d| match stream.as_deref_mut() {
-                    // frames (valid or not) pass untouched; only raw payloads are framed
-                    Some(s) if matches!(classify(d), Datagram::Raw(_)) => {
-                        stats.framed.inc();
-                        let mut frames = 0u32;
-                        s.encoder.push(Instant::now(), d, |f| {
-                            frames += 1;
-                            out.push(group, stats, f);
-                        });
-                        if frames > 1 {
-                            stats.split.inc();
-                        }
-                    }
-                    Some(_) => {
-                        stats.passed.inc();
-                        out.push(group, stats, d);
-                    }
-                    None => out.push(group, stats, d),
-                },
-            );
-            if let Some(s) = self.stream.as_mut() {
-                s.encoder.handle_timeout(Instant::now(), |f| {
-                    stats.heartbeats.inc();
-                    out.push(group, stats, f);
-                });
-            }
-            out.flush(group, stats);
-        }
-        // end the stream, if it ever started: FIN, then the closing heartbeats
-        let (group, stats) = (&self.group, &self.stats);
-        if let Some(s) = self.stream.as_mut() {
-            if stats.framed.get() > 0 {
-                s.encoder
-                    .finish(Instant::now(), |f| udp_send(group, stats, f));
-                linger(&mut [&mut s.encoder], |f| {
-                    stats.heartbeats.inc();
-                    udp_send(group, stats, f);
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Most datagrams a UDP input sends to the group with one system call
-const SEND_BATCH: usize = 64;
-/// Most bytes it holds before sending them
-const SEND_BATCH_BYTES: usize = 256 * 1024;
-
-/// Datagrams of a UDP input on their way to the group, sent together
-/// (sendmmsg) at the end of each turn or once [`SEND_BATCH`] datagrams
-/// ([`SEND_BATCH_BYTES`]) are waiting, in the order they were pushed
-#[derive(Debug, Default)]
-struct Outgoing {
-    batch: DatagramBatch,
-    bytes: usize,
-}
-
-impl Outgoing {
-    /// Queue `d` for the group; send the batch once it is full
-    fn push(&mut self, group: &GroupTx, stats: &UdpInputStats, d: &[u8]) {
-        if d.is_empty() {
-            // nothing to send (see GroupTx::send)
-            stats.datagrams.inc();
-            return;
-        }
-        self.batch.push(d);
-        self.bytes += d.len();
-        if self.batch.len() >= SEND_BATCH || self.bytes >= SEND_BATCH_BYTES {
-            self.flush(group, stats);
-        }
-    }
-
-    /// Send what is waiting, counting it: datagrams and send errors
-    /// exactly; when some of a batch failed, the bytes of those are taken
-    /// as the batch's mean size (the fan-out counts each failure and logs
-    /// it, rate-limited)
-    fn flush(&mut self, group: &GroupTx, stats: &UdpInputStats) {
-        let n = self.batch.len();
-        if n == 0 {
-            return;
-        }
-        let sent = group.send_many(&self.batch).min(n);
-        stats.datagrams.add(sent as u64);
-        let bytes = if sent == n {
-            self.bytes
-        } else {
-            stats.send_errors.add((n - sent) as u64);
-            self.bytes / n * sent
-        };
-        stats.bytes.add(bytes as u64);
-        self.batch.clear();
-        self.bytes = 0;
-    }
-}
-
-fn udp_send(group: &GroupTx, stats: &UdpInputStats, d: &[u8]) {
-    if group.send(d) {
-        stats.datagrams.inc();
-        stats.bytes.add(d.len() as u64);
-    } else {
-        stats.send_errors.inc();
-    }
-}
 
 /// Reads per connection per turn, so one busy connection cannot starve the others
 const READS_PER_TURN: usize = 16;
@@ -457,7 +71,27 @@ enum End {
     Error(io::Error),
     /// The TLS handshake failed or timed out, or a record was invalid
     Tls(String),
+    /// Closed to make room for a newcomer (why it was chosen)
+    Evicted(String),
     Shutdown,
+}
+
+impl Conn {
+    fn handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
+    }
+
+    /// Where it stands for the slot policy: only handshakes and
+    /// connections that never sent a byte may be evicted
+    fn standing(&self) -> Standing {
+        if self.handshaking() {
+            Standing::new(Class::Handshaking, self.opened)
+        } else if self.bytes_in == 0 {
+            Standing::new(Class::Unproven, self.opened)
+        } else {
+            Standing::healthy(self.opened, self.bytes_in)
+        }
+    }
 }
 
 /// One `--tcp-listen-addr`: a single thread accepts connections and reads
@@ -471,6 +105,7 @@ pub(crate) struct TcpInput {
     framing: Framing,
     max_datagram: usize,
     max_clients: usize,
+    max_handshakes: usize,
     /// `Some` for a `tls://` input
     tls: Option<Arc<ServerConfig>>,
     handshake_timeout: Duration,
@@ -488,13 +123,15 @@ impl TcpInput {
         tls: Option<Arc<ServerConfig>>,
         group: Arc<GroupTx>,
         shutdown: Shutdown,
-    ) -> anyhow::Result<Self> {
-        let context = || format!("binding --tcp-listen-addr {addr}");
-        let listener = TcpListener::bind(addr.addr).with_context(context)?;
-        listener.set_nonblocking(true).with_context(context)?;
-        let local = listener.local_addr().with_context(context)?;
-        let poll = Poll::new().context("creating a poll instance")?;
-        register(&poll, listener.as_raw_fd(), LISTENER).with_context(context)?;
+    ) -> Result<Self, Error> {
+        let what = || format!("binding --tcp-listen-addr {addr}");
+        let listener = TcpListener::bind(addr.addr).map_err(|e| Error::bind(what(), e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::bind(what(), e))?;
+        let local = listener.local_addr().map_err(|e| Error::bind(what(), e))?;
+        let poll = Poll::new().map_err(|e| Error::os("creating a poll instance", e))?;
+        register(&poll, listener.as_raw_fd(), LISTENER).map_err(|e| Error::bind(what(), e))?;
         Ok(Self {
             listener,
             poll,
@@ -503,6 +140,7 @@ impl TcpInput {
             framing: config.framing,
             max_datagram: config.max_datagram,
             max_clients: config.max_clients,
+            max_handshakes: config.max_handshakes(),
             tls,
             handshake_timeout: config.tls.handshake_timeout,
             shutdown,
@@ -518,7 +156,10 @@ impl TcpInput {
     }
 
     /// Accept and read connections until shutdown
-    pub(crate) fn run(mut self) -> anyhow::Result<()> {
+    ///
+    /// # Errors
+    /// The poll instance failed (a working kernel never does that).
+    pub(crate) fn run(mut self) -> Result<(), io::Error> {
         let _span = tracing::info_span!("tcp-input", listen = %self.stats.spec).entered();
         tracing::debug!(local = %self.stats.local, "listening");
         let mut events = Events::with_capacity(64);
@@ -537,7 +178,7 @@ impl TcpInput {
                 let timers = timers.chain(closing.iter().map(|c| &c.encoder));
                 timeout_until(timers.filter_map(Encoder::poll_timeout).min())
             };
-            wait(&mut self.poll, &mut events, timeout).context("waiting for connections")?;
+            wait(&mut self.poll, &mut events, timeout)?;
             for ev in events.iter() {
                 if let Some(c) = conns.get_mut(&ev.token()) {
                     c.readable = true;
@@ -545,9 +186,9 @@ impl TcpInput {
             }
             // every wake-up, not only on events: a backlog left by a failed
             // accept (EMFILE) is retried at the next tick
-            self.accept_all(&mut conns, &mut next_token);
-            let mut ended = Vec::new();
             let now = Instant::now();
+            self.accept_all(&mut conns, &mut closing, &mut next_token, now);
+            let mut ended = Vec::new();
             for (token, conn) in conns.iter_mut() {
                 let end = if conn.readable {
                     self.read_some(conn, &mut buf, &mut out)
@@ -594,7 +235,13 @@ impl TcpInput {
         send(&self.group, &self.stats, &mut sent, d);
     }
 
-    fn accept_all(&self, conns: &mut HashMap<Token, Conn>, next_token: &mut usize) {
+    fn accept_all(
+        &self,
+        conns: &mut HashMap<Token, Conn>,
+        closing: &mut Vec<Closing>,
+        next_token: &mut usize,
+        now: Instant,
+    ) {
         loop {
             let (stream, peer) = match self.listener.accept() {
                 Ok(accepted) => accepted,
@@ -615,12 +262,13 @@ impl TcpInput {
                     return;
                 }
             };
-            if conns.len() >= self.max_clients {
+            if !self.make_room(conns, closing, now) {
                 self.stats.rejected.inc();
                 if let Some(suppressed) = self.log_reject.allow() {
                     tracing::warn!(
                         suppressed,
-                        "closed connection from {peer}: already {} connections (--max-clients)",
+                        "closed connection from {peer}: already {} connections \
+                         (--max-clients), every one of them has sent data",
                         conns.len()
                     );
                 }
@@ -631,7 +279,7 @@ impl TcpInput {
                 Err(e) => {
                     self.stats.rejected.inc();
                     if let Some(suppressed) = self.log_reject.allow() {
-                        tracing::warn!(suppressed, "closed connection from {peer}: {e:#}");
+                        tracing::warn!(suppressed, "closed connection from {peer}: {e}");
                     }
                     continue;
                 }
@@ -699,10 +347,54 @@ impl TcpInput {
         }
     }
 
+    /// Make room for one more connection if the limits are reached, by
+    /// evicting the oldest handshake, then the oldest connection that never
+    /// sent a byte; false if every connection has sent data
+    fn make_room(
+        &self,
+        conns: &mut HashMap<Token, Conn>,
+        closing: &mut Vec<Closing>,
+        now: Instant,
+    ) -> bool {
+        let standings = |conns: &HashMap<Token, Conn>| -> Vec<(Token, Standing)> {
+            conns.iter().map(|(t, c)| (*t, c.standing())).collect()
+        };
+        if self.tls.is_some() {
+            let handshakes = conns.values().filter(|c| c.handshaking()).count();
+            if handshakes >= self.max_handshakes {
+                if let Some((token, s)) = slots::oldest_handshake(standings(conns)) {
+                    self.evict(conns, closing, token, s, now);
+                }
+            }
+        }
+        if conns.len() < self.max_clients {
+            return true;
+        }
+        match slots::victim(standings(conns), true) {
+            Some((token, s)) => {
+                self.evict(conns, closing, token, s, now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn evict(
+        &self,
+        conns: &mut HashMap<Token, Conn>,
+        closing: &mut Vec<Closing>,
+        token: Token,
+        s: Standing,
+        now: Instant,
+    ) {
+        if let Some(conn) = conns.remove(&token) {
+            closing.extend(self.close(conn, End::Evicted(s.describe(now))));
+        }
+    }
+
     /// A TLS connection still handshaking after `--tls-handshake-timeout`
     fn handshake_overdue(&self, conn: &Conn, now: Instant) -> Option<End> {
-        let handshaking = conn.tls.as_ref().is_some_and(|t| t.is_handshaking());
-        (handshaking && now.saturating_duration_since(conn.opened) >= self.handshake_timeout).then(
+        (conn.handshaking() && slots::overdue(conn.opened, now, self.handshake_timeout)).then(
             || {
                 End::Tls(format!(
                     "TLS handshake not finished after {} s (--tls-handshake-timeout)",
@@ -826,6 +518,13 @@ impl TcpInput {
                 self.stats.tls_failures.inc();
                 format!("failed: {why}")
             }
+            End::Evicted(why) => {
+                self.stats.evicted.inc();
+                format!(
+                    "closed to make room for a new connection \
+                     (--max-clients/--max-handshakes): {why}"
+                )
+            }
             End::Shutdown => "closed at shutdown".to_string(),
         };
         let stream = conn
@@ -907,42 +606,5 @@ fn send(group: &GroupTx, stats: &TcpInputStats, datagrams: &mut u64, d: &[u8]) {
         stats.bytes.add(d.len() as u64);
     } else {
         stats.send_errors.inc();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn test_stream_ids_increase_wrap_and_skip_live() {
-        let s = Arc::new(Session::new(7));
-        let a = s.lease().unwrap();
-        let b = s.lease().unwrap();
-        assert_eq!((a.id, b.id), (1, 2));
-        drop(a);
-        assert_eq!(s.lease().unwrap().id, 3, "increasing, not the freed id");
-        // wraps past u32::MAX to 1 (never 0), skipping ids still live
-        s.ids.lock().unwrap().next = u32::MAX;
-        let c = s.lease().unwrap();
-        let d = s.lease().unwrap();
-        let e = s.lease().unwrap();
-        assert_eq!((c.id, d.id, e.id), (u32::MAX, 1, 3), "2 is live");
-        assert_eq!(e.key(), (7, 3));
-        drop((b, c, d, e));
-        assert!(s.ids.lock().unwrap().live.is_empty());
-    }
-
-    #[test]
-    fn test_data_payload() {
-        let mut s = mproxy_common::mpx::Sender::new(1, 1, &Default::default());
-        let mut frames = Vec::new();
-        let t = Instant::now();
-        s.push(t, b"hello\n", |f| frames.push(f.to_vec()));
-        s.finish(t, |f| frames.push(f.to_vec()));
-        s.handle_timeout(t + CLOSING_LIMIT, |f| frames.push(f.to_vec()));
-        let payloads: Vec<_> = frames.iter().map(|f| data_payload(f)).collect();
-        assert_eq!(payloads, [Some(&b"hello\n"[..]), None, None]);
-        assert_eq!(data_payload(b"raw"), None);
     }
 }
