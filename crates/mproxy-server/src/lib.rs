@@ -64,12 +64,12 @@ pub struct Cli {
     /// whole, never interleaved. With mpx, a template such as
     /// 'out/{session}-{stream}.log' writes one file per stream (raw
     /// datagrams go to session 'raw', stream 0)
-    #[arg(long, value_name = "FILE|-|TEMPLATE")]
+    #[arg(long, visible_alias = "output", value_name = "FILE|-|TEMPLATE")]
     pub path: Option<String>,
 
     /// UDP address to listen on, unicast or multicast (a multicast address
     /// is joined); repeatable, all feed the one output
-    #[arg(long = "listen-addr", value_name = "HOST:PORT", required = true)]
+    #[arg(long = "listen-addr", visible_aliases = ["listen", "udp-listen-addr"], value_name = "HOST:PORT", required = true)]
     pub listen_addr: Vec<Endpoint>,
 
     /// Copy received data to stdout
