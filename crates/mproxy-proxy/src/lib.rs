@@ -19,8 +19,10 @@
 //! (webpki-roots), or only against `--ca-file` when given, for the
 //! upstream's host name; an IP literal must be one of the certificate's IP
 //! addresses. `--sni` sets another name, `--client-cert`/`--client-key`
-//! answer servers that require client certificates (mTLS), and
-//! `--insecure-skip-verify` turns verification off (with a warning). All
+//! answer servers that require client certificates (mTLS),
+//! `--pin-sha256` trusts a self-signed server by the SHA-256 of its
+//! certificate or public key, and `--insecure-skip-verify` turns
+//! verification off (with a warning). All
 //! files are read at start-up: a missing or malformed one is bad input.
 //! Certificate problems (unknown CA, expired, wrong name) and rejections
 //! are logged with the upstream and rustls's reason, counted by cause and
