@@ -6,6 +6,11 @@ set -euo pipefail
 SELF=$(readlink -f "$0")
 cd "$(dirname "$SELF")/.."
 ROOT=$PWD
+# where cargo puts the binaries: $CARGO_TARGET_DIR (relative to the
+# workspace) if set, else target/; exported so the re-run below keeps it
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+case $TARGET in /*) ;; *) TARGET=$ROOT/$TARGET ;; esac
+export MPROXY_BIN_DIR=${MPROXY_BIN_DIR:-$TARGET/debug}
 if [ "${MPROXY_EXAMPLE_IN_NETNS:-}" != 1 ]; then
     cargo build -j2 --quiet --bins
     export MPROXY_EXAMPLE_IN_NETNS=1
@@ -13,7 +18,7 @@ if [ "${MPROXY_EXAMPLE_IN_NETNS:-}" != 1 ]; then
     exec unshare --user --map-root-user --net "$SELF" "$@"
 fi
 ip link set lo up; ip link set lo multicast on; ip route add 224.0.0.0/4 dev lo
-BIN=$ROOT/target/debug
+BIN=$MPROXY_BIN_DIR
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/mproxy-multiplex.XXXXXX")
 DATA=$ROOT/examples/data/telemetry.txt
 

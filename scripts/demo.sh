@@ -12,6 +12,11 @@ set -euo pipefail
 SELF=$(readlink -f "$0")
 cd "$(dirname "$SELF")/.."
 ROOT=$PWD
+# where cargo puts the binaries: $CARGO_TARGET_DIR (relative to the
+# workspace) if set, else target/; exported so the re-run below keeps it
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+case $TARGET in /*) ;; *) TARGET=$ROOT/$TARGET ;; esac
+export MPROXY_BIN_DIR=${MPROXY_BIN_DIR:-$TARGET/debug}
 
 if [ "${MPROXY_DEMO_IN_NETNS:-}" != 1 ]; then
     command -v cargo >/dev/null || { echo "demo: cargo not found (install Rust: https://rustup.rs)" >&2; exit 2; }
@@ -33,7 +38,7 @@ ip link set lo up
 ip link set lo multicast on
 ip route add 224.0.0.0/4 dev lo
 
-BIN="$ROOT/target/debug"
+BIN="$MPROXY_BIN_DIR"
 INPUT="$ROOT/examples/data/telemetry.txt"
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/mproxy-demo.XXXXXX")
 pids=()

@@ -40,13 +40,22 @@ macro_rules! bad {
 )]
 pub struct Cli {
     /// Input: a file, a device (e.g. /dev/ttyUSB0), a FIFO, or '-' for stdin
-    #[arg(long, value_name = "FILE|-", default_value = "-")]
+    #[arg(
+        long,
+        visible_alias = "input",
+        value_name = "FILE|-",
+        default_value = "-"
+    )]
     pub path: String,
 
     /// Downstream UDP server, unicast or multicast (HOST:PORT, [V6]:PORT,
     /// [V6%IFACE]:PORT); repeatable. With --mode stripe a path may carry a
     /// weight and a rate: 'HOST:PORT|2' or 'HOST:PORT|2|50mbit'
-    #[arg(long = "server-addr", value_name = "HOST:PORT[|W[|RATE]]")]
+    #[arg(
+        long = "server-addr",
+        visible_alias = "to",
+        value_name = "HOST:PORT[|W[|RATE]]"
+    )]
     pub server_addr: Vec<PathSpec>,
 
     /// fanout: every server gets a full copy; stripe: frames are spread

@@ -113,3 +113,48 @@ fn fec_options_are_checked() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// A config file equivalent to a flag set gives the same validated Config
+#[test]
+fn config_file_gives_the_same_config_as_the_flags() {
+    use mproxy_client::{Cli, Config};
+    use mproxy_common::cli::{try_parse_from, Parsed};
+    let parse = |args: &[&str]| -> Config {
+        let argv = std::iter::once("mproxy-client").chain(args.iter().copied());
+        match try_parse_from::<Cli, _, _>(argv) {
+            Ok(Parsed::Run(cli)) => Config::try_from(cli).unwrap(),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("mproxy-client-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.toml");
+    std::fs::write(&file, CONFIG_TOML).unwrap();
+    let from_file = parse(&["--config", file.to_str().unwrap()]);
+    let from_flags = parse(CONFIG_FLAGS);
+    assert_eq!(format!("{from_file:?}"), format!("{from_flags:?}"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const CONFIG_FLAGS: &[&str] = &[
+    "--path",
+    "/dev/ttyUSB0",
+    "--server-addr",
+    "127.0.0.1:9000",
+    "--server-addr",
+    "[::1]:9001",
+    "--rate",
+    "2MBps",
+    "--mpx",
+    "--stream-id",
+    "7",
+    "--fec",
+    "10",
+    "--ttl",
+    "4",
+    "--loop",
+    "off",
+];
+const CONFIG_TOML: &str =
+    "path = \"/dev/ttyUSB0\"\nserver-addr = [\"127.0.0.1:9000\", \"[::1]:9001\"]\n\
+    rate = \"2MB\"\nmpx = true\nstream-id = 7\nfec = 10\nttl = 4\nloop = false\n";

@@ -1,13 +1,34 @@
 //! What every binary shares on the command line: socket flags, logging,
-//! one-line errors with exit code 2, and signal handling
+//! config files, one-line errors with exit code 2, and signal handling
 //!
 //! Logs and status go to stderr only; stdout is reserved for data (`--tee`).
+//!
+//! [`parse_args`] is the one way the binaries read their command line:
+//!
+//! - `--config FILE` adds the flags of a TOML file (see
+//!   [`crate::config_file`]); flags on the command line override it;
+//! - `--print-config` prints the effective configuration as TOML and
+//!   exits 0;
+//! - `--generate man|bash|zsh|fish|elvish|powershell` (hidden, for
+//!   packaging) prints a man page or a completion script made from the
+//!   same clap definitions and exits 0;
+//! - `--help` lays out every binary the same way (descriptions on the line
+//!   under each flag);
+//! - a usage error prints one line (clap's "a similar argument exists"
+//!   hint included) and exits 2.
 
-use std::io::IsTerminal as _;
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::parser::ValueSource;
+use clap::{Command, Id};
+
 use crate::addr::Interface;
+use crate::config_file::{self, ConfigFile, FileArgs};
+use crate::logging::LogFormat;
 use crate::net::SocketOptions;
 
 /// Exit code for bad input: flags, addresses, files, ports in use
@@ -106,6 +127,49 @@ pub struct CommonArgs {
     /// Less log output (-q warnings only, -qq errors only)
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "verbose")]
     pub quiet: u8,
+
+    /// Log line format: 'text' (one line per event) or 'json' (one JSON
+    /// object per line: timestamp, level, message and the event's fields)
+    #[arg(long, value_name = "text|json", default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Append logs to this file instead of stderr (a start-up error that
+    /// exits 2 is still one line on stderr)
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// Read flags from a TOML file whose keys are the long flags without
+    /// '--' (server-addr = ["127.0.0.1:9000"], rate = "2MB", tee = true);
+    /// flags on the command line override the file
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration (command line, --config file and
+    /// defaults) as TOML and exit
+    #[arg(long)]
+    pub print_config: bool,
+
+    /// Print a man page or a shell completion script and exit (packaging:
+    /// scripts/gen-docs.sh)
+    #[arg(long, value_name = "WHAT", hide = true)]
+    pub generate: Option<Generate>,
+}
+
+/// What `--generate` prints
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generate {
+    /// A man page (roff), section 1
+    Man,
+    /// bash completions
+    Bash,
+    /// zsh completions
+    Zsh,
+    /// fish completions
+    Fish,
+    /// elvish completions
+    Elvish,
+    /// PowerShell completions
+    Powershell,
 }
 
 impl CommonArgs {
@@ -177,23 +241,34 @@ impl CommonArgs {
         Ok(())
     }
 
-    /// Install the stderr log subscriber at the level the flags ask for
-    pub fn init_tracing(&self) {
-        let level = match (self.verbose, self.quiet) {
+    /// The default log filter the flags ask for (`info`, `debug`, ...)
+    pub fn log_level(&self) -> &'static str {
+        match (self.verbose, self.quiet) {
             (0, 0) => "info",
             (1, _) => "debug",
             (v, _) if v >= 2 => "trace",
             (_, 1) => "warn",
             _ => "error",
-        };
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_target(false)
-            .try_init();
+        }
+    }
+
+    /// Install the log subscriber the flags ask for (level, `--log-format`,
+    /// `--log-file`)
+    ///
+    /// # Errors
+    /// The log file cannot be opened.
+    pub fn try_init_tracing(&self) -> Result<(), crate::logging::LogError> {
+        crate::logging::init(self.log_level(), self.log_format, self.log_file.as_deref())
+    }
+
+    /// Install the log subscriber the flags ask for; if the `--log-file`
+    /// cannot be opened, print one line and exit 2 (this runs right after
+    /// [`parse_args`], as part of reading the command line)
+    pub fn init_tracing(&self) {
+        if let Err(e) = self.try_init_tracing() {
+            eprintln!("{}: error: {e}", program_name());
+            std::process::exit(i32::from(EXIT_USAGE));
+        }
     }
 }
 
@@ -261,39 +336,182 @@ pub fn parse_max_datagram(s: &str) -> Result<usize, String> {
         })
 }
 
+/// What a command line asks for
+#[derive(Debug)]
+pub enum Parsed<T> {
+    /// Run with these arguments
+    Run(T),
+    /// Print this on stdout and exit 0 (`--help`, `--version`,
+    /// `--print-config`, `--generate`)
+    Print(String),
+}
+
+/// A usage error: one line, without the program name
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ArgsError(String);
+
+impl From<config_file::ConfigError> for ArgsError {
+    fn from(e: config_file::ConfigError) -> Self {
+        Self(e.0)
+    }
+}
+
+/// The clap command of `T` as the binaries use it: help laid out the same
+/// way for every binary (each description on the lines under its flag)
+pub fn command<T: clap::CommandFactory>() -> Command {
+    T::command().next_line_help(true)
+}
+
 /// Parse the command line; on a usage error print one line and exit 2
 ///
-/// `--help` and `--version` print as usual and exit 0.
+/// `--help`, `--version`, `--print-config` and `--generate` print on
+/// stdout and exit 0. See [`try_parse_from`] for `--config`.
 pub fn parse_args<T: clap::Parser>() -> T {
-    match T::try_parse() {
-        Ok(t) => t,
+    match try_parse_from::<T, _, _>(std::env::args_os()) {
+        Ok(Parsed::Run(t)) => t,
+        Ok(Parsed::Print(text)) => {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+            std::process::exit(0);
+        }
         Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                std::process::exit(0);
-            }
-            // clap's message, up to the usage block, as one line
-            let rendered = e.render().to_string();
-            let mut parts = Vec::new();
-            for line in rendered.lines().map(str::trim) {
-                if line.starts_with("Usage:") || line.starts_with("For more information") {
-                    break;
-                }
-                if !line.is_empty() && !line.starts_with("tip:") {
-                    parts.push(line);
-                }
-            }
-            let msg = parts.join(" ");
-            let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
-            let msg = if msg.is_empty() {
-                "invalid arguments"
-            } else {
-                msg
-            };
-            eprintln!("{}: error: {msg} (try --help)", program_name());
+            eprintln!("{}: error: {e} (try --help)", program_name());
             std::process::exit(i32::from(EXIT_USAGE));
         }
+    }
+}
+
+/// Parse `args` (the program name first) as [`parse_args`] does, without
+/// printing or exiting
+///
+/// With `--config FILE` the file's keys (long flags without `--`) are
+/// turned into arguments placed before `args`, except those whose flag, or
+/// a flag conflicting with it, is given in `args`: the command line wins.
+/// Every value goes through the same clap parsers either way.
+///
+/// # Errors
+/// A usage error, as one line: clap's message (with its suggestion), or a
+/// config file problem naming the file, the line and the key.
+pub fn try_parse_from<T, I, S>(args: I) -> Result<Parsed<T>, ArgsError>
+where
+    T: clap::Parser,
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let mut cmd = command::<T>();
+    let mut relaxed = config_file::relaxed(&cmd);
+    cmd.build();
+    relaxed.build();
+    // first the command line alone, nothing required (it may all be in the file)
+    let first = match relaxed.clone().try_get_matches_from(&args) {
+        Ok(m) => m,
+        Err(e) if is_display(&e) => {
+            // render help and version with the real command (its usage line)
+            return Ok(Parsed::Print(
+                match cmd.clone().try_get_matches_from(&args) {
+                    Err(full) if is_display(&full) => full.render().to_string(),
+                    _ => e.render().to_string(),
+                },
+            ));
+        }
+        Err(e) => return Err(ArgsError(clap_one_line(&e))),
+    };
+    if let Ok(Some(what)) = first.try_get_one::<Generate>("generate") {
+        return generate(cmd, *what).map(Parsed::Print);
+    }
+    let config: Option<PathBuf> = first
+        .try_get_one::<PathBuf>("config")
+        .ok()
+        .flatten()
+        .cloned();
+    let file = match &config {
+        Some(path) => {
+            let given: HashSet<Id> = first
+                .ids()
+                .filter(|id| first.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+                .cloned()
+                .collect();
+            ConfigFile::read(path)?.to_args(&relaxed, &given)?
+        }
+        None => FileArgs::default(),
+    };
+    let mut all = Vec::with_capacity(args.len() + file.args.len());
+    all.extend(args.first().cloned());
+    all.extend(file.args.iter().cloned());
+    all.extend(args.iter().skip(1).cloned());
+    let mut matches = cmd.clone().try_get_matches_from(&all).map_err(|e| {
+        let msg = clap_one_line(&e);
+        ArgsError(match &config {
+            Some(path) => format!("{msg} (with --config {})", path.display()),
+            None => msg,
+        })
+    })?;
+    if matches.try_get_one::<bool>("print_config").ok().flatten() == Some(&true) {
+        return Ok(Parsed::Print(config_file::render(
+            &cmd,
+            &matches,
+            &file.ids,
+            config.as_deref(),
+        )));
+    }
+    T::from_arg_matches_mut(&mut matches)
+        .map(Parsed::Run)
+        .map_err(|e| ArgsError(clap_one_line(&e)))
+}
+
+fn is_display(e: &clap::Error) -> bool {
+    use clap::error::ErrorKind;
+    matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+}
+
+/// A man page or a completion script for `cmd`
+fn generate(mut cmd: Command, what: Generate) -> Result<String, ArgsError> {
+    use clap_complete::Shell;
+    let mut buf = Vec::new();
+    let shell = match what {
+        Generate::Man => {
+            clap_mangen::Man::new(cmd)
+                .render(&mut buf)
+                .map_err(|e| ArgsError(format!("--generate man: {e}")))?;
+            return Ok(String::from_utf8_lossy(&buf).into_owned());
+        }
+        Generate::Bash => Shell::Bash,
+        Generate::Zsh => Shell::Zsh,
+        Generate::Fish => Shell::Fish,
+        Generate::Elvish => Shell::Elvish,
+        Generate::Powershell => Shell::PowerShell,
+    };
+    let name = cmd.get_name().to_string();
+    clap_complete::generate(shell, &mut cmd, name, &mut buf);
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// clap's error message as one line: the message and its tips (such as
+/// "a similar argument exists"), without the usage block
+pub(crate) fn clap_one_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let mut msg = String::new();
+    for line in rendered.lines().map(str::trim) {
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if line.is_empty() {
+            continue;
+        }
+        if !msg.is_empty() {
+            // a list under "...:" continues the sentence; a tip is a new one
+            msg.push_str(if msg.ends_with(':') { " " } else { "; " });
+        }
+        msg.push_str(line);
+    }
+    let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+    if msg.is_empty() {
+        "invalid arguments".into()
+    } else {
+        msg.to_string()
     }
 }
 
@@ -348,6 +566,7 @@ pub use crate::signal::{ReopenSignal, Shutdown, StatsSignal};
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::panic)]
     use super::*;
 
     #[test]
@@ -358,6 +577,149 @@ mod tests {
         assert!(parse_size("0").is_err());
         assert!(parse_size("5G").is_err());
         assert!(parse_size("lots").is_err());
+    }
+
+    /// A binary's command line in miniature
+    #[derive(clap::Parser, Debug)]
+    #[command(name = "mproxy-test", version)]
+    struct Cli {
+        #[arg(long = "server-addr", required = true)]
+        server_addr: Vec<String>,
+        #[arg(long)]
+        rate: Option<crate::rate::Rate>,
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Parsed<Cli>, ArgsError> {
+        try_parse_from::<Cli, _, _>(std::iter::once("mproxy-test").chain(args.iter().copied()))
+    }
+
+    fn run(args: &[&str]) -> Cli {
+        match parse(args) {
+            Ok(Parsed::Run(c)) => c,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    fn print(args: &[&str]) -> String {
+        match parse(args) {
+            Ok(Parsed::Print(t)) => t,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn test_errors_are_one_line_with_the_suggestion() {
+        let e = parse(&["--server-adr", "x:1"]).unwrap_err().to_string();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains("'--server-adr'"), "{e}");
+        assert!(
+            e.contains("a similar argument exists: '--server-addr'"),
+            "{e}"
+        );
+        let e = parse(&[]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "the following required arguments were not provided: --server-addr <SERVER_ADDR>"
+        );
+        let e = parse(&["--server-addr", "x:1", "--rate", "fast"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("invalid value 'fast' for '--rate <RATE>'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn test_help_version_generate_print() {
+        assert!(print(&["--help"]).contains("--server-addr <SERVER_ADDR>"));
+        // the usage line of the real command, not of the relaxed one
+        assert!(print(&["-h"]).contains("Usage: mproxy-test [OPTIONS] --server-addr"));
+        assert!(print(&["--version"]).starts_with("mproxy-test "));
+        let man = print(&["--generate", "man"]);
+        assert!(man.contains(".TH mproxy-test 1"), "{man}");
+        assert!(man.contains("server\\-addr"), "{man}");
+        assert!(!man.contains("generate"), "hidden flag in the man page");
+        let bash = print(&["--generate", "bash"]);
+        assert!(bash.contains("--server-addr"), "{bash}");
+        for shell in ["zsh", "fish", "elvish", "powershell"] {
+            assert!(
+                print(&["--generate", shell]).contains("server-addr"),
+                "{shell}"
+            );
+        }
+        let toml = print(&["--server-addr", "x:1", "--print-config", "-q"]);
+        assert!(
+            toml.contains("server-addr = [\"x:1\"]  # command line\n"),
+            "{toml}"
+        );
+        assert!(toml.contains("quiet = 1  # command line\n"), "{toml}");
+        assert!(toml.contains("# rate is not set\n"), "{toml}");
+    }
+
+    #[test]
+    fn test_config_file_and_overrides() {
+        let dir = std::env::temp_dir().join(format!("mproxy-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "server-addr = [\"a:1\", \"b:2\"]\nrate = \"2MBps\"\nttl = 4\nverbose = 1\nlog-format = \"json\"\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let c = run(&["--config", f]);
+        assert_eq!(c.server_addr, ["a:1", "b:2"]);
+        assert_eq!(
+            c.rate.map(crate::rate::Rate::bytes_per_sec),
+            Some(2_000_000)
+        );
+        assert_eq!((c.common.ttl, c.common.verbose), (4, 1));
+        assert_eq!(c.common.log_format, LogFormat::Json);
+        // the command line wins, also over a conflicting key (-q vs verbose)
+        let c = run(&["--server-addr", "c:3", "--config", f, "--ttl", "9", "-q"]);
+        assert_eq!(c.server_addr, ["c:3"]);
+        assert_eq!((c.common.ttl, c.common.verbose, c.common.quiet), (9, 0, 1));
+        // what --print-config prints gives the same configuration back
+        let printed = print(&["--config", f, "--print-config"]);
+        assert!(
+            printed.contains(&format!("ttl = 4  # from {f}\n")),
+            "{printed}"
+        );
+        let again = dir.join("again.toml");
+        std::fs::write(&again, &printed).unwrap();
+        let mut c1 = run(&["--config", f]);
+        let mut c2 = run(&["--config", again.to_str().unwrap()]);
+        c1.common.config = None;
+        c2.common.config = None;
+        assert_eq!(format!("{c1:?}"), format!("{c2:?}"));
+        // bad files: one line naming the file, the line and the key
+        std::fs::write(&file, "ttl = 1\nrate = \"fast\"\n").unwrap();
+        let e = parse(&["--config", f, "--server-addr", "x:1"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "--config {f} line 2: key 'rate': invalid value 'fast'"
+            )),
+            "{e}"
+        );
+        std::fs::write(&file, "config = \"other.toml\"\n").unwrap();
+        let e = parse(&["--config", f]).unwrap_err().to_string();
+        assert!(
+            e.contains("line 1: key 'config' cannot be set in a config file"),
+            "{e}"
+        );
+        let e = parse(&["--config", "/nonexistent.toml"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--config /nonexistent.toml: cannot read"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!
 //! | layer | modules | does I/O? |
 //! |---|---|---|
-//! | input syntax | [`addr`], [`rate`], [`cli`] | no (except name/interface lookups on request) |
+//! | input syntax | [`addr`], [`rate`], [`cli`], [`config_file`] | no (except name/interface lookups on request, and reading `--config`) |
+//! | logging | [`logging`] (`--log-format`, `--log-file`) | yes (the log file) |
 //! | mpx wire format | [`wire`] (checked views, never panics) | no |
 //! | mpx protocol core | [`mpx`] (`Sender`, `Receiver`: sans-IO, time passed in) | no |
 //! | stream → datagrams | [`pack`], [`rate::Pacer`], [`backoff`] | no: sans-IO, time passed in |
@@ -26,7 +27,9 @@
 pub mod addr;
 pub mod backoff;
 pub mod cli;
+pub mod config_file;
 pub mod io;
+pub mod logging;
 pub mod mpx;
 pub mod net;
 pub mod pack;

@@ -1,22 +1,34 @@
 //! Rates (`--rate 100mbit`) and a token-bucket pacer (sans-IO)
 //!
-//! Rate syntax: a number with an optional unit. Plain numbers and `B`
-//! suffixes are bytes per second; `b`, `bit` and `bps` suffixes are bits
-//! per second (network convention: `500kb` is 500 kbit/s).
-//! Decimal prefixes k, M, G (powers of 1000) and binary prefixes Ki, Mi, Gi
-//! (powers of 1024) are accepted, case-insensitive for the decimal ones.
+//! Rate syntax: a number (decimals allowed) with an optional prefix and
+//! unit. The unit says bytes or bits:
+//!
+//! - **bytes** per second: no unit, `B`, `B/s`, `Bps` (capital `B`), or
+//!   the words `byte`, `bytes`, `byte/s`, `bytes/s` (any case);
+//! - **bits** per second: `b`, `b/s`, `bps` (small `b`), or the words
+//!   `bit`, `bits`, `bit/s`, `bits/s` (any case).
+//!
+//! So `2MB`, `2MBps` and `2MB/s` are 2 megabytes (16 megabits) per
+//! second, and `2Mb`, `2Mbps` and `2mbit` are 2 megabits. A unit that is
+//! neither (`BPS`, `bPs`) is refused rather than guessed.
+//!
+//! Prefixes: decimal `k`, `M`, `G`, `T` (powers of 1000, either case:
+//! `m` is mega, there are no fractions of a bit) and binary `Ki`, `Mi`,
+//! `Gi`, `Ti` (powers of 1024).
 //!
 //! | input | bytes/s |
 //! |---|---|
 //! | `125000` | 125 000 |
 //! | `500kB` | 500 000 |
+//! | `2MB`, `2MBps`, `2MB/s` | 2 000 000 (16 Mbit/s) |
 //! | `2MiB` | 2 097 152 |
-//! | `100mbit` | 12 500 000 |
+//! | `100mbit`, `100Mbps`, `100Mb/s` | 12 500 000 |
 //! | `1gbit` | 125 000 000 |
 //!
 //! ```
 //! use mproxy_common::rate::Rate;
 //! assert_eq!("100mbit".parse::<Rate>().unwrap().bytes_per_sec(), 12_500_000);
+//! assert_eq!("2MBps".parse::<Rate>().unwrap().bytes_per_sec(), 2_000_000);
 //! ```
 
 use std::fmt;
@@ -53,7 +65,11 @@ impl FromStr for Rate {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("invalid rate '{s}' (examples: 125000, 500kB, 2MiB, 100mbit, 1gbit)");
+        let bad = || {
+            format!(
+                "invalid rate '{s}' (examples: 125000, 500kB, 2MBps, 2MiB, 100mbit, 100Mbps, 1gbit; B is bytes, b is bits)"
+            )
+        };
         let t = s.trim();
         let split = t
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -71,18 +87,27 @@ impl FromStr for Rate {
             }
             _ => (1.0, unit),
         };
-        let per_byte = match rest {
-            "" | "B" | "B/s" => 1.0,
-            _ => match rest.to_ascii_lowercase().as_str() {
-                "b" | "b/s" | "bit" | "bits" | "bit/s" | "bps" => 1.0 / 8.0,
-                _ => return Err(bad()),
-            },
-        };
+        let per_byte = unit_scale(rest).ok_or_else(bad)?;
         let bytes = num * prefix * per_byte;
         if !bytes.is_finite() || !(1.0..=1e15).contains(&bytes) {
             return Err(bad());
         }
         Ok(Self(bytes.round() as u64))
+    }
+}
+
+/// Bytes per unit: 1 for byte units, 1/8 for bit units, `None` for
+/// anything else (the case of `B`/`b` decides in the short forms)
+fn unit_scale(unit: &str) -> Option<f64> {
+    match unit {
+        "" | "B" | "B/s" | "Bps" => return Some(1.0),
+        "b" | "b/s" | "bps" => return Some(1.0 / 8.0),
+        _ => {}
+    }
+    match unit.to_ascii_lowercase().as_str() {
+        "byte" | "bytes" | "byte/s" | "bytes/s" => Some(1.0),
+        "bit" | "bits" | "bit/s" | "bits/s" => Some(1.0 / 8.0),
+        _ => None,
     }
 }
 
@@ -183,6 +208,69 @@ mod tests {
             assert_eq!(s.parse::<Rate>().unwrap().bytes_per_sec(), want, "{s}");
         }
         for bad in ["", "0", "fast", "10 parsecs", "-5", "1e3", "4bit"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+    }
+
+    /// Every accepted unit, with every prefix: `2<prefix><unit>`
+    #[test]
+    fn test_every_unit() {
+        const BYTES: [&str; 9] = [
+            "", "B", "B/s", "Bps", "byte", "bytes", "byte/s", "bytes/s", "BYTES/S",
+        ];
+        const BITS: [&str; 10] = [
+            "b", "b/s", "bps", "bit", "bits", "bit/s", "bits/s", "Bit", "BITS", "Bits/s",
+        ];
+        let prefixes: [(&str, u64); 12] = [
+            ("", 1),
+            ("k", 1_000),
+            ("K", 1_000),
+            ("m", 1_000_000),
+            ("M", 1_000_000),
+            ("g", 1_000_000_000),
+            ("G", 1_000_000_000),
+            ("T", 1_000_000_000_000),
+            ("Ki", 1 << 10),
+            ("Mi", 1 << 20),
+            ("Gi", 1 << 30),
+            ("Ti", 1 << 40),
+        ];
+        for (prefix, mult) in prefixes {
+            for unit in BYTES {
+                let s = format!("2{prefix}{unit}");
+                assert_eq!(
+                    s.parse::<Rate>().map(Rate::bytes_per_sec),
+                    Ok(2 * mult),
+                    "{s}"
+                );
+            }
+            for unit in BITS {
+                // 8 bits make one byte: 16<prefix>bit = 2<prefix>B
+                let s = format!("16{prefix}{unit}");
+                assert_eq!(
+                    s.parse::<Rate>().map(Rate::bytes_per_sec),
+                    Ok(2 * mult),
+                    "{s}"
+                );
+            }
+        }
+        // the case that used to be read as bits
+        let mbps = |s: &str| s.parse::<Rate>().map(|r| r.bytes_per_sec() * 8);
+        assert_eq!(mbps("2MBps"), Ok(16_000_000));
+        assert_eq!(mbps("2MB"), Ok(16_000_000));
+        assert_eq!(mbps("2MB/s"), Ok(16_000_000));
+        assert_eq!(mbps("16Mbps"), Ok(16_000_000));
+        assert_eq!(mbps("16mbit"), Ok(16_000_000));
+        // ambiguous or unknown units are refused, not guessed
+        for bad in [
+            "2BPS",
+            "2bPs",
+            "2Bit/S/s",
+            "2MBs",
+            "2Mbyte/sec",
+            "2KIB",
+            "2x",
+        ] {
             assert!(bad.parse::<Rate>().is_err(), "{bad}");
         }
     }

@@ -2,11 +2,14 @@
 //!
 //! Every datagram received on a `--udp-listen-addr` is sent as-is to every
 //! `--udp-downstream-addr`. Every `--tcp-connect-addr` upstream is dialled
-//! by its own thread; its byte stream is cut into datagrams (raw chunks by
-//! default, whole lines with `--framing lines`) and sent the same way. A
-//! lost upstream is redialled with exponential backoff and jitter,
-//! resolving its name again each time, so a feed provider's DNS change or
-//! restart needs no manual action.
+//! by its own thread; its byte stream is cut into datagrams (whole lines by
+//! default, raw chunks cut anywhere with `--framing bytes`, as 0.1.x did)
+//! and sent the same way. A lost upstream is redialled with exponential
+//! backoff and jitter, resolving its name again each time, so a feed
+//! provider's DNS change or restart needs no manual action. A name that
+//! does not resolve at start-up is treated the same way (a warning, then
+//! retries): a DNS outage at boot must not kill the service. Only a
+//! malformed address is bad input (exit 2).
 //!
 //! ## TLS upstreams
 //!
@@ -16,8 +19,10 @@
 //! (webpki-roots), or only against `--ca-file` when given, for the
 //! upstream's host name; an IP literal must be one of the certificate's IP
 //! addresses. `--sni` sets another name, `--client-cert`/`--client-key`
-//! answer servers that require client certificates (mTLS), and
-//! `--insecure-skip-verify` turns verification off (with a warning). All
+//! answer servers that require client certificates (mTLS),
+//! `--pin-sha256` trusts a self-signed server by the SHA-256 of its
+//! certificate or public key, and `--insecure-skip-verify` turns
+//! verification off (with a warning). All
 //! files are read at start-up: a missing or malformed one is bad input.
 //! Certificate problems (unknown CA, expired, wrong name) and rejections
 //! are logged with the upstream and rustls's reason, counted by cause and
@@ -136,11 +141,15 @@ pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
 )]
 pub struct Cli {
     /// UDP address to receive on, unicast or multicast (joined); repeatable
-    #[arg(long = "udp-listen-addr", value_name = "HOST:PORT")]
+    #[arg(long = "udp-listen-addr", visible_aliases = ["listen", "listen-addr"], value_name = "HOST:PORT")]
     pub udp_listen_addr: Vec<Endpoint>,
 
     /// UDP destination, unicast or multicast; repeatable, each gets every datagram
-    #[arg(long = "udp-downstream-addr", value_name = "HOST:PORT")]
+    #[arg(
+        long = "udp-downstream-addr",
+        visible_alias = "to",
+        value_name = "HOST:PORT"
+    )]
     pub udp_downstream_addr: Vec<Endpoint>,
 
     /// TCP upstream to connect to and forward: HOST:PORT or tcp://HOST:PORT
@@ -153,10 +162,10 @@ pub struct Cli {
     #[arg(short, long)]
     pub tee: bool,
 
-    /// How TCP input is cut into datagrams: 'bytes' (raw chunks, as the
-    /// original) or 'lines' (a datagram never carries half a line unless
-    /// the line exceeds --max-datagram) [default: bytes; lines with --max-line]
-    #[arg(long, value_name = "bytes|lines")]
+    /// How TCP input is cut into datagrams: 'lines' (a datagram never
+    /// carries half a line unless the line exceeds --max-datagram) or
+    /// 'bytes' (raw chunks cut anywhere, as 0.1.x did) [default: lines]
+    #[arg(long, value_name = "lines|bytes")]
     pub framing: Option<Framing>,
 
     /// Largest datagram payload made from TCP input [default: 1472]
@@ -233,6 +242,17 @@ pub struct Cli {
     #[arg(long, help_heading = "TLS upstreams")]
     pub insecure_skip_verify: bool,
 
+    /// Trust the TLS upstream whose certificate, or whose public key, has
+    /// this SHA-256 (64 hex digits, colons allowed, or base64): for
+    /// self-signed feeds. Repeatable, any one may match. Without --ca-file
+    /// the pin replaces the CA, name and date checks; with it, both apply
+    #[arg(
+        long = "pin-sha256",
+        value_name = "HASH",
+        help_heading = "TLS upstreams"
+    )]
+    pub pin_sha256: Vec<mproxy_common::tls::Pin>,
+
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: CommonArgs,
@@ -280,7 +300,7 @@ impl Config {
             tcp_connect: Vec::new(),
             tls: TlsOptions::default(),
             tee: false,
-            framing: Framing::Bytes,
+            framing: Framing::Lines,
             max_datagram: DEFAULT_MAX_DATAGRAM,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(30),
@@ -323,7 +343,7 @@ impl TryFrom<Cli> for Config {
             ),
             (Some(n), _) => (Framing::Lines, n),
             (None, f) => (
-                f.unwrap_or(Framing::Bytes),
+                f.unwrap_or(Framing::Lines),
                 cli.max_datagram.unwrap_or(DEFAULT_MAX_DATAGRAM),
             ),
         };
@@ -350,6 +370,7 @@ impl TryFrom<Cli> for Config {
             client_key: cli.client_key,
             sni: cli.sni,
             insecure_skip_verify: cli.insecure_skip_verify,
+            pins: cli.pin_sha256,
         };
         tls.validate()?;
         if !tcp_connect.iter().any(UpstreamAddr::is_tls) {
@@ -504,13 +525,9 @@ impl Proxy {
             tracing::info!(listen = %ep, gro, "listening for UDP");
             udp.push(udp::Input::new(ep.to_string(), sock, gro));
         }
-        // Fail fast on upstream names that can never resolve (typos);
-        // transient DNS failures later are retried.
-        for up in &config.tcp_connect {
-            if let Err(e) = up.endpoint().resolve() {
-                bail!("--tcp-connect-addr: {e}");
-            }
-        }
+        // An upstream name that does not resolve now is not bad input: DNS
+        // may be down at boot. Its thread warns and retries with backoff,
+        // resolving again each time, like an unreachable upstream.
         let tls = tls_targets(&config)?;
         let session = config.mpx.then(new_session_id);
         if let Some(s) = session {

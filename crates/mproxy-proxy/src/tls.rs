@@ -12,6 +12,20 @@
 //! malformed `--ca-file`, `--client-cert` or `--client-key` is bad input
 //! (exit 2, one line naming the flag and the file), never a failure at the
 //! first connect.
+//!
+//! ## Self-signed feeds and pins
+//!
+//! A self-signed certificate made the usual way (`openssl req -x509
+//! -newkey ... -subj /CN=host`) is marked as a CA (basicConstraints
+//! CA:TRUE). Given as `--ca-file` it becomes a trust anchor, and the same
+//! certificate presented by the server is then refused by webpki as "a CA
+//! used as an end entity". That refusal is explained in words, with the
+//! certificate's SHA-256, and `--pin-sha256` offers the usual way out:
+//! trust exactly that certificate (or its public key). With pins and no
+//! `--ca-file`, a certificate matching a pin is accepted without chain,
+//! name or date checks (the pin is the identity; the handshake signature
+//! still proves the server holds the key); with `--ca-file` as well, both
+//! must pass.
 
 use std::fmt;
 use std::io;
@@ -20,14 +34,15 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail};
 use mproxy_common::addr::Host;
-use mproxy_common::tls::{load_certs, load_key, provider};
+use mproxy_common::tls::{is_ca_used_as_end_entity, load_certs, load_key, provider, CertPins, Pin};
 use mproxy_common::Endpoint;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
-    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore,
-    SignatureScheme,
+    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, OtherError,
+    RootCertStore, SignatureScheme,
 };
 
 /// TLS settings shared by all TLS upstreams
@@ -44,6 +59,10 @@ pub struct TlsOptions {
     pub sni: Option<String>,
     /// Accept any server certificate (no authentication at all)
     pub insecure_skip_verify: bool,
+    /// Accept a server whose certificate or public key has one of these
+    /// SHA-256 hashes (`--pin-sha256`); with `ca_file` the chain must
+    /// verify as well
+    pub pins: Vec<Pin>,
 }
 
 impl TlsOptions {
@@ -65,6 +84,9 @@ impl TlsOptions {
         if self.insecure_skip_verify {
             v.push("--insecure-skip-verify");
         }
+        if !self.pins.is_empty() {
+            v.push("--pin-sha256");
+        }
         v
     }
 
@@ -81,6 +103,9 @@ impl TlsOptions {
         }
         if self.insecure_skip_verify && self.ca_file.is_some() {
             bail!("--insecure-skip-verify and --ca-file exclude each other");
+        }
+        if self.insecure_skip_verify && !self.pins.is_empty() {
+            bail!("--insecure-skip-verify and --pin-sha256 exclude each other");
         }
         if let Some(sni) = &self.sni {
             parse_sni(sni)?;
@@ -111,7 +136,24 @@ pub(crate) fn client_config(opts: &TlsOptions) -> anyhow::Result<Arc<ClientConfi
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
     } else {
-        builder.with_root_certificates(root_store(opts.ca_file.as_deref())?)
+        // pins alone replace the CA chain; otherwise the chain is verified
+        // by rustls's own WebPKI verifier, wrapped to explain its refusals
+        let chain = if opts.pins.is_empty() || opts.ca_file.is_some() {
+            let roots = Arc::new(root_store(opts.ca_file.as_deref())?);
+            let v = WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
+                .build()
+                .map_err(|e| anyhow!("TLS set-up: {e}"))?;
+            Some(v)
+        } else {
+            None
+        };
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Verifier {
+                pins: opts.pins.clone(),
+                chain,
+                provider,
+            }))
     };
     let config = match (&opts.client_cert, &opts.client_key) {
         (Some(cert), Some(key)) => {
@@ -260,6 +302,15 @@ impl TlsError {
     pub(crate) fn from_io(e: &io::Error, client_cert: bool) -> Self {
         if let Some(tls) = rustls_error(e) {
             let cause = TlsFailure::of(tls);
+            // our verifier's own refusals explain themselves
+            if let rustls::Error::InvalidCertificate(CertificateError::Other(other)) = tls {
+                if let Some(r) = other.0.downcast_ref::<Refusal>() {
+                    return Self {
+                        cause,
+                        message: r.to_string(),
+                    };
+                }
+            }
             let hint = match (cause, tls) {
                 (TlsFailure::UnknownCa, _) => {
                     " (not signed by a trusted CA: is --ca-file the CA that issued it?)"
@@ -310,6 +361,119 @@ impl TlsError {
 /// The rustls error inside an I/O error, if there is one
 pub(crate) fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
     e.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+/// Why [`Verifier`] refused a server certificate, in words
+#[derive(Debug)]
+enum Refusal {
+    /// No `--pin-sha256` matches
+    NoPinMatches(CertPins),
+    /// A CA certificate presented as the server's own
+    CaAsServer(CertPins),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoPinMatches(p) => write!(
+                f,
+                "the server's certificate matches no --pin-sha256 (it has {p}); \
+                 has the feed changed its certificate or key?"
+            ),
+            Self::CaAsServer(p) => write!(
+                f,
+                "the server's certificate is a CA certificate (basicConstraints CA:TRUE, \
+                 which a plain 'openssl req -x509' sets) and TLS refuses a CA certificate as \
+                 a server's own, even one given with --ca-file; if it is the feed's \
+                 certificate ({p}; compare 'openssl x509 -in CERT -noout -fingerprint \
+                 -sha256'), trust exactly it with --pin-sha256 {}, or give the server a \
+                 certificate with CA:FALSE ('-addext basicConstraints=critical,CA:FALSE') or \
+                 one issued by the CA of --ca-file",
+                p.cert
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+fn refuse(r: Refusal) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(r))))
+}
+
+/// Server certificate verification: the pins (any one must match, if
+/// there are any), then the CA chain, name and dates (if `chain` is set,
+/// by rustls's WebPKI verifier); a CA certificate used as the server's own
+/// is refused with an explanation
+#[derive(Debug)]
+struct Verifier {
+    pins: Vec<Pin>,
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Verifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if !self.pins.is_empty() {
+            let pins = CertPins::of(end_entity);
+            if !self.pins.iter().any(|p| pins.matches(p)) {
+                return Err(refuse(Refusal::NoPinMatches(pins)));
+            }
+        }
+        match &self.chain {
+            None => Ok(ServerCertVerified::assertion()),
+            Some(chain) => chain
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+                .map_err(|e| {
+                    if is_ca_used_as_end_entity(&e) {
+                        refuse(Refusal::CaAsServer(CertPins::of(end_entity)))
+                    } else {
+                        e
+                    }
+                }),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// `--insecure-skip-verify`: any certificate for any name is accepted; the

@@ -143,3 +143,46 @@ const FLAGS: &[&str] = &[
     "--insecure-skip-verify",
     "tls://",
 ];
+
+/// A config file equivalent to a flag set gives the same validated Config
+#[test]
+fn config_file_gives_the_same_config_as_the_flags() {
+    use mproxy_common::cli::{try_parse_from, Parsed};
+    use mproxy_proxy::{Cli, Config};
+    let parse = |args: &[&str]| -> Config {
+        let argv = std::iter::once("mproxy-proxy").chain(args.iter().copied());
+        match try_parse_from::<Cli, _, _>(argv) {
+            Ok(Parsed::Run(cli)) => Config::try_from(cli).unwrap(),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("mproxy-proxy-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.toml");
+    std::fs::write(&file, CONFIG_TOML).unwrap();
+    let from_file = parse(&["--config", file.to_str().unwrap()]);
+    let from_flags = parse(CONFIG_FLAGS);
+    assert_eq!(format!("{from_file:?}"), format!("{from_flags:?}"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const CONFIG_FLAGS: &[&str] = &[
+    "--tcp-connect-addr",
+    "tls://feed.example.org:4443",
+    "--tcp-connect-addr",
+    "127.0.0.1:4001",
+    "--udp-listen-addr",
+    "127.0.0.1:9920",
+    "--udp-downstream-addr",
+    "239.255.0.1:9922",
+    "--max-line",
+    "4000",
+    "--idle-timeout",
+    "60",
+    "--pin-sha256",
+    "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+];
+const CONFIG_TOML: &str =
+    "tcp-connect-addr = [\"tls://feed.example.org:4443\", \"127.0.0.1:4001\"]\n\
+    listen = \"127.0.0.1:9920\"\nto = [\"239.255.0.1:9922\"]\nmax-line = 4000\nidle-timeout = 60\n\
+    pin-sha256 = \"sha256//ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=\"\n";

@@ -94,7 +94,7 @@ carries data (--tee).";
 pub struct Cli {
     /// UDP address to receive on (unicast, or a multicast group to join);
     /// every datagram is sent to the group. Repeatable
-    #[arg(long = "udp-listen-addr", value_name = "HOST:PORT")]
+    #[arg(long = "udp-listen-addr", visible_aliases = ["listen", "listen-addr"], value_name = "HOST:PORT")]
     pub udp_listen_addr: Vec<Endpoint>,
 
     /// TCP address to accept connections on; each connection's bytes are
@@ -125,7 +125,11 @@ pub struct Cli {
     /// UDP address to forward every datagram of the group to, as is (mpx
     /// frames included, so a downstream mproxy-server can reassemble them).
     /// Repeatable
-    #[arg(long = "udp-output-addr", value_name = "HOST:PORT")]
+    #[arg(
+        long = "udp-output-addr",
+        visible_alias = "to",
+        value_name = "HOST:PORT"
+    )]
     pub udp_output_addr: Vec<Endpoint>,
 
     /// Send the --udp-output-addr destinations the reassembled payloads

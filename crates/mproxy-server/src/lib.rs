@@ -91,7 +91,7 @@ pub struct Cli {
     /// data makes none) and close when idle for 30 s. A file deleted or
     /// moved while written is recreated (with a warning); SIGHUP reopens
     /// every file
-    #[arg(long, value_name = "FILE|-|TEMPLATE")]
+    #[arg(long, visible_alias = "output", value_name = "FILE|-|TEMPLATE")]
     pub path: Option<String>,
 
     /// Rotate a file before a record would make it larger than SIZE (e.g.
@@ -114,7 +114,7 @@ pub struct Cli {
 
     /// UDP address to listen on, unicast or multicast (a multicast address
     /// is joined); repeatable, all feed the one output
-    #[arg(long = "listen-addr", value_name = "HOST:PORT", required = true)]
+    #[arg(long = "listen-addr", visible_aliases = ["listen", "udp-listen-addr"], value_name = "HOST:PORT", required = true)]
     pub listen_addr: Vec<Endpoint>,
 
     /// Copy received data to stdout
