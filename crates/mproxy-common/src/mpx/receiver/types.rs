@@ -55,6 +55,32 @@ pub struct ReceiverConfig {
     pub fec: bool,
     /// Most bytes of FEC symbols held over all streams
     pub fec_memory: usize,
+    /// Where a stream starts whose first frame seen is not its OPEN frame
+    /// (a receiver started, or restarted, while the stream was running)
+    pub join: Join,
+    /// On a multicast group (once another receiver's NACK for a stream
+    /// was overheard): the longest random wait before a first NACK, drawn
+    /// from a truncated exponential (NORM's backoff) so that of the many
+    /// receivers missing a frame usually one asks and the rest overhear
+    /// it. Zero: the unicast rule (`nack_delay` plus up to as long again).
+    pub nack_backoff: Duration,
+    /// Group size the backoff is tuned for (NORM's `G`; λ = ln G + 1)
+    pub nack_group_size: u32,
+}
+
+/// Where a stream starts whose first frame seen is not its OPEN frame
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Join {
+    /// At the current position: delivery is held for `reorder_timeout`,
+    /// then starts at the lowest sequence number seen meanwhile; nothing
+    /// before it is asked for. A restarted receiver appending to what an
+    /// earlier one wrote gets no duplicates.
+    #[default]
+    Current,
+    /// As far back as the reorder window reaches: the frames before the
+    /// first one seen are asked for (NACK), so the sender re-sends what
+    /// its repair buffer still holds; the rest is counted lost
+    Earliest,
 }
 
 impl Default for ReceiverConfig {
@@ -76,6 +102,9 @@ impl Default for ReceiverConfig {
             jitter_seed: 0,
             fec: true,
             fec_memory: 64 << 20,
+            join: Join::Current,
+            nack_backoff: Duration::from_millis(40),
+            nack_group_size: 1000,
         }
     }
 }
@@ -118,6 +147,17 @@ pub struct StreamStats {
     pub repaired: u64,
     /// Missing frames rebuilt from FEC frames and used
     pub fec_repaired: u64,
+    /// Frames at or beyond the stream's FIN (a protocol violation: forged
+    /// or confused senders), dropped
+    pub beyond_fin: u64,
+    /// Highest sequence number of a DATA frame received (`None`: none yet)
+    pub last_seq: Option<u64>,
+    /// One past the FIN frame, once the end is known
+    pub end: Option<u64>,
+    /// Payload bytes of the frames declared lost, when the sender's
+    /// heartbeats carried the byte offsets that tell (`None`: frames were
+    /// lost and their size is unknown)
+    pub bytes_lost: Option<u64>,
 }
 
 impl StreamStats {
@@ -136,16 +176,28 @@ impl StreamStats {
             late,
             repaired,
             fec_repaired,
+            beyond_fin,
+            last_seq: _,
+            end: _,
+            bytes_lost,
         } = *other;
         self.bytes += bytes;
         self.datagrams += datagrams;
         self.gaps += gaps;
-        self.lost += lost;
         self.duplicates += duplicates;
         self.reordered += reordered;
         self.late += late;
         self.repaired += repaired;
         self.fec_repaired += fec_repaired;
+        self.beyond_fin += beyond_fin;
+        // known only while every part is known (a stream without losses
+        // lost 0 bytes)
+        let known = |b: Option<u64>, lost: u64| b.or((lost == 0).then_some(0));
+        self.bytes_lost = match (known(self.bytes_lost, self.lost), known(bytes_lost, lost)) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+        self.lost += lost;
     }
 }
 
@@ -163,7 +215,16 @@ impl fmt::Display for StreamStats {
             self.late,
             self.repaired,
             self.fec_repaired
-        )
+        )?;
+        if self.lost > 0 {
+            if let Some(b) = self.bytes_lost {
+                write!(f, ", {b} bytes lost")?;
+            }
+        }
+        if self.beyond_fin > 0 {
+            write!(f, ", {} beyond FIN", self.beyond_fin)?;
+        }
+        Ok(())
     }
 }
 
@@ -255,6 +316,8 @@ pub struct ReceiverStats {
     pub nacks_sent: u64,
     /// NACKs not sent because another receiver's NACK covered them
     pub nacks_suppressed: u64,
+    /// Other receivers' NACKs overheard that asked for frames we miss
+    pub nacks_overheard: u64,
     /// WINDOW frames sent (flow control)
     pub windows_sent: u64,
     /// Valid FEC frames handled by the decoder
@@ -273,6 +336,26 @@ pub struct ReceiverStats {
     pub fec_repaired: u64,
     /// FEC symbols not kept because of the memory limit
     pub fec_dropped_symbols: u64,
+    /// Frames that would have moved a stream's position further than one
+    /// frame may (a few reorder windows; from a source that has not
+    /// delivered the stream in order: past the reorder window), dropped
+    pub too_far: u64,
+    /// Frames at or beyond a stream's FIN (also in `out_of_range`)
+    pub beyond_fin: u64,
+    /// FIN flags not accepted because frames beyond them had arrived
+    pub fin_refused: u64,
+    /// HEARTBEAT frames from a source that has not delivered the stream
+    /// in order: they keep it alive but do not move its position
+    pub unverified_heartbeats: u64,
+    /// Replies (NACK, WINDOW, FEEDBACK) not sent because their destination
+    /// had not sent enough to be owed them (no reflection)
+    pub replies_withheld: u64,
+    /// New streams admitted by displacing a live one (counted in
+    /// `streams_evicted` too)
+    pub streams_displaced: u64,
+    /// Operations done (slots, ranges and entries visited), so tests can
+    /// bound the work per datagram without timing it
+    pub work: u64,
 }
 
 /// A datagram the receiver wants sent (a NACK or a WINDOW frame)
