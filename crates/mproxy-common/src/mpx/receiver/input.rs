@@ -43,10 +43,11 @@ impl Receiver {
             }
         }
         self.earn(now, from, payload.len());
-        if !self.streams.contains_key(&key) && !self.open_or_refuse(now, from, key, &repr) {
+        if self.streams.contains_key(&key) {
+            self.count_frame(now, key);
+        } else if !self.open_or_refuse(now, from, key, &repr) {
             return;
         }
-        self.count_frame(now, key);
         if repr.frame_type == FrameType::Heartbeat {
             self.on_heartbeat(now, from, key, &repr, payload);
         } else {
@@ -66,8 +67,11 @@ impl Receiver {
         JUMP_WINDOWS * self.config.reorder_window as u64
     }
 
-    /// A frame of a verified source at `seq`, too far ahead: remember
-    /// the lowest such sequence number, and since when
+    /// A DATA frame of a verified source at `seq`, too far ahead:
+    /// remember the lowest such sequence number, and since when (a sender
+    /// that really jumped, after a partition or a stall, keeps sending
+    /// there and nothing closer; a forged frame among live traffic is
+    /// forgotten at the next frame in range)
     fn note_far(&mut self, now: Instant, key: StreamKey, seq: u64) {
         if let Some(s) = self.streams.get_mut(&key) {
             s.last_active = now;
@@ -123,7 +127,7 @@ impl Receiver {
         let opened = opens && stream.joining.is_some() && seq == stream.next;
         if seq >= stream.next + jump {
             self.stats.too_far += 1;
-            if verified {
+            if verified && stream.end.is_none() {
                 self.note_far(now, key, seq);
             }
             return;
@@ -160,7 +164,6 @@ impl Receiver {
             // in order as it arrived: this source delivers the stream
             stream.sources.add(from);
             stream.progress_at = Some(now);
-            self.credit.in_order(from);
         }
         let verified = verified || fresh;
         if verified {
@@ -193,10 +196,6 @@ impl Receiver {
             return;
         };
         stream.last_active = now;
-        stream.since_window = stream.since_window.saturating_add(1);
-        // answered with a window at once: a sender held back by a lost
-        // WINDOW frame pokes with heartbeats
-        stream.window_at = None;
         if !stream.sources.contains(from) {
             // keeps the stream alive, but says nothing about its position
             self.stats.unverified_heartbeats += 1;
@@ -211,11 +210,6 @@ impl Receiver {
             self.stats.out_of_range += 1;
             return;
         };
-        if h > stream.next + jump {
-            self.stats.too_far += 1;
-            self.note_far(now, key, h);
-            return;
-        }
         if stream.end.is_some_and(|end| h > end) {
             stream.stats.beyond_fin += 1;
             stream.beyond_at = Some(now);
@@ -223,15 +217,18 @@ impl Receiver {
             self.stats.out_of_range += 1;
             return;
         }
+        if h > stream.next + jump {
+            // only DATA far ahead makes the stream follow (see `note_far`)
+            self.stats.too_far += 1;
+            return;
+        }
         let mut fin = repr.flags.contains(Flags::FIN);
         if fin && h < stream.data_high {
             self.stats.fin_refused += 1;
             fin = false;
         }
-        if h == stream.next && !stream.waiting() {
-            // in step with everything delivered
-            self.credit.in_order(from);
-        }
+        // a sender held back by a lost WINDOW frame pokes with heartbeats
+        stream.poked = Some(h);
         let raise = h > stream.high;
         let ask_after = if raise { self.ask_after(now, key) } else { now };
         let Some(stream) = self.streams.get_mut(&key) else {
@@ -248,8 +245,7 @@ impl Receiver {
             stream.offset_at(h, u64::from_be_bytes(o));
         }
         if fin && stream.end.is_none() && h >= stream.next {
-            stream.end = Some(h);
-            stream.stats.end = Some(h);
+            stream.set_end(h);
         }
         self.settle(now, key);
     }

@@ -245,7 +245,7 @@ impl Receiver {
     /// reply of `len` bytes the driver sends on its own (FEEDBACK); false:
     /// `to` has not sent enough to be owed it, do not send
     pub fn allow_reply(&mut self, to: SocketAddr, len: usize) -> bool {
-        if self.credit.spend(to, len) {
+        if self.credit.spend(to, len, 0) {
             true
         } else {
             self.stats.replies_withheld += 1;

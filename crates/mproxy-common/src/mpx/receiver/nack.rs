@@ -113,12 +113,19 @@ impl NackState {
             epoch,
             ours,
         };
-        let renew = |old: &Asked, end| Asked {
-            end,
-            at: now,
-            tries: if old.epoch == epoch { old.tries } else { 0 } + u32::from(ours),
-            epoch,
-            ours,
+        let renew = |old: &Asked, end| {
+            if !ours && !old.ours {
+                // others' NACKs postpone ours once, not again and again
+                // (a forged NACK every interval would silence us)
+                return Asked { end, ..*old };
+            }
+            Asked {
+                end,
+                at: now,
+                tries: if old.epoch == epoch { old.tries } else { 0 } + u32::from(ours),
+                epoch,
+                ours,
+            }
         };
         // the interval reaching into `a` from the left is cut there
         if let Some((&s, &e)) = self.asked.range(..a).next_back() {
@@ -384,7 +391,7 @@ impl Receiver {
         let mut bytes = vec![0u8; HEADER_LEN + payload.len()];
         if repr.emit_with_payload(&mut bytes, &payload).is_ok() {
             let (to, listener) = (stream.from, stream.listener);
-            self.queue_reply(FrameType::Nack, listener, to, bytes);
+            self.queue_reply(FrameType::Nack, listener, to, bytes, 0);
         }
     }
 
@@ -421,15 +428,17 @@ impl Receiver {
     }
 
     /// Queue a reply (NACK or WINDOW) to `to` if its source has earned
-    /// it (see `credit`), else count it withheld
+    /// it with more than `reserve` to spare (see `credit`), else count it
+    /// withheld
     pub(super) fn queue_reply(
         &mut self,
         frame_type: FrameType,
         listener: usize,
         to: SocketAddr,
         bytes: Vec<u8>,
+        reserve: u32,
     ) -> bool {
-        if !self.credit.spend(to, bytes.len()) {
+        if !self.credit.spend(to, bytes.len(), reserve) {
             self.stats.replies_withheld += 1;
             return false;
         }

@@ -171,8 +171,10 @@ pub(super) struct Stream {
     /// `next` at the last window advertisement, and when it was sent
     pub(super) window_next: u64,
     pub(super) window_at: Option<Instant>,
-    /// Frames received since the last advertisement
+    /// DATA frames received since the last advertisement
     pub(super) since_window: u32,
+    /// A verified heartbeat asked for a window: its sequence number
+    pub(super) poked: Option<u64>,
     pub(super) offsets: Offsets,
     pub(super) activity: Activity,
     /// The time this stream's timer is armed for
@@ -215,6 +217,7 @@ impl Stream {
             window_next: 0,
             window_at: None,
             since_window: 0,
+            poked: None,
             offsets: Offsets {
                 at_next: (first == 0).then_some(0),
                 ..Offsets::default()
@@ -280,6 +283,7 @@ impl Stream {
 
     /// Missing frames from the old `high` up to `new_high` were noticed
     pub(super) fn raise_high(&mut self, new_high: u64, now: Instant, ask_after: Instant) {
+        let new_high = self.end.map_or(new_high, |end| new_high.min(end));
         if new_high <= self.high {
             return;
         }
@@ -292,6 +296,19 @@ impl Stream {
         }
         self.nack.check_by(ask_after);
         self.high = new_high;
+    }
+
+    /// The FIN says the stream ends before `end`: nothing from there on
+    /// exists, whatever a heartbeat claimed
+    pub(super) fn set_end(&mut self, end: u64) {
+        self.end = Some(end);
+        self.stats.end = Some(end);
+        if self.high > end {
+            self.high = end.max(self.next);
+            while self.holes.back().is_some_and(|h| h.start >= self.high) {
+                self.holes.pop_back();
+            }
+        }
     }
 
     /// A verified heartbeat says nothing from `claim` on was sent yet
@@ -406,8 +423,7 @@ impl Receiver {
                 // frames beyond this FIN already arrived: not the end
                 self.stats.fin_refused += 1;
             } else if stream.end.is_none() {
-                stream.end = Some(seq + 1);
-                stream.stats.end = Some(seq + 1);
+                stream.set_end(seq + 1);
             }
         }
         if rebuilt {

@@ -153,9 +153,10 @@ impl Receiver {
                 }
             }
         }
-        if fin_heartbeat && resume.is_none() {
-            // the end of a stream never seen: nothing to deliver
-            self.stats.after_close += 1;
+        if repr.frame_type == FrameType::Heartbeat {
+            // heartbeats open nothing: a stream starts with its data, so
+            // a forged heartbeat cannot set where it starts
+            self.stats.orphan_heartbeats += 1;
             return false;
         }
         let waiting = self.note_waiting(now, key, repr);

@@ -77,7 +77,9 @@ impl Receiver {
         self.streams.get(&key).is_some_and(|s| {
             s.finished.is_some_and(|f| {
                 let since = s.beyond_at.map_or(f, |b| b.max(f));
+                // frames beyond keep it at most an idle timeout
                 now >= since + self.gap_timeout_for(s.nack.group)
+                    || now >= f + self.config.idle_timeout
             })
         })
     }
@@ -108,7 +110,8 @@ impl Receiver {
         }
         at(s.far.map(|(_, since)| since + gap));
         if let Some(f) = s.finished {
-            at(Some(s.beyond_at.map_or(f, |b| b.max(f)) + gap));
+            let linger = s.beyond_at.map_or(f, |b| b.max(f)) + gap;
+            at(Some(linger.min(f + self.config.idle_timeout)));
         }
         d
     }

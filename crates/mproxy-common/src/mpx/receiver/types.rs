@@ -344,6 +344,8 @@ pub struct ReceiverStats {
     pub beyond_fin: u64,
     /// FIN flags not accepted because frames beyond them had arrived
     pub fin_refused: u64,
+    /// HEARTBEAT frames of a stream not live (they open none)
+    pub orphan_heartbeats: u64,
     /// HEARTBEAT frames from a source that has not delivered the stream
     /// in order: they keep it alive but do not move its position
     pub unverified_heartbeats: u64,

@@ -47,20 +47,25 @@ impl Receiver {
         Some(out)
     }
 
-    /// Queue a WINDOW frame for `key` if it is due: the head moved a
-    /// quarter window since the last one, none was sent yet (or a
-    /// heartbeat asked), or `refresh`, [`WINDOW_REFRESH`] has passed and
-    /// a frame arrived since the last one
+    /// Queue a WINDOW frame for `key` if it is due. Necessary: none was
+    /// sent yet, the head moved a quarter window since the last one, or a
+    /// heartbeat shows the sender has used half of the last one (it may
+    /// be held back). Useful, sent only while the destination has credit
+    /// to spare (see `credit`): the answer to any other heartbeat, and
+    /// with `refresh` one every [`WINDOW_REFRESH`] while DATA arrives.
     pub(super) fn advertise(&mut self, now: Instant, key: StreamKey, refresh: bool) {
         let frames = self.window_frames();
-        let Some(stream) = self.streams.get(&key) else {
+        let Some(stream) = self.streams.get_mut(&key) else {
             return;
         };
+        let poke = stream.poked.take();
         let moved = stream.next.saturating_sub(stream.window_next) >= (frames / 4).max(1);
+        let held = poke.is_some_and(|h| h >= stream.window_next + frames / 2);
+        let necessary = moved || held || stream.window_at.is_none();
         let stale = refresh
             && stream.since_window > 0
             && stream.window_at.is_none_or(|t| now >= t + WINDOW_REFRESH);
-        if !(moved || stale || stream.window_at.is_none()) {
+        if !(necessary || stale || poke.is_some()) {
             return;
         }
         let (next, to, listener) = (stream.next, stream.from, stream.listener);
@@ -68,7 +73,8 @@ impl Receiver {
         let Some(bytes) = self.window_frame(key, next, others) else {
             return;
         };
-        if self.queue_reply(FrameType::Window, listener, to, bytes) {
+        let reserve = u32::from(!necessary);
+        if self.queue_reply(FrameType::Window, listener, to, bytes, reserve) {
             if let Some(stream) = self.streams.get_mut(&key) {
                 stream.window_next = next;
                 stream.window_at = Some(now);
@@ -91,7 +97,7 @@ impl Receiver {
         }
         let others = self.buffered_bytes;
         if let Some(bytes) = self.window_frame(key, end, others) {
-            self.queue_reply(FrameType::Window, listener, to, bytes);
+            self.queue_reply(FrameType::Window, listener, to, bytes, 0);
         }
     }
 }
