@@ -194,12 +194,15 @@ fn fingerprint(seq: u32, payload: &[u8]) -> u64 {
 }
 
 impl Receiver {
-    /// A uniform random number in `[0, 1)` (xorshift)
+    /// A uniform random number in `[0, 1)` (SplitMix64: well mixed from
+    /// the first draw, even for small seeds such as simulations use)
     fn uniform(&mut self) -> f64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// When frames of `key` noticed missing at `now` may first be asked
@@ -367,6 +370,10 @@ impl Receiver {
         }
         for &(a, b) in &asked_upto {
             stream.nack.mark(a, b, now, true, &mut work);
+        }
+        if !asked_upto.is_empty() {
+            // what was asked now is asked again after the interval
+            soonest(now + interval, &mut due);
         }
         stream.nack.at = due;
         self.stats.work += work;

@@ -60,11 +60,14 @@ pub struct ReceiverConfig {
     pub join: Join,
     /// On a multicast group (once another receiver's NACK for a stream
     /// was overheard): the longest random wait before a first NACK, drawn
-    /// from a truncated exponential (NORM's backoff) so that of the many
+    /// from a truncated exponential (NORM's backoff) so that of the
     /// receivers missing a frame usually one asks and the rest overhear
     /// it. Zero: the unicast rule (`nack_delay` plus up to as long again).
     pub nack_backoff: Duration,
-    /// Group size the backoff is tuned for (NORM's `G`; λ = ln G + 1)
+    /// How many receivers are expected to miss the same frame (NORM's
+    /// group size `G`; λ = ln G + 1): the group size where losses are
+    /// shared (near the sender), loss rate × group size where they are
+    /// independent
     pub nack_group_size: u32,
 }
 
@@ -103,8 +106,8 @@ impl Default for ReceiverConfig {
             fec: true,
             fec_memory: 64 << 20,
             join: Join::Current,
-            nack_backoff: Duration::from_millis(40),
-            nack_group_size: 1000,
+            nack_backoff: Duration::from_millis(100),
+            nack_group_size: 10,
         }
     }
 }

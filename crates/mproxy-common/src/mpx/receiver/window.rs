@@ -74,11 +74,15 @@ impl Receiver {
             return;
         };
         let reserve = u32::from(!necessary);
-        if self.queue_reply(FrameType::Window, listener, to, bytes, reserve) {
-            if let Some(stream) = self.streams.get_mut(&key) {
+        let sent = self.queue_reply(FrameType::Window, listener, to, bytes, reserve);
+        if let Some(stream) = self.streams.get_mut(&key) {
+            if sent {
                 stream.window_next = next;
                 stream.window_at = Some(now);
                 stream.since_window = 0;
+            } else if stale {
+                // a refresh not owed is skipped, not retried at once
+                stream.window_at = Some(now);
             }
         }
     }
