@@ -175,11 +175,11 @@ impl Receiver {
             self.fec
                 .on_source(key, seq, repr.flags, payload, &mut rebuilt);
         }
-        self.accept_data(now, key, seq, repr.flags, payload, Origin::Received);
-        self.feed_rebuilt(now, key, rebuilt);
         if opened {
             self.end_join(now, key);
         }
+        self.accept_data(now, key, seq, repr.flags, payload, Origin::Received);
+        self.feed_rebuilt(now, key, rebuilt);
     }
 
     fn on_heartbeat(

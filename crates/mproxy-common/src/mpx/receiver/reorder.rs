@@ -326,6 +326,10 @@ impl Stream {
     /// Joining: start at `seq`, below the current start; the frames
     /// between, noticed missing now, are asked for from `ask_after`
     pub(super) fn lower_start(&mut self, seq: u64, now: Instant, ask_after: Instant) {
+        if self.ring.front().is_some_and(Option::is_some) {
+            // the frame held at the old start turns out to be ahead of a gap
+            self.stats.reordered += 1;
+        }
         for _ in seq..self.next {
             self.ring.push_front(None);
         }
@@ -507,7 +511,10 @@ impl Receiver {
         stream.buffered_frames += 1;
         stream.buffered_bytes += buf.len();
         self.buffered_bytes += buf.len();
-        stream.stats.reordered += 1;
+        if offset > 0 {
+            // (at `next` it only waits for a join's hold to end)
+            stream.stats.reordered += 1;
+        }
         stream.ring[offset] = Some(buf);
         stream.gap_since.get_or_insert(now);
     }
