@@ -89,6 +89,7 @@ type InFlight = (Instant, u64, bool, SocketAddr, Vec<u8>);
 type Attack = Box<dyn FnMut(&View) -> Vec<(SocketAddr, Vec<u8>)>>;
 
 /// A legitimate stream that starts at `start` (from t0)
+#[derive(Clone)]
 struct Legit {
     session: u64,
     input: Vec<u8>,
@@ -651,14 +652,7 @@ fn a_flood_of_sessions_spares_live_and_new_streams() {
     let mut attack = attack;
     let r = run_with(
         cfg,
-        legit
-            .iter()
-            .map(|l| Legit {
-                session: l.session,
-                input: l.input.clone(),
-                start: l.start,
-            })
-            .collect(),
+        legit.clone(),
         0.0,
         &mut attack,
         Duration::from_secs(10),
@@ -713,14 +707,7 @@ fn kept_alive_sessions_do_not_lock_out_a_new_stream() {
     let mut attack = attack;
     let r = run_with(
         cfg,
-        legit
-            .iter()
-            .map(|l| Legit {
-                session: l.session,
-                input: l.input.clone(),
-                start: l.start,
-            })
-            .collect(),
+        legit.clone(),
         0.0,
         &mut attack,
         Duration::from_secs(30),
