@@ -189,7 +189,13 @@ fn run(seed: u64, input: &[u8], paces: &[(usize, Option<Duration>)], flow: bool)
             while let Some(ev) = r.rx.poll_event() {
                 match ev {
                     Event::Data { payload, .. } => r.got.extend_from_slice(&payload),
-                    Event::Closed { stats, .. } => r.closed = Some(stats),
+                    Event::Closed { stats, .. } => {
+                        eprintln!("{:?}", r.rx.stats());
+                        r.closed = Some(stats)
+                    }
+                    Event::Gap { first, count, .. } => {
+                        eprintln!("{:?} gap {first} {count}", now - t0)
+                    }
                     _ => {}
                 }
             }

@@ -164,11 +164,11 @@ fn sparse_feed_over_lossy_relay_is_repaired_byte_exact() {
         }
         drop(feed);
         let (code, client_log) = wait_exit(client);
-        assert_eq!(code, Some(0), "{client_log}");
         let done = reached_len(&out, sent.len() as u64, Duration::from_secs(10));
         let rec = relay.stop();
         let server_log = stop(server);
         eprintln!("relay: {rec:?}\nclient: {client_log}\nserver: {server_log}");
+        assert_eq!(code, Some(0), "{client_log}");
         assert!(done, "output incomplete");
         assert_eq!(std::fs::read(&out).unwrap(), sent);
         assert!(rec.dropped > 0, "the seed must drop something: {rec:?}");

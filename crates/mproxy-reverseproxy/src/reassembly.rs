@@ -173,6 +173,10 @@ mod tests {
         for f in a.iter().chain(&b) {
             r.handle(t, from, f, |p| got.push(p.to_vec()));
         }
+        // a stream lingers a gap timeout after its FIN before it closes
+        r.handle_timeout(t + std::time::Duration::from_secs(1), |p| {
+            got.push(p.to_vec())
+        });
         let all: Vec<u8> = got.concat();
         assert_eq!(all, b"raw!abcdefghij0123");
         let stats = MpxStats::default();

@@ -52,8 +52,8 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use mproxy_common::cli::{CommonArgs, ReopenSignal, Shutdown, StatsSignal};
 use mproxy_common::mpx::{
-    Event, FeedbackTracker, PathKey, Receiver, ReceiverConfig, ReceiverStats, StreamStats,
-    REPORT_LEN,
+    CloseReason, Event, FeedbackTracker, PathKey, Receiver, ReceiverConfig, ReceiverStats,
+    StreamStats, REPORT_LEN,
 };
 use mproxy_common::net::{
     bind_batch_receiver, recv_buffer_size, Drain, Drained, RecvBatch, RecvSnapshot, RecvStats,
@@ -567,8 +567,22 @@ impl Core {
                     tracing::debug!(stream = %key, first, count, "gap skipped");
                 }
                 Event::Closed { key, reason, stats } => {
-                    if let Some(n) = self.stream_log.allow() {
-                        tracing::info!(stream = %key, ?reason, suppressed = n, "stream closed: {stats}");
+                    if reason == CloseReason::Fin && stats.lost == 0 {
+                        if let Some(n) = self.stream_log.allow() {
+                            tracing::info!(stream = %key, ?reason, suppressed = n, "stream closed: {stats}");
+                        }
+                    } else if let Some(n) = self.stream_log.allow() {
+                        // closed without its FIN, or with frames missing
+                        tracing::warn!(
+                            stream = %key,
+                            ?reason,
+                            frames_missing = stats.lost,
+                            bytes_missing = ?stats.bytes_lost,
+                            last_seq = ?stats.last_seq,
+                            end = ?stats.end,
+                            suppressed = n,
+                            "stream closed: {stats}"
+                        );
                     }
                     self.closed_totals.add(&stats);
                     self.sink.close_stream(key);
@@ -806,6 +820,10 @@ impl Server {
             let Some(l) = self.listeners.get(path.listener) else {
                 continue;
             };
+            // no more back than arrived from there (no reflection)
+            if !self.core.receiver.allow_reply(path.from, len) {
+                continue;
+            }
             match l.sock.send_to(&buf[..len], path.from) {
                 Ok(_) => self.core.feedback_sent += 1,
                 Err(_) => self.core.feedback_errors += 1,

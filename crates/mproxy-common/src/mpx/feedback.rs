@@ -28,6 +28,9 @@ struct Entry {
     echo_at: Option<Instant>,
     /// The sender's newest echo token, returned in reports
     token: Option<u64>,
+    /// When the sender last probed this path (a heartbeat flagged PROBE):
+    /// reports go only to senders that want them
+    probed: Option<Instant>,
     last_report: Option<Instant>,
     last_frame: Instant,
     reports: u32,
@@ -81,6 +84,7 @@ impl FeedbackTracker {
             echo_ts_us: 0,
             echo_at: None,
             token: None,
+            probed: None,
             last_report: None,
             last_frame: now,
             reports: 0,
@@ -96,6 +100,9 @@ impl FeedbackTracker {
             if h.token.is_some() {
                 e.token = h.token;
             }
+            if repr.flags.contains(Flags::PROBE) {
+                e.probed = Some(now);
+            }
         }
     }
 
@@ -108,6 +115,8 @@ impl FeedbackTracker {
         let interval = self.interval;
         let (&(path, session), e) = self.entries.iter_mut().find(|(_, e)| {
             e.dirty
+                && e.probed
+                    .is_some_and(|t| now.saturating_duration_since(t) < PROBED_FOR)
                 && e.last_report
                     .is_none_or(|t| now.saturating_duration_since(t) >= interval)
         })?;
@@ -149,7 +158,7 @@ impl FeedbackTracker {
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.entries
             .values()
-            .filter(|e| e.dirty)
+            .filter(|e| e.dirty && e.probed.is_some())
             .map(|e| e.last_report.map_or(e.last_frame, |t| t + self.interval))
             .min()
     }
@@ -164,6 +173,9 @@ impl FeedbackTracker {
         self.entries.is_empty()
     }
 }
+
+/// A path is reported on while its sender probed it this recently
+const PROBED_FOR: Duration = Duration::from_secs(2);
 
 /// Buffer size [`FeedbackTracker::poll_transmit`] needs
 pub const REPORT_LEN: usize = HEADER_LEN + FEEDBACK_LEN + 8;
@@ -195,8 +207,17 @@ mod tests {
         for i in 0..10 {
             t.on_frame(t0 + Duration::from_millis(i), path, &data(9), &[0u8; 100]);
         }
+        // a single-path sender's plain heartbeat asks for no report
+        let plain = Repr {
+            frame_type: FrameType::Heartbeat,
+            ..data(9)
+        };
+        t.on_frame(t0, path, &plain, &1u64.to_be_bytes());
+        assert!(t.poll_transmit(t0, &mut buf).is_none());
+        // a probe (multipath) does
         let hb = Repr {
             frame_type: FrameType::Heartbeat,
+            flags: Flags::PROBE,
             ..data(9)
         };
         t.on_frame(
@@ -217,7 +238,7 @@ mod tests {
         let rep = FeedbackReport::parse(p).unwrap();
         assert_eq!(
             (rep.frames, rep.bytes, rep.echo_ts_us, rep.echo_delay_us),
-            (11, 1008, 777, 10_000)
+            (12, 1016, 777, 10_000)
         );
         // nothing new: no report; new frames: not before the interval
         assert!(t

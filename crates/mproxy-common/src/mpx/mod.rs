@@ -33,7 +33,8 @@ pub use repair::{RepairBuffer, RepairOutcome};
 pub use scheduler::{PathConfig, PathState, PathStats, Scheduler, SchedulerConfig};
 
 pub use receiver::{
-    CloseReason, Event, Receiver, ReceiverConfig, ReceiverStats, StreamKey, StreamStats, Transmit,
+    CloseReason, Event, Join, Receiver, ReceiverConfig, ReceiverStats, StreamKey, StreamStats,
+    Transmit, JUMP_WINDOWS,
 };
 pub use sender::{Sender, SenderConfig, SenderStats};
 pub use session::{

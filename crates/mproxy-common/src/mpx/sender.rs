@@ -85,11 +85,17 @@ pub struct Sender {
     /// queues frames before sending them ([`Sender::set_sent`]); `None`:
     /// every frame made was sent at once
     sent_limit: Option<u32>,
+    /// Heartbeats carry PROBE (the sender wants path feedback)
+    probing: bool,
 }
 
 /// A frame re-sent less than this long ago is not re-sent again for
 /// another request (several multicast receivers asking for the same)
 const REPAIR_MIN_GAP: Duration = Duration::from_millis(10);
+
+/// DATA frames first sent within this long of the stream's start carry
+/// YOUNG, so a receiver that missed the OPEN frame still starts at 0
+pub(crate) const YOUNG_FOR: Duration = Duration::from_secs(2);
 
 /// Heartbeats sent after FIN, and their spacing
 const LINGER_COUNT: u8 = 3;
@@ -114,6 +120,7 @@ impl Sender {
             fec: None,
             stats: SenderStats::default(),
             sent_limit: None,
+            probing: false,
         }
     }
 
@@ -152,6 +159,12 @@ impl Sender {
     /// answered, since the originals are still to come
     pub fn set_sent(&mut self, seq: u32) {
         self.sent_limit = Some(seq);
+    }
+
+    /// Flag heartbeats PROBE: the sender wants FEEDBACK reports on the
+    /// paths they go over (multipath)
+    pub fn set_probing(&mut self, on: bool) {
+        self.probing = on;
     }
 
     /// The first sequence number not yet sent (see [`Sender::set_sent`])
@@ -199,6 +212,7 @@ impl Sender {
                 stats: &mut self.stats,
                 repair: self.repair.as_mut(),
                 fec: self.fec.as_mut(),
+                epoch: self.epoch,
             },
         )
     }
@@ -375,7 +389,12 @@ impl Sender {
         let micros = now.saturating_duration_since(epoch).as_micros() as u64;
         let repr = Repr {
             frame_type: FrameType::Heartbeat,
-            flags: if fin { Flags::FIN } else { Flags::NONE },
+            flags: match (fin, self.probing) {
+                (true, true) => Flags::FIN | Flags::PROBE,
+                (true, false) => Flags::FIN,
+                (false, true) => Flags::PROBE,
+                (false, false) => Flags::NONE,
+            },
             session: self.session,
             stream: self.stream,
             seq,
@@ -474,13 +493,21 @@ struct Framer<'a> {
     stats: &'a mut SenderStats,
     repair: Option<&'a mut RepairBuffer>,
     fec: Option<&'a mut FecEncoder>,
+    /// When the stream began (frames within [`YOUNG_FOR`] of it are YOUNG)
+    epoch: Option<Instant>,
 }
 
 impl Framer<'_> {
     /// One DATA frame for `payload`, then FEC repair frames if it filled a block
     fn data(&mut self, now: Instant, payload: &[u8], emit: &mut impl FnMut(&[u8])) {
         let seq = *self.next_seq;
-        let flags = fec_flag(self.fec.is_some());
+        let mut flags = fec_flag(self.fec.is_some());
+        if self
+            .epoch
+            .is_none_or(|e| now.saturating_duration_since(e) < YOUNG_FOR)
+        {
+            flags = flags | Flags::YOUNG;
+        }
         self.stats.frames += 1;
         self.stats.bytes += payload.len() as u64;
         emit(write_data(
@@ -506,7 +533,13 @@ impl Framer<'_> {
     /// The empty FIN frame, then the last (partial) FEC block
     fn fin(&mut self, now: Instant, emit: &mut impl FnMut(&[u8])) {
         let seq = *self.next_seq;
-        let flags = fec_flag(self.fec.is_some()) | Flags::FIN;
+        let mut flags = fec_flag(self.fec.is_some()) | Flags::FIN;
+        if self
+            .epoch
+            .is_none_or(|e| now.saturating_duration_since(e) < YOUNG_FOR)
+        {
+            flags = flags | Flags::YOUNG;
+        }
         self.stats.frames += 1;
         emit(write_data(
             self.frame,

@@ -128,6 +128,14 @@ impl Flags {
     /// DATA: this frame is a source symbol of an FEC block (receivers that
     /// decode FEC keep a copy until the block's FEC frames have arrived)
     pub const FEC: Self = Self(0x08);
+    /// DATA: the stream began less than 2 s before this frame was first
+    /// sent. A receiver that meets a stream first on such a frame (its
+    /// OPEN frame lost or late) starts it at 0 and asks for what it
+    /// missed; later frames join a stream where it is
+    pub const YOUNG: Self = Self(0x10);
+    /// HEARTBEAT: the sender probes its paths and wants FEEDBACK reports
+    /// (multipath); receivers report on a path only while it is probed
+    pub const PROBE: Self = Self(0x20);
 
     /// True if every bit of `other` is set
     pub fn contains(self, other: Self) -> bool {

@@ -10,8 +10,10 @@
 
 use super::{FEEDBACK_LEN, WINDOW_LEN};
 
-/// Full heartbeat payload: timestamp, offset, token
-pub const HEARTBEAT_LEN: usize = 24;
+/// Full heartbeat payload: timestamp, offset, token, and 8 reserved bytes
+/// (zero), so a heartbeat is as long as the WINDOW a receiver answers it
+/// with (receivers reply at most as many bytes as they receive)
+pub const HEARTBEAT_LEN: usize = 32;
 
 /// A parsed heartbeat payload
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,7 +47,7 @@ impl HeartbeatInfo {
         let mut out = [0u8; HEARTBEAT_LEN];
         out[..8].copy_from_slice(&self.ts_us.to_be_bytes());
         out[8..16].copy_from_slice(&self.offset.unwrap_or(0).to_be_bytes());
-        out[16..].copy_from_slice(&self.token.unwrap_or(0).to_be_bytes());
+        out[16..24].copy_from_slice(&self.token.unwrap_or(0).to_be_bytes());
         out
     }
 }

@@ -412,6 +412,8 @@ impl SenderSession {
                 );
                 s.set_epoch(now);
                 s.enable_fec(config.fec, |_| {});
+                // multipath senders want path feedback
+                s.set_probing(config.mode != Mode::Fanout && !config.paths.is_empty());
                 Framer::Mpx(Box::new(s))
             }
         };
