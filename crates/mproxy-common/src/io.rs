@@ -5,6 +5,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+#[cfg(feature = "cli")]
 use crate::cli::Shutdown;
 
 /// Wait until `fd` is readable or `timeout` passes; true if readable
@@ -48,6 +49,7 @@ pub fn hung_up(fd: RawFd) -> bool {
 }
 
 /// Sleep for `d`, waking early if shutdown is requested; false if it was
+#[cfg(feature = "cli")]
 pub fn sleep_unless(shutdown: &Shutdown, d: Duration) -> bool {
     let step = Duration::from_millis(50);
     let mut left = d;

@@ -26,14 +26,18 @@
 
 pub mod addr;
 pub mod backoff;
+#[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "cli")]
 pub mod config_file;
 pub mod io;
+#[cfg(feature = "cli")]
 pub mod logging;
 pub mod mpx;
 pub mod net;
 pub mod pack;
 pub mod rate;
+#[cfg(feature = "cli")]
 pub mod signal;
 pub mod stats;
 pub mod sys;
