@@ -35,7 +35,7 @@ mod input;
 mod out;
 mod summary;
 
-pub use cli::{Cli, Config, DEFAULT_MAX_DATAGRAM};
+pub use cli::{Cli, Config, MaxDatagram, AUTO_MAX_DATAGRAM, DEFAULT_MAX_DATAGRAM};
 pub use error::Error;
 pub use mproxy_common::mpx::Mode;
 pub use summary::Summary;
@@ -51,6 +51,31 @@ use mproxy_common::mpx::{new_session_id, PathConfig, SenderSession, SessionConfi
 use input::Input;
 use out::Out;
 
+/// `--max-datagram` as bytes: `auto` is the smallest path MTU payload
+/// over the destinations, at most [`AUTO_MAX_DATAGRAM`] (logged)
+fn resolve_max_datagram(config: &Config) -> Result<usize, Error> {
+    let MaxDatagram::Bytes(n) = config.max_datagram else {
+        let mut smallest = AUTO_MAX_DATAGRAM;
+        for spec in &config.servers {
+            let bad = |reason: String| Error::Destination {
+                spec: spec.to_string(),
+                reason,
+            };
+            let addr = spec.endpoint.resolve().map_err(|e| bad(e.to_string()))?;
+            let path = mproxy_common::net::path_payload(addr, &config.socket)
+                .map_err(|e| bad(format!("{e:#}")))?;
+            tracing::debug!(dest = %spec, path_payload = path, "path MTU");
+            smallest = smallest.min(path);
+        }
+        tracing::info!(
+            max_datagram = smallest,
+            "--max-datagram auto: the smallest path MTU payload, at most {AUTO_MAX_DATAGRAM}"
+        );
+        return Ok(smallest);
+    };
+    Ok(n)
+}
+
 /// Heartbeat interval of an idle mpx stream
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -59,6 +84,8 @@ pub struct Client {
     config: Config,
     input: Input,
     out: Out,
+    /// `--max-datagram` resolved
+    max_datagram: usize,
 }
 
 impl fmt::Debug for Client {
@@ -83,7 +110,13 @@ impl Client {
         } else {
             Out::paths(&config.servers, &config.socket)?
         };
-        Ok(Self { config, input, out })
+        let max_datagram = resolve_max_datagram(&config)?;
+        Ok(Self {
+            config,
+            input,
+            out,
+            max_datagram,
+        })
     }
 
     /// Stream the input until EOF (or shutdown), then finish the stream
@@ -124,7 +157,7 @@ impl Client {
             SessionConfig {
                 mpx,
                 framing: c.framing,
-                max_datagram: c.max_datagram,
+                max_datagram: self.max_datagram,
                 heartbeat_interval: HEARTBEAT_INTERVAL,
                 repair_buffer: c.repair_buffer,
                 fec: c.fec,

@@ -66,6 +66,9 @@ fn fec_makes_a_one_way_lossy_transfer_exact() {
             "mproxy-client",
             &[
                 "--mpx",
+                // the block sizes above assume Ethernet-sized frames
+                "--max-datagram",
+                "1472",
                 "--fec",
                 "10",
                 "--fec-block",

@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddrStorage, Socket, Type};
 
 use super::sockaddr;
-use super::sys::{ctx, set_int_opt, setsockopt, syscall};
+use super::sys::{ctx, get_int_opt, set_int_opt, setsockopt, syscall};
 use super::{NetError, SocketOptions};
 use crate::addr::Interface;
 
@@ -265,6 +265,29 @@ pub fn bind_sender(ipv6: bool, opts: &SocketOptions) -> Result<UdpSocket, NetErr
     }
     sock.bind(&local.into()).map_err(ctx("binding", local))?;
     Ok(sock.into())
+}
+
+/// The largest UDP payload a datagram to `dest` carries without IP
+/// fragmentation: the MTU the kernel knows for the route to it (IP_MTU /
+/// IPV6_MTU of a socket connected to it: the outgoing interface's MTU, or
+/// a smaller path MTU it learned) less the IP and UDP headers, at most
+/// [`super::MAX_UDP_PAYLOAD`]. For a multicast group the socket gets the
+/// sending options (`--iface`), so the route is the one sends take.
+///
+/// # Errors
+/// A socket that cannot be opened or connected, or a kernel that does not
+/// report the MTU.
+pub fn path_payload(dest: SocketAddr, opts: &SocketOptions) -> Result<usize, NetError> {
+    let sock = bind_sender(dest.is_ipv6(), opts)?;
+    sock.connect(dest).map_err(ctx("connecting to", dest))?;
+    let (level, name, headers) = if dest.is_ipv6() {
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU, 40 + 8)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MTU, 20 + 8)
+    };
+    let mtu = get_int_opt(&sock, level, name).map_err(ctx("reading the path MTU to", dest))?;
+    let mtu = usize::try_from(mtu).unwrap_or(0);
+    Ok(mtu.saturating_sub(headers).clamp(1, super::MAX_UDP_PAYLOAD))
 }
 
 /// The receive buffer the kernel granted `sock` (SO_RCVBUF as Linux

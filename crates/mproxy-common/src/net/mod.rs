@@ -39,7 +39,7 @@ use std::net::IpAddr;
 
 pub use bind::{
     bind_batch_receiver, bind_receiver, bind_sender, enable_gro, gso_supported, kernel_drops,
-    recv_buffer_size, DEFAULT_RCVBUF,
+    path_payload, recv_buffer_size, DEFAULT_RCVBUF,
 };
 pub use drain::{
     Datagram, Datagrams, Drain, Drained, KernelDrops, RecvSnapshot, RecvStats, DRAIN_BUDGET,

@@ -93,6 +93,31 @@ pub(crate) fn set_int_opt(
     setsockopt(sock, level, name, &value)
 }
 
+/// getsockopt(2) of an `int` value
+pub(crate) fn get_int_opt(
+    sock: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = libc::socklen_t::try_from(size_of::<libc::c_int>()).unwrap_or(0);
+    syscall(|| {
+        // SAFETY: `value` is a writable int and `len` its size; the kernel
+        // writes at most `len` bytes and stores how many it wrote. The
+        // descriptor is borrowed from an open socket.
+        unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                level,
+                name,
+                std::ptr::from_mut(&mut value).cast(),
+                &mut len,
+            )
+        }
+    })?;
+    Ok(value)
+}
+
 /// Map an OS error of step `what` on `addr` to a [`NetError`]
 pub(crate) fn ctx(what: &'static str, addr: impl ToString) -> impl FnOnce(io::Error) -> NetError {
     move |source| NetError::Io {

@@ -67,10 +67,21 @@ impl Receiver {
     /// to spare (see `credit`): the answer to any other heartbeat, and
     /// with `refresh` one every [`WINDOW_REFRESH`] while DATA arrives.
     pub(super) fn advertise(&mut self, now: Instant, key: StreamKey, refresh: bool) {
+        let window_bytes = self.config.reorder_bytes as u64;
         let frames = self.window_frames();
         let Some(stream) = self.streams.get_mut(&key) else {
             return;
         };
+        // the window the sender can use: the frame window, or fewer when
+        // its frames are large (it takes the smaller of frames and bytes /
+        // its payload size); the quarter and half rules count in these
+        let payload = stream
+            .stats
+            .bytes
+            .checked_div(stream.stats.datagrams)
+            .unwrap_or(1)
+            .max(1);
+        let frames = frames.min((window_bytes / payload).max(1));
         let poke = stream.poked.take();
         let moved = stream.next.saturating_sub(stream.window_next) >= (frames / 4).max(1);
         let held = poke.is_some_and(|h| h >= stream.window_next + frames / 2);
